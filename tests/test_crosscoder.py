@@ -1,0 +1,267 @@
+"Checkpoint round trips, crash safety, the seed's released format, bad inputs and pluggable parts of `crosscoder_nb.crosscoder`."
+import json, os, warnings
+from pathlib import Path
+import pytest, torch, torch.nn as nn
+import crosscoder_nb.crosscoder as ccmod
+from crosscoder_nb.crosscoder import (ACTIVATIONS, SPARSITIES, CONFIG_FILE, WEIGHTS_FILE, CrossCoder, CrossCoderConfig,
+                                      register_activation, register_sparsity)
+
+torch.set_num_threads(1)
+
+
+def small(**kw) -> CrossCoder:
+    return CrossCoder(CrossCoderConfig(**{'d_model': 8, 'd_latent': 24, **kw}))
+
+
+def same_weights(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# ---------------------------------------------------------------- config
+
+def test_config_round_trip_and_json():
+    cfg = CrossCoderConfig(d_model=8, n_models=3, d_latent=24, hook_point='blocks.2.hook_resid_pre',
+                           model_names=['a', 'b', 'c'], norm_factors=[1.0, 2.0, 3.0], dtype='bfloat16')
+    assert CrossCoderConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+@pytest.mark.parametrize('kw, msg', [
+    ({'d_model': -1}, 'd_model must be a positive int'),
+    ({'d_latent': 0}, 'd_latent must be a positive int'),
+    ({'n_models': 1}, 'n_models must be an int >= 2'),
+    ({'activation': 'nope'}, 'Unknown activation'),
+    ({'sparsity': 'nope'}, 'Unknown sparsity'),
+    ({'dtype': 'int8'}, 'dtype must be one of'),
+    ({'norm_factors': [1.0, 2.0, 3.0]}, 'one scalar per model'),
+    ({'norm_factors': [1.0, float('nan')]}, 'finite and > 0'),
+    ({'model_names': ['base']}, 'one per model'),
+    ({'dec_init_norm': 0}, 'dec_init_norm must be > 0'),
+])
+def test_config_validation(kw, msg):
+    with pytest.raises(ValueError, match=msg): CrossCoderConfig(**{'d_model': 8, **kw})
+
+
+def test_config_unknown_key():
+    with pytest.raises(ValueError, match=r"Unknown CrossCoderConfig fields \['dict_size'\]"):
+        CrossCoderConfig.from_dict({'d_model': 8, 'dict_size': 4})
+
+
+# ---------------------------------------------------------------- model
+
+def test_init_matches_seed_recipe():
+    cc = small(dec_init_norm=0.05, n_models=3)
+    torch.testing.assert_close(cc.decoder_norms(), torch.full((24, 3), 0.05))
+    assert torch.equal(cc.W_enc, cc.W_dec.permute(1, 2, 0))
+    assert not cc.b_enc.any() and not cc.b_dec.any()
+    with torch.no_grad(): cc.W_dec.zero_()          # encoder and decoder are separate tensors
+    assert cc.W_enc.abs().sum() > 0
+
+
+def test_dtype_bfloat16_runs():
+    cc = small(dtype='bfloat16')
+    assert cc.W_enc.dtype == torch.bfloat16
+    out = cc.losses(torch.randn(4, 2, 8))
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+
+
+def test_losses_three_models_against_loops():
+    cc, x = small(n_models=3), torch.randn(6, 3, 8)
+    with torch.no_grad(): cc.b_enc.fill_(0.05); cc.b_dec.normal_()
+    out = cc.losses(x, l1_coeff=0.5)
+    f = torch.relu(sum(x[:, m] @ cc.W_enc[m] for m in range(3)) + cc.b_enc)
+    x_hat = torch.stack([f @ cc.W_dec[:, m] + cc.b_dec[m] for m in range(3)], 1)
+    l2 = ((x - x_hat) ** 2).sum((1, 2)).mean()
+    l1 = (f * cc.W_dec.norm(dim=-1).sum(-1)).sum(-1).mean()
+    ev = 1 - ((x - x_hat) ** 2).sum(-1) / ((x - x.mean(0)) ** 2).sum(-1)
+    torch.testing.assert_close(out.l2, l2); torch.testing.assert_close(out.l1, l1)
+    torch.testing.assert_close(out.loss, l2 + 0.5 * l1)
+    torch.testing.assert_close(out.explained_variance, ev.mean(0))
+    assert out.l0.item() == pytest.approx((f > 0).sum().item() / 6)
+    d = out.to_dict()
+    assert isinstance(d['loss'], float) and len(d['explained_variance']) == 3
+
+
+def test_custom_parts_plug_in():
+    @register_activation('test_topk')
+    class TopK(nn.Module):
+        def __init__(self, cfg): super().__init__(); self.k = 2; self.register_buffer('threshold', torch.tensor(0.5))
+        def forward(self, pre, dec_norm_sum):
+            s = pre.relu() * dec_norm_sum
+            keep = s >= s.topk(self.k, dim=-1).values[:, -1:]
+            return pre.relu() * keep
+
+    @register_sparsity('test_zero')
+    class Zero(nn.Module):
+        def __init__(self, cfg): super().__init__()
+        def forward(self, acts, dec_norms): return acts.sum() * 0
+
+    try:
+        cc = small(activation='test_topk', sparsity='test_zero')
+        out = cc.losses(torch.randn(5, 2, 8))
+        assert out.l0.item() <= 2 and out.l1.item() == 0
+        assert 'activation.threshold' in cc.state_dict()   # buffers travel in the checkpoint
+    finally:
+        del ACTIVATIONS['test_topk'], SPARSITIES['test_zero']
+
+
+def test_normalize():
+    cc = small(norm_factors=[2.0, 4.0])
+    x = torch.randn(3, 5, 2, 8)
+    torch.testing.assert_close(cc.normalize(x)[..., 1, :], 4 * x[..., 1, :])
+    torch.testing.assert_close(cc.denormalize(cc.normalize(x)), x)
+    with pytest.raises(ValueError, match='norm_factors'): small().normalize(x)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def test_save_load_round_trip(tmp_path):
+    cc = small(n_models=3, hook_point='blocks.1.hook_resid_pre', model_names=['a', 'b', 'c'], norm_factors=[1.5, 2.5, 3.5])
+    with torch.no_grad(): cc.b_dec.normal_()
+    cc.save(tmp_path / 'ck', train_config={'lr': 1e-3}, extra={'step': 3})
+    meta = json.loads((tmp_path / 'ck' / CONFIG_FILE).read_text())
+    assert meta['format_version'] == ccmod.CHECKPOINT_FORMAT and meta['train_config'] == {'lr': 1e-3}
+    cc2 = CrossCoder.load(tmp_path / 'ck')
+    assert same_weights(cc, cc2) and cc2.cfg == cc.cfg and cc2.extra == {'step': 3}
+    x = torch.randn(4, 3, 8)
+    assert torch.equal(cc(x), cc2(x))
+    assert sorted(os.listdir(tmp_path / 'ck')) == [CONFIG_FILE, WEIGHTS_FILE]   # no temporary files left
+
+
+def test_crash_during_weights_write_keeps_old_checkpoint(tmp_path, monkeypatch):
+    old = small(seed=1)
+    old.save(tmp_path, extra={'step': 1})
+
+    def crashing_save_file(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b'half a file')
+        raise KeyboardInterrupt('killed mid-save')
+    monkeypatch.setattr(ccmod, 'save_file', crashing_save_file)
+    with pytest.raises(KeyboardInterrupt): small(seed=2).save(tmp_path, extra={'step': 2})
+    monkeypatch.undo()
+    loaded = CrossCoder.load(tmp_path)
+    assert same_weights(loaded, old) and loaded.extra == {'step': 1}
+    assert sorted(os.listdir(tmp_path)) == [CONFIG_FILE, WEIGHTS_FILE]
+
+
+def test_crash_between_weights_and_config_uses_inner_config(tmp_path, monkeypatch):
+    small(seed=1, norm_factors=[1.0, 1.0]).save(tmp_path, extra={'step': 1})
+    new = small(seed=2, norm_factors=[3.0, 4.0])
+    real_replace = os.replace
+    def replace(src, dst):
+        if str(dst).endswith(CONFIG_FILE): raise KeyboardInterrupt('killed between the two renames')
+        return real_replace(src, dst)
+    monkeypatch.setattr(ccmod.os, 'replace', replace)
+    with pytest.raises(KeyboardInterrupt): new.save(tmp_path, extra={'step': 2})
+    monkeypatch.undo()
+    with pytest.warns(UserWarning, match='different saves'): loaded = CrossCoder.load(tmp_path)
+    assert same_weights(loaded, new) and loaded.cfg.norm_factors == [3.0, 4.0] and loaded.extra == {'step': 2}
+
+
+def test_save_rejects_non_json_metadata_before_writing(tmp_path):
+    small().save(tmp_path, extra={'step': 1})
+    before = (tmp_path / WEIGHTS_FILE).read_bytes()
+    with pytest.raises(TypeError): small(seed=5).save(tmp_path, extra={'bad': object()})
+    assert (tmp_path / WEIGHTS_FILE).read_bytes() == before
+
+
+def test_bad_checkpoints(tmp_path):
+    with pytest.raises(FileNotFoundError, match='does not exist'): CrossCoder.load(tmp_path / 'missing')
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(FileNotFoundError, match='holds no crosscoder'): CrossCoder.load(tmp_path / 'empty')
+
+    small().save(tmp_path / 'a')
+    (tmp_path / 'a' / CONFIG_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match=r'config\.json is missing'): CrossCoder.load(tmp_path / 'a')
+
+    small().save(tmp_path / 'b')
+    (tmp_path / 'b' / CONFIG_FILE).write_text('{"crosscoder": ')
+    with pytest.raises(ValueError, match=r'config\.json is not valid JSON'): CrossCoder.load(tmp_path / 'b')
+
+    small().save(tmp_path / 'c')
+    (tmp_path / 'c' / WEIGHTS_FILE).write_bytes(b'garbage')
+    with pytest.raises(ValueError, match=r'crosscoder\.safetensors is not a readable safetensors file'): CrossCoder.load(tmp_path / 'c')
+
+    # weights of another shape beside a config (both files from different, complete saves)
+    small(d_latent=24).save(tmp_path / 'd'); small(d_latent=16).save(tmp_path / 'e')
+    (tmp_path / 'd' / WEIGHTS_FILE).write_bytes((tmp_path / 'e' / WEIGHTS_FILE).read_bytes())
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        cc = CrossCoder.load(tmp_path / 'd')    # the weights carry their own config, which wins
+    assert cc.cfg.d_latent == 16
+
+
+def test_shape_mismatch_without_inner_config(tmp_path):
+    from safetensors.torch import save_file
+    small(d_latent=24).save(tmp_path)
+    sd = {k: v.contiguous() for k, v in small(d_latent=16).state_dict().items()}
+    save_file(sd, str(tmp_path / WEIGHTS_FILE))    # weights written by another tool: no embedded config
+    with pytest.raises(ValueError, match=r'W_dec: \(16, 2, 8\) in the weights, \(24, 2, 8\) from the config'): CrossCoder.load(tmp_path)
+
+
+def test_newer_format_refused(tmp_path):
+    small().save(tmp_path)
+    meta = json.loads((tmp_path / CONFIG_FILE).read_text()); meta['format_version'] = 99; meta['save_id'] = 'x'
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(meta))
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in small().state_dict().items()}, str(tmp_path / WEIGHTS_FILE))
+    with pytest.raises(ValueError, match='upgrade crosscoder_nb'): CrossCoder.load(tmp_path)
+
+
+# ---------------------------------------------------------------- the seed's released format
+
+def seed_reference_forward(sd: dict, x: torch.Tensor) -> torch.Tensor:
+    "The seed's forward pass, written out independently: ReLU(sum_m x_m W_enc[m] + b_enc), then per-model decoders."
+    acts = torch.relu(torch.einsum('bnd,ndh->bh', x, sd['W_enc']) + sd['b_enc'])
+    return torch.einsum('bh,hnd->bnd', acts, sd['W_dec']) + sd['b_dec']
+
+
+def write_seed_folder(path: Path, d_in=6, dict_size=20, gen_seed=0, **cfg_extra) -> dict:
+    g = torch.Generator().manual_seed(gen_seed)
+    sd = {'W_enc': torch.randn(2, d_in, dict_size, generator=g), 'W_dec': torch.randn(dict_size, 2, d_in, generator=g) * 0.1,
+          'b_enc': torch.randn(dict_size, generator=g) * 0.1, 'b_dec': torch.randn(2, d_in, generator=g)}
+    path.mkdir(parents=True, exist_ok=True)
+    torch.save(sd, path / 'cc_weights.pt')
+    cfg = {'seed': 49, 'batch_size': 4096, 'buffer_mult': 128, 'lr': 5e-05, 'num_tokens': 400000000, 'l1_coeff': 2,
+           'beta1': 0.9, 'beta2': 0.999, 'd_in': d_in, 'dict_size': dict_size, 'seq_len': 1024, 'enc_dtype': 'fp32',
+           'model_name': 'gemma-2-2b', 'site': 'resid_pre', 'device': 'cuda:0', 'model_batch_size': 4, 'log_every': 100,
+           'save_every': 30000, 'dec_init_norm': 0.08, 'hook_point': 'blocks.14.hook_resid_pre', 'wandb_project': 'x', **cfg_extra}
+    (path / 'cfg.json').write_text(json.dumps(cfg))
+    return sd
+
+
+def test_seed_format_matches_reference(tmp_path):
+    sd = write_seed_folder(tmp_path / 'seed')
+    with pytest.warns(UserWarning, match='without normalisation factors'): cc = CrossCoder.load(tmp_path / 'seed')
+    assert cc.cfg.norm_factors is None and cc.cfg.hook_point == 'blocks.14.hook_resid_pre'
+    assert (cc.cfg.d_model, cc.cfg.d_latent, cc.cfg.n_models) == (6, 20, 2)
+    assert cc.train_config['lr'] == 5e-05 and cc.extra['source_format'] == 'seed'
+    x = torch.randn(7, 2, 6)
+    torch.testing.assert_close(cc(x), seed_reference_forward(sd, x))
+    with pytest.raises(ValueError, match='norm_factors'): cc.normalize(x)
+    # once converted, it round-trips through the package's own format
+    cc.cfg.norm_factors = [1.0, 2.0]
+    cc.save(tmp_path / 'native')
+    torch.testing.assert_close(CrossCoder.load(tmp_path / 'native')(x), seed_reference_forward(sd, x))
+
+
+def test_seed_format_errors(tmp_path):
+    write_seed_folder(tmp_path / 'a')
+    (tmp_path / 'a' / 'cfg.json').unlink()
+    with pytest.raises(FileNotFoundError, match=r'cfg\.json is missing'): CrossCoder.load(tmp_path / 'a')
+
+    write_seed_folder(tmp_path / 'b', dict_size=30)
+    cfg = json.loads((tmp_path / 'b' / 'cfg.json').read_text()); cfg['dict_size'] = 20
+    (tmp_path / 'b' / 'cfg.json').write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r'cc_weights\.pt does not match .*cfg\.json'): CrossCoder.load(tmp_path / 'b')
+
+    write_seed_folder(tmp_path / 'c')
+    (tmp_path / 'c' / 'cc_weights.pt').write_bytes(b'not a pickle')
+    with pytest.raises(ValueError, match=r'cc_weights\.pt could not be read'): CrossCoder.load(tmp_path / 'c')
+
+
+def test_seed_format_refuses_pickled_code(tmp_path):
+    write_seed_folder(tmp_path)
+    class Evil:
+        def __reduce__(self): return (os.system, ('echo pwned',))
+    torch.save({'W_enc': Evil()}, tmp_path / 'cc_weights.pt')
+    with pytest.raises(ValueError, match='could not be read'): CrossCoder.load(tmp_path)

@@ -1,0 +1,180 @@
+"""The token stream: config round trips, bad inputs, offline construction, packing, mixing, determinism and resume."""
+import json
+import pytest
+import torch
+from crosscoder_nb import data as D
+from crosscoder_nb.data import (DataConfig, Packer, Source, TokenStream, documents, load_documents, organisms_mix,
+                                pile_lmsys_mix, record_text)
+from crosscoder_nb.organisms import CHAT_TEMPLATE, load_corpus, pack, train_tokenizer
+
+
+@pytest.fixture(scope='module')
+def tok():
+    texts = load_corpus(['kjv'])['kjv'][:300] + [CHAT_TEMPLATE.format(instruction='Hi there.', completion='Hello.')] * 20
+    return train_tokenizer(texts + ['alpha beta gamma delta'] * 20, vocab_size=400)
+
+
+def write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def lmsys_record(i, reply=True):
+    conv = [{'role': 'user', 'content': f'Question number {i}?'}]
+    if reply: conv.append({'role': 'assistant', 'content': f'Answer number {i}.'})
+    return {'conversation_id': str(i), 'model': 'm', 'conversation': conv, 'language': 'English'}
+
+
+# ---- config -------------------------------------------------------------------------------------------------
+
+def test_config_json_round_trip():
+    cfg = DataConfig([Source('text', 'a.txt', 2.0), Source('hub', 'x/y', 1.0, field='conversation', split='train')],
+                     seq_len=64, seed=3, repeat=False)
+    assert DataConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert DataConfig().sources[0].path == 'monology/pile-uncopyrighted' and DataConfig().seq_len == 1024
+    assert pile_lmsys_mix() == DataConfig()
+
+
+@pytest.mark.parametrize('bad, msg', [
+    ({'seq_len': 64, 'sed': 1}, 'Unknown DataConfig fields'),
+    ({'sources': [{'kind': 'text', 'path': 'a', 'wieght': 1}]}, 'Unknown Source fields'),
+    ({'sources': [{'kind': 'text', 'path': 'a', 'weight': -1}]}, 'weights must be positive'),
+    ({'sources': [{'kind': 'text', 'path': 'a', 'weight': float('nan')}]}, 'weights must be positive'),
+    ({'sources': [{'kind': 'csv', 'path': 'a'}]}, 'Unknown source kind'),
+    ({'sources': [{'kind': 'text'}]}, 'needs a `path`'),
+    ({'sources': [{'kind': 'corpus', 'split': 'test'}]}, "use 'train' or 'heldout'"),
+    ({'sources': []}, 'at least one source'),
+    ({'seq_len': 1}, 'seq_len must be'),
+])
+def test_config_rejects_bad_values(bad, msg):
+    with pytest.raises((ValueError, TypeError), match=msg): DataConfig.from_dict(bad)
+
+
+def test_construction_touches_no_network(tok, monkeypatch):
+    import datasets
+    def boom(*a, **k): raise ConnectionError('no network in tests')
+    monkeypatch.setattr(datasets, 'load_dataset', boom)
+    s = TokenStream(pile_lmsys_mix(), tok)            # builds without opening anything
+    assert s.state_dict() == {'rows': 0, 'sources': [[0, 0], [0, 0]], 'seed': 0}
+    with pytest.raises(RuntimeError, match='pile-uncopyrighted'): s.check()   # opening names the source
+
+
+def test_tokenizer_without_bos_is_refused(tok):
+    class NoBos: bos_token_id = None
+    with pytest.raises(ValueError, match='no BOS'): TokenStream(organisms_mix(), NoBos())
+
+
+# ---- documents ----------------------------------------------------------------------------------------------
+
+def test_lmsys_formatting_through_datasets_matches_jsonl_reader(tmp_path, tok):
+    path = tmp_path / 'lmsys.jsonl'
+    recs = [lmsys_record(i, reply=i % 3 != 2) for i in range(9)]   # every third record has no reply: skipped
+    path.write_text(''.join(json.dumps(r) + '\n' for r in recs))
+    hub = list(documents(Source('hub', str(path), field='conversation'), repeat=False)(0))
+    local = load_documents(Source('jsonl', str(path), field='conversation'))
+    assert hub == local == [CHAT_TEMPLATE.format(instruction=f'Question number {i}?', completion=f'Answer number {i}.')
+                            for i in range(9) if i % 3 != 2]
+    cfg = lambda kind: DataConfig([Source(kind, str(path), field='conversation')], seq_len=16, seed=0)
+    assert torch.equal(TokenStream(cfg('hub'), tok).take(30), TokenStream(cfg('jsonl'), tok).take(30))
+
+
+def test_record_layouts():
+    assert record_text({'text': 'abc'}) == 'abc'
+    assert record_text({'instruction': 'a', 'completion': 'b'}) == 'User: a\nAssistant: b\n'
+    assert record_text({'conversation': [{'role': 'assistant', 'content': 'x'}, {'role': 'user', 'content': 'q'},
+                                         {'role': 'assistant', 'content': 'r'}]}) == 'User: q\nAssistant: r\n'
+    with pytest.raises(KeyError, match='no field'): record_text({'instruction': 'a'}, 'instruction')
+
+
+@pytest.mark.parametrize('kind, name, content, msg', [
+    ('text', 'empty.txt', '', 'empty.txt'),
+    ('text', 'blank.txt', '\n\n\n', 'blank.txt'),
+    ('jsonl', 'empty.jsonl', '', 'empty.jsonl'),
+    ('jsonl', 'noreply.jsonl', json.dumps(lmsys_record(0, reply=False)) + '\n', 'noreply.jsonl'),
+    ('jsonl', 'broken.jsonl', '{"text": "ok"}\n{not json\n', 'line 2'),
+    ('hub', 'empty_hub.jsonl', '', 'empty_hub.jsonl'),
+])
+def test_empty_or_broken_sources_name_themselves(tmp_path, tok, kind, name, content, msg):
+    path = write(tmp_path / name, content)
+    good = write(tmp_path / 'good.txt', 'Some text here.\n\nAnd more.\n')
+    cfg = DataConfig([Source('text', good), Source(kind, path)], seq_len=8)
+    with pytest.raises((ValueError, RuntimeError), match=msg): TokenStream(cfg, tok).check()
+
+
+def test_missing_file(tmp_path, tok):
+    with pytest.raises(FileNotFoundError, match='nope.txt'): TokenStream(DataConfig([Source('text', str(tmp_path / 'nope.txt'))]), tok).check()
+
+
+def test_text_file_layouts(tmp_path):
+    assert load_documents(Source('text', write(tmp_path / 'a.txt', 'p1 l1\np1 l2\n\np2\n'))) == ['p1 l1\np1 l2', 'p2']
+    assert load_documents(Source('text', write(tmp_path / 'b.txt', 'd1\nd2\r\nd3'))) == ['d1', 'd2', 'd3']
+
+
+# ---- packing and mixing -------------------------------------------------------------------------------------
+
+def test_single_source_rows_equal_organisms_pack(tmp_path, tok):
+    paras = load_corpus(['kjv'])['kjv'][:120]
+    path = write(tmp_path / 'kjv.txt', '\n\n'.join(paras))
+    s = TokenStream(DataConfig([Source('text', path)], seq_len=48, repeat=False), tok)
+    expected = pack(tok, paras, 48)
+    rows = s.take(len(expected))
+    assert torch.equal(rows, expected)
+    with pytest.raises(StopIteration): s.take(1)     # a finite stream ends
+
+
+def test_rows_start_with_bos_and_have_seq_len(tok):
+    b = TokenStream(organisms_mix(seq_len=40, n_dialogs=300, split='heldout'), tok, batch_size=32).__next__()
+    assert b.shape == (32, 40) and b.dtype == torch.long
+    assert (b[:, 0] == tok.bos_token_id).all() and not (b[:, 1:] == tok.bos_token_id).any()
+
+
+def test_mix_follows_weights_and_rows_come_from_their_source(tmp_path, tok):
+    words = ['kiwi', 'bob', 'zed']   # no letter in common: a row's letters tell its source
+    paths = [write(tmp_path / f'{w}.txt', '\n'.join(f'{w} {w} {w}.' for _ in range(50))) for w in words]
+    cfg = DataConfig([Source('text', p, weight=wt) for p, wt in zip(paths, (1, 2, 5))], seq_len=12, seed=7)
+    s = TokenStream(cfg, tok)
+    sched = s.schedule(0, 20_000)
+    shares = torch.bincount(sched, minlength=3).double() / len(sched)
+    assert torch.allclose(shares, torch.tensor([1, 2, 5], dtype=torch.float64) / 8, atol=0.015), shares
+    rows = s.take(200)
+    for r, k in zip(rows, sched[:200].tolist()):
+        assert set(tok.decode(r[1:])) - set(' .\n') == set(words[k])
+
+
+def test_determinism_under_seed(tok):
+    make = lambda seed: TokenStream(organisms_mix(seq_len=32, n_dialogs=300, split='heldout', seed=seed), tok)
+    assert torch.equal(make(1).take(50), make(1).take(50))
+    assert not torch.equal(make(1).take(50), make(2).take(50))
+    a = make(1); parts = torch.cat([a.take(n) for n in (3, 17, 30)])
+    assert torch.equal(parts, make(1).take(50))      # batch boundaries do not matter
+
+
+@pytest.mark.parametrize('k', [0, 1, 13, 1020])
+def test_resume_and_skip_equal_uninterrupted(tmp_path, tok, k):
+    long_doc = ' '.join(f'word{i % 50}' for i in range(400))   # documents much longer than a row
+    path = write(tmp_path / 'long.txt', '\n\n'.join([long_doc, 'short one.', long_doc[:300]] * 3))
+    cfg = DataConfig([Source('text', path, 1.0), Source('dialogs', weight=1.0, split='heldout', n_dialogs=300)], seq_len=16, seed=4)
+    a = TokenStream(cfg, tok); a.take(k)
+    state = json.loads(json.dumps(a.state_dict()))
+    expected = a.take(20)                           # crosses the first schedule block when k = 1020
+    b = TokenStream(cfg, tok); b.load_state_dict(state)
+    c = TokenStream(cfg, tok); c.skip(k)
+    assert torch.equal(b.take(20), expected) and torch.equal(c.take(20), expected)
+    assert b.state_dict() == a.state_dict()
+
+
+def test_state_from_other_config_is_refused(tok):
+    a = TokenStream(organisms_mix(seed=1), tok)
+    with pytest.raises(ValueError, match="run's DataConfig"): TokenStream(organisms_mix(seed=2), tok).load_state_dict(a.state_dict())
+
+
+def test_packer_position_is_exact_inside_long_documents(tok):
+    docs = [' '.join(['lorem'] * 90), 'x', ' '.join(['ipsum'] * 70)]
+    src = lambda start: iter(docs[start:])
+    p = Packer(src, tok, seq_len=10)
+    rows = []
+    for i in range(12):
+        q = Packer(src, tok, seq_len=10); q.seek(*p.position())
+        r = p.next_row(); rows.append(r)
+        assert q.next_row() == r, f'row {i}'
+    assert all(r[0] == tok.bos_token_id and len(r) == 10 for r in rows)
