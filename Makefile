@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo_out
 
-.PHONY: venv demo test export clean-nbs lab
+.PHONY: venv demo test export clean-nbs lab browser
 
 venv: $(STAMP)
 
@@ -21,7 +21,7 @@ $(STAMP): setup.py settings.ini
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/crosscoder-diff demo
+	$(BIN)/crosscoder-diff demo --out $(DEMO_OUT)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest tests -v
@@ -32,3 +32,8 @@ export: $(STAMP)
 
 lab: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[lab]" && $(BIN)/jupyter lab nbs
+
+# Debian's chromium + chromedriver for the headless-browser tests (they are skipped without it; .ci/run installs it)
+browser:
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver)

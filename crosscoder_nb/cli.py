@@ -9,7 +9,8 @@ from pathlib import Path
 from .models import resolve_model
 
 # %% auto 0
-__all__ = ['CLIError', 'format_check', 'cmd_organisms', 'cmd_demo', 'build_parser', 'main']
+__all__ = ['CLIError', 'format_check', 'cmd_organisms', 'cmd_compare', 'cmd_train', 'cmd_demo', 'cmd_report', 'cmd_dashboards',
+           'build_parser', 'main']
 
 # %% ../nbs/90_cli.ipynb
 class CLIError(Exception):
@@ -58,7 +59,7 @@ def cmd_organisms(args) -> int:
     return 0
 
 # %% ../nbs/90_cli.ipynb
-def cmd_demo(args) -> int:
+def cmd_compare(args) -> int:
     from crosscoder_nb.models import greedy_complete, load_model
     from crosscoder_nb.organisms import chat_prompt, heldout_prompts
     base, chat = _model_arg(args.base), _model_arg(args.chat)
@@ -68,6 +69,104 @@ def cmd_demo(args) -> int:
     outs = {k: greedy_complete(m, prompts) for k, m in models.items()}
     for i, p in enumerate(prompts):
         print(f"\n{p}\n  base: {outs['base'][i]!r}\n  chat: {outs['chat'][i]!r}")
+    return 0
+
+# %% ../nbs/90_cli.ipynb
+def _run_config(args):
+    "The RunConfig the arguments describe: defaults, then --config, then flags, then --set (later wins)."
+    from crosscoder_nb.pipeline import RunConfig, default_config, set_fields
+    models = [args.base, args.chat] + list(args.model or [])
+    cfg = default_config(args.base, args.chat, args.layer)
+    settings = {'models': models}
+    if args.config:
+        try: d = json.loads(Path(args.config).read_text())
+        except FileNotFoundError: raise CLIError(f"--config {args.config} does not exist.") from None
+        except json.JSONDecodeError as e: raise CLIError(f"--config {args.config} is not valid JSON: {e}") from None
+        if not isinstance(d, dict): raise CLIError(f"--config {args.config} must hold a JSON object (a RunConfig, as --show-config prints).")
+        for k, v in d.items():   # sections given as objects are merged field by field into the defaults
+            if isinstance(v, dict) and k != 'data': settings.update({f'{k}.{n}': x for n, x in v.items()})
+            else: settings[k] = v
+    if args.layer is not None: settings.update({'buffer.layer': args.layer, 'buffer.hook_point': None})
+    flags = {'crosscoder.d_latent': args.d_latent, 'train.lr': args.lr, 'train.n_tokens': args.n_tokens,
+             'train.l1_coeff': args.l1_coeff, 'crosscoder.l1_coeff': args.l1_coeff, 'train.seed': args.seed, 'data.seq_len': args.seq_len}
+    settings.update({k: v for k, v in flags.items() if v is not None})
+    if args.batch_size is not None: settings.update({'train.batch_size': args.batch_size, 'buffer.batch_size': args.batch_size})
+    settings.update(_settings(args.set))
+    return set_fields(cfg, settings)
+
+def cmd_train(args) -> int:
+    from crosscoder_nb.pipeline import train_run
+    for m in (args.base, args.chat, *(args.model or [])): _model_arg(m)
+    cfg = _run_config(args)
+    if args.show_config: print(json.dumps(cfg.to_dict(), indent=1)); return 0
+    if args.out is None: raise CLIError("train: pass --out RUN_DIR, the folder for the checkpoint and metrics.")
+    res = train_run(cfg, args.out, overwrite=args.overwrite, resume=args.resume, device=args.device)
+    f = res['final'] or {}
+    ev = ', '.join(f'{n} {e:.1%}' for n, e in zip(['base', 'chat'] + [f'model{i}' for i in range(2, 9)], f.get('explained_variance', [])))
+    print(f"trained {res['steps']} steps on {res['tokens']:,} activations in {res['wall_seconds'] / 60:.1f} min: "
+          f"L0 {f.get('l0', float('nan')):.1f}, explained variance {ev}")
+    print(f"harvesting {res['harvest_tokens_per_s']:,.0f} tokens/s, training {res['train_tokens_per_s']:,.0f} tokens/s")
+    print(f"checkpoint: {Path(res['checkpoint']).resolve()}")
+    if args.json: Path(args.json).write_text(json.dumps(res, indent=1))
+    return 0
+
+# %% ../nbs/90_cli.ipynb
+def _settings(pairs: list[str] | None) -> dict:
+    out = {}
+    for kv in pairs or []:
+        if '=' not in kv: raise CLIError(f"--set {kv!r}: write it as section.field=value, e.g. --set train.lr=1e-4")
+        k, v = kv.split('=', 1); out[k.strip()] = v
+    return out
+
+def _summary(m: dict) -> str:
+    "The headline figures of a metrics dict, as lines of text."
+    names = list(m['explained_variance'])
+    lines = [f"L0 {m['l0']:.1f}"] + [f"{n}: explained variance {m['explained_variance'][n]:.1%}, CE recovered {m['ce_recovered'][n]:.1%}, "
+                                     f"CE delta {m['ce_delta'][n]:.3f}" for n in names]
+    lines.append(f"latents: {m['n_chat_specific']} chat-specific, {m['n_base_specific']} base-specific, {m['n_shared']} shared")
+    if m.get('planted_recovery'):
+        lines.append('planted-diff recovery: ' + ', '.join(f'{b} {f:.0%}' for b, f in m['planted_recovery'].items()))
+    return '\n'.join(lines)
+
+def cmd_demo(args) -> int:
+    from crosscoder_nb.report import demo
+    _model_arg(args.base); _model_arg(args.chat)
+    out = _fresh_dir(args.out, args.overwrite)
+    m = demo(out, overwrite=args.overwrite, device=args.device, settings=_settings(args.set), base=args.base, chat=args.chat)
+    print(_summary(m))
+    print(f"demo finished in {m['demo_seconds'] / 60:.1f} min; report: {(out / 'report.html').resolve()}")
+    return 0
+
+def cmd_report(args) -> int:
+    from crosscoder_nb.report import report_run
+    models = None if args.base is None and args.chat is None else [args.base, args.chat] + list(args.model or [])
+    if models is not None and None in models: raise CLIError("report: give both --base and --chat, or neither (to use the models the checkpoint names).")
+    for m in models or []: _model_arg(m)
+    out = _fresh_dir(args.out or Path(args.run_dir) / 'report', args.overwrite)
+    m = report_run(args.run_dir, out, models=models, device=args.device, overwrite=args.overwrite,
+                   norm_factors='estimate' if args.estimate_norm_factors else None, n_eval_seqs=args.n_eval_seqs,
+                   dashboards=not args.no_dashboards, dashboard_tokens=args.dashboard_tokens, n_top=args.n_top)
+    print(_summary(m)); print(f"report: {(out / 'report.html').resolve()}")
+    return 0
+
+def cmd_dashboards(args) -> int:
+    from crosscoder_nb.dashboards import compute_dashboards, load_run, select_latents, token_sample, check_latents, write_dashboards
+    from crosscoder_nb.data import organisms_mix, pile_lmsys_mix
+    from crosscoder_nb.pipeline import is_organism
+    try: ids = [int(x) for x in args.latents.split(',') if x.strip()] if args.latents else []
+    except ValueError: raise CLIError(f"--latents {args.latents!r}: give latent ids separated by commas, e.g. --latents 15,2325") from None
+    if not ids and not (args.top_chat or args.top_base or args.top_shared):
+        raise CLIError("dashboards: choose latents with --latents 15,2325 and/or --top-chat N / --top-base N / --top-shared N.")
+    out = _fresh_dir(args.out or Path(args.run_dir) / 'dashboards', args.overwrite)
+    cc, models = load_run(args.run_dir, device=args.device)
+    if ids: check_latents(ids, cc.cfg.d_latent)   # out-of-range ids fail before the pass
+    organisms = all(is_organism(n) for n in cc.cfg.model_names)
+    data = organisms_mix('heldout', seq_len=128, seed=2) if organisms else pile_lmsys_mix(seq_len=1024, seed=2)
+    tokens = token_sample(data, models[0].tokenizer, args.n_tokens or (100_000 if organisms else 1_000_000))
+    pick = select_latents(cc, ids or None, args.top_chat, args.top_base, args.top_shared)
+    d = compute_dashboards(cc, models, tokens, latents=pick)
+    index = write_dashboards(d, out)
+    print(f"{len(pick)} dashboards from {d.n_tokens:,} tokens at {d.tokens_per_s:,.0f} tokens/s: {index.resolve()}")
     return 0
 
 # %% ../nbs/90_cli.ipynb
@@ -84,12 +183,66 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument('--n-prompts', type=int, default=100, help='held-out prompts per behaviour')
     o.add_argument('--json', help='also write the figures to this JSON file')
     o.set_defaults(func=cmd_organisms)
-    d = sub.add_parser('demo', help='the main job on the offline organisms (by default)')
+    d = sub.add_parser('compare', help="show two models' greedy completions of held-out prompts side by side")
     d.add_argument('--base', default='organism-base', help='base model: organism alias, local HF folder or hub name')
     d.add_argument('--chat', default='organism-chat', help='chat model: organism alias, local HF folder or hub name')
     d.add_argument('--n', type=int, default=6, help='number of held-out prompts to show')
     d.add_argument('--device', default=None, help='torch device (default: cuda if available, else cpu)')
-    d.set_defaults(func=cmd_demo)
+    d.set_defaults(func=cmd_compare)
+    m = sub.add_parser('demo', help='the main job: train on the organisms, evaluate, diff, write report.html and metrics.json')
+    m.add_argument('--out', default='demo_out', help='folder for the run, report.html, metrics.json and dashboards/ (absent or empty)')
+    m.add_argument('--overwrite', action='store_true', help='write into a non-empty --out')
+    m.add_argument('--base', default='organism-base', help='base model (default: the bundled organism)')
+    m.add_argument('--chat', default='organism-chat', help='chat model (default: the bundled organism)')
+    m.add_argument('--set', action='append', metavar='SECTION.FIELD=VALUE', help='change the run config, e.g. --set train.n_tokens=500000')
+    m.add_argument('--device', default=None, help='torch device (default: cuda if available, else cpu)')
+    m.set_defaults(func=cmd_demo)
+    r = sub.add_parser('report', help='evals, diffing and dashboards of a trained run: report.html and metrics.json')
+    r.add_argument('run_dir', help='the run folder (holds the crosscoder checkpoint)')
+    r.add_argument('--out', help='folder for the report (default RUN_DIR/report; absent or empty)')
+    r.add_argument('--overwrite', action='store_true', help='write into a non-empty --out')
+    r.add_argument('--base', help='base model (default: the one the checkpoint names; must match it)')
+    r.add_argument('--chat', help='chat model (default: the one the checkpoint names; must match it)')
+    r.add_argument('--model', action='append', help='a further model, for crosscoders of more than two models')
+    r.add_argument('--estimate-norm-factors', action='store_true', help='estimate missing normalisation factors on the eval tokens')
+    r.add_argument('--n-eval-seqs', type=int, help='eval rows (default 64 x 128 for the organisms, 40 x 1024 otherwise)')
+    r.add_argument('--n-top', type=int, default=10, help='latents per table and dashboards per group')
+    r.add_argument('--dashboard-tokens', type=int, help='tokens the dashboards read (default 100K organisms, 1M otherwise)')
+    r.add_argument('--no-dashboards', action='store_true', help='skip the dashboards')
+    r.add_argument('--device', default=None, help='torch device')
+    r.set_defaults(func=cmd_report)
+    b = sub.add_parser('dashboards', help='dashboards of chosen latents of a trained run')
+    b.add_argument('run_dir', help='the run folder (holds the crosscoder checkpoint)')
+    b.add_argument('--latents', help='latent ids, e.g. 15,2325')
+    b.add_argument('--top-chat', type=int, default=0, help='also the N most chat-specific live latents')
+    b.add_argument('--top-base', type=int, default=0, help='also the N most base-specific live latents')
+    b.add_argument('--top-shared', type=int, default=0, help='also N shared latents')
+    b.add_argument('--n-tokens', type=int, help='tokens to read (default 100K organisms, 1M otherwise)')
+    b.add_argument('--out', help='folder for the pages (default RUN_DIR/dashboards; absent or empty)')
+    b.add_argument('--overwrite', action='store_true', help='write into a non-empty --out')
+    b.add_argument('--device', default=None, help='torch device')
+    b.set_defaults(func=cmd_dashboards)
+    t = sub.add_parser('train', help='train a crosscoder on a base and a chat model')
+    t.add_argument('--base', default='organism-base', help='base model: organism alias, local HF folder or hub name')
+    t.add_argument('--chat', default='organism-chat', help='chat model: organism alias, local HF folder or hub name')
+    t.add_argument('--model', action='append', help='a further model read by the same crosscoder (repeatable)')
+    t.add_argument('--out', help='run directory for the checkpoint, metrics.jsonl and run_config.json')
+    t.add_argument('--layer', type=int, help='read blocks.LAYER.hook_resid_pre (default 2 for the organisms, 14 otherwise)')
+    t.add_argument('--d-latent', type=int, help='number of latents')
+    t.add_argument('--lr', type=float, help='learning rate')
+    t.add_argument('--n-tokens', type=int, help='activations to train on')
+    t.add_argument('--batch-size', type=int, help='activations per step (sets train and buffer batch size)')
+    t.add_argument('--l1-coeff', type=float, help='sparsity coefficient')
+    t.add_argument('--seq-len', type=int, help='tokens per row of the data stream')
+    t.add_argument('--seed', type=int, help='training seed')
+    t.add_argument('--device', help='torch device (default: cuda if available, else cpu)')
+    t.add_argument('--config', help='a JSON file holding a RunConfig (as --show-config prints), or part of one')
+    t.add_argument('--set', action='append', metavar='SECTION.FIELD=VALUE', help='set any config field, e.g. --set buffer.dtype=float32 (repeatable)')
+    t.add_argument('--show-config', action='store_true', help='print the full config and exit')
+    t.add_argument('--overwrite', action='store_true', help='start afresh in a non-empty run directory')
+    t.add_argument('--resume', action='store_true', help='continue the checkpoint in the run directory')
+    t.add_argument('--json', help='also write the summary to this JSON file')
+    t.set_defaults(func=cmd_train)
     return p
 
 def main(argv: list[str] | None = None) -> int:

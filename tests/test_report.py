@@ -1,0 +1,74 @@
+"The report: stable metrics keys, refusals of bad input before any work, and the page in a headless browser (offline)."
+import json
+from pathlib import Path
+import pytest, torch
+from browser import chrome, console_errors, requested_urls
+from crosscoder_nb.crosscoder import CrossCoder
+from crosscoder_nb.pipeline import organisms_config, set_fields, train_run
+from crosscoder_nb.report import METRICS_FILE, REPORT_FILE, demo, report_run
+
+TINY = {'train.n_tokens': 256 * 40, 'train.batch_size': 256, 'buffer.batch_size': 256, 'buffer.buffer_batches': 8,
+        'buffer.n_norm_batches': 1, 'crosscoder.d_latent': 96, 'train.log_every': 10}
+FAST = dict(device='cpu', n_eval_seqs=6, dashboard_tokens=2000, n_top=2, progress=False)
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    d = tmp_path_factory.mktemp('r') / 'run'
+    train_run(set_fields(organisms_config(), TINY), d, device='cpu', progress=False)
+    return d
+
+@pytest.fixture(scope='module')
+def report(run, tmp_path_factory):
+    out = tmp_path_factory.mktemp('rep') / 'report'
+    return out, report_run(run, out, **FAST)
+
+def test_metrics_have_the_stable_keys(report):
+    out, m = report
+    on_disk = json.loads((out / METRICS_FILE).read_text())
+    for k in ('explained_variance', 'ce_recovered', 'ce_delta'): assert set(on_disk[k]) == {'base', 'chat'}
+    for k in ('l0', 'n_base_specific', 'n_chat_specific', 'n_shared'): assert isinstance(on_disk[k], (int, float))
+    assert set(on_disk['planted_recovery']) == {'signoff', 'refusal'}
+    assert on_disk['n_base_specific'] + on_disk['n_chat_specific'] + on_disk['n_shared'] <= 96
+    assert 0 < on_disk['explained_variance']['base'] <= 1 and on_disk['ce_clean']['chat'] < on_disk['ce_ablated']['chat']
+
+def test_bad_input_is_refused_before_work(run, tmp_path):
+    (tmp_path / 'busy').mkdir(); (tmp_path / 'busy' / 'x').write_text('keep')
+    with pytest.raises(ValueError, match='not empty'): report_run(run, tmp_path / 'busy', **FAST)
+    assert (tmp_path / 'busy' / 'x').read_text() == 'keep'
+    with pytest.raises(ValueError, match=r"trained on \['organism-base', 'organism-chat'\], not on \['organism-chat', 'organism-base'\]"):
+        report_run(run, tmp_path / 'a', models=['organism-chat', 'organism-base'], **FAST)
+    with pytest.raises(FileNotFoundError, match='no crosscoder checkpoint'): report_run(tmp_path / 'busy', tmp_path / 'b', **FAST)
+    with pytest.raises(ValueError, match='not empty'): demo(tmp_path / 'busy', settings=TINY, progress=False)
+    with pytest.raises(ValueError, match='train fields'): demo(tmp_path / 'c', settings={'train.bogus': 1}, progress=False)
+    assert not (tmp_path / 'a').exists() and not (tmp_path / 'c').exists()
+
+def test_missing_norm_factors_error_or_estimate(run, tmp_path):
+    cc = CrossCoder.load(run)
+    cc.cfg.norm_factors = None
+    cc.save(tmp_path / 'nofactors')
+    with pytest.raises(ValueError, match='no normalisation factors'): report_run(tmp_path / 'nofactors', tmp_path / 'a', **FAST)
+    m = report_run(tmp_path / 'nofactors', tmp_path / 'b', norm_factors='estimate', dashboards=False, planted=False,
+                   **{k: v for k, v in FAST.items() if k not in ('dashboard_tokens',)})
+    assert m['eval']['norm_factors_source'] != 'checkpoint' and m['planted_recovery'] is None
+
+def test_report_page_in_a_browser(report):
+    from selenium.webdriver.common.by import By
+    out, m = report
+    driver = chrome()
+    try:
+        driver.get((out / REPORT_FILE).as_uri())
+        plots = driver.find_elements(By.CSS_SELECTOR, 'div.plotly-graph-div')
+        assert len(plots) == 3
+        for p in plots:   # plotly drew each figure: an SVG with at least one bar
+            assert p.find_elements(By.CSS_SELECTOR, 'svg.main-svg') and p.find_elements(By.CSS_SELECTOR, 'g.trace.bars, g.point')
+        assert driver.execute_script('return typeof Plotly') == 'object'
+        cells = [c.text for c in driver.find_elements(By.CSS_SELECTOR, 'table.evals th')]
+        assert cells[0] == 'L0' and 'CE recovered (chat)' in cells and 'explained variance (base)' in cells
+        assert not console_errors(driver), console_errors(driver)
+        link = driver.find_element(By.PARTIAL_LINK_TEXT, 'all dashboards')
+        link.click()
+        assert driver.current_url.endswith('dashboards/index.html') and driver.find_elements(By.CSS_SELECTOR, 'tr.latent-row')
+        urls = requested_urls(driver)
+        assert urls and all(u.startswith(('file://', 'data:')) for u in urls), urls
+    finally:
+        driver.quit()
