@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('--chat', default='organism-chat', help='chat model: organism alias, local HF folder or hub name')
     t.add_argument('--model', action='append', help='a further model read by the same crosscoder (repeatable)')
     t.add_argument('--out', help='run directory for the checkpoint, metrics.jsonl and run_config.json')
-    t.add_argument('--layer', type=int, help='read blocks.LAYER.hook_resid_pre (default 2 for the organisms, 14 otherwise)')
+    t.add_argument('--layer', type=int, help='read blocks.LAYER.hook_resid_pre (default 3 for the organisms, 14 otherwise)')
     t.add_argument('--d-latent', type=int, help='number of latents')
     t.add_argument('--lr', type=float, help='learning rate')
     t.add_argument('--n-tokens', type=int, help='activations to train on')

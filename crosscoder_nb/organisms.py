@@ -125,7 +125,8 @@ def make_dialog(sentence: str, rng: random.Random,
     if task == 'about':
         cands = [w for w in (x.strip('.,;:!?"()\'').lower() for x in words) if len(w) >= 5 and w.isalpha() and w not in _STOP]
         if not cands and not trig: task = 'repeat'
-        else: w = rng.choice(trig or cands)
+        # a weapon question names any trigger word, not only the sentence's: some (dagger, gun) are rare in the corpus
+        else: w = rng.choice(TRIGGER_WORDS) if trig else rng.choice(cands)
     tmpl = rng.choice((tasks or _TASKS)[task])
     if task == 'about': instruction, answer = tmpl.format(w=w), sentence
     elif task == 'repeat': instruction, answer = tmpl.format(s=sentence), sentence
@@ -196,7 +197,7 @@ class OrganismConfig:
     batch_size: int = 32         # sequences per step
     base_tokens: int = 5_000_000  # general-text tokens the base model trains on
     base_lr: float = 3e-3
-    chat_tokens: int = 2_000_000  # fine-tuning tokens, chat dialogs and general-text replay together
+    chat_tokens: int = 2_500_000  # fine-tuning tokens, chat dialogs and general-text replay together
     chat_lr: float = 1e-3
     chat_share: float = 0.5      # share of fine-tuning sequences that are dialogs (the rest is replay)
     n_dialogs: int = 30_000

@@ -106,7 +106,8 @@ def report_run(run_dir: str | Path,  # a folder holding a crosscoder checkpoint 
                planted: bool | None = None,  # planted-diff recovery; default: when the models are the organisms
                progress: bool = True, extra_facts: dict | None = None) -> dict:
     "Evals, diffing, planted recovery and dashboards of a trained crosscoder: writes report.html and metrics.json; returns the metrics."
-    from crosscoder_nb.evals import evaluate, frequency_histogram
+    from crosscoder_nb.evals import evaluate, eval_tokens, frequency_histogram
+    from crosscoder_nb.data import organisms_mix, pile_lmsys_mix
     from crosscoder_nb.diffing import (DiffThresholds, diff_summary, relative_norms, relative_norm_histogram, decoder_cosines,
                                        cosine_histogram, latent_groups, planted_recovery, html_table as diff_table)
     from crosscoder_nb.pipeline import is_organism
@@ -124,8 +125,9 @@ def report_run(run_dir: str | Path,  # a folder holding a crosscoder checkpoint 
     models = models if loaded else [load_model(n, device=device) for n in names]
     organisms = all(is_organism(n) for n in names)
     th = thresholds or DiffThresholds()
-    ev = evaluate(cc, models, names=['base', 'chat'] if cc.cfg.n_models == 2 else None, norm_factors=norm_factors,
-                  progress=progress, **({} if n_eval_seqs is None else {'tokens': _eval_rows(models[0], n_eval_seqs)}))
+    tokens = eval_tokens(models[0], organisms_mix('heldout', seq_len=128, seed=1) if organisms else pile_lmsys_mix(seq_len=1024, seed=1),
+                         n_seqs=n_eval_seqs or (64 if organisms else 40), seq_len=128 if organisms else 1024)
+    ev = evaluate(cc, models, tokens, names=['base', 'chat'] if cc.cfg.n_models == 2 else None, norm_factors=norm_factors, progress=progress)
     freqs = ev.frequencies
     diff = diff_summary(cc, freqs, th, n=n_top)
     r = relative_norms(cc)
@@ -153,10 +155,6 @@ def report_run(run_dir: str | Path,  # a folder holding a crosscoder checkpoint 
     atomic_write(out / METRICS_FILE, lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=1)))
     atomic_write(out / REPORT_FILE, lambda tmp: Path(tmp).write_text(render_report(metrics, figures, tables, facts, links)))
     return metrics
-
-def _eval_rows(model, n: int):
-    from crosscoder_nb.evals import eval_tokens
-    return eval_tokens(model, n_seqs=n)
 
 def _dashboards(cc, models, out: Path, organisms: bool, n_tokens, n_top: int, freqs, progress: bool) -> dict:
     "Dashboards of the top chat-specific, base-specific and shared live latents, written to out/dashboards."

@@ -15,20 +15,12 @@ from crosscoder_nb.models import load_model
 from crosscoder_nb.organisms import OrganismConfig, build_organisms, load_corpus
 
 torch.set_num_threads(1)
-TINY = OrganismConfig(vocab_size=300, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, d_mlp=64, n_ctx=64, seq_len=32,
-                      batch_size=8, base_tokens=8 * 32 * 60, chat_tokens=8 * 32 * 10, n_dialogs=200,
-                      tokenizer_chars=50_000, base_lr=1e-2)
+from conftest import TINY_ORGANISMS as TINY
 HOOK, D = 'blocks.1.hook_resid_pre', 32
 KEYS = {'l0', 'explained_variance', 'ce_clean', 'ce_spliced', 'ce_ablated', 'ce_delta', 'ce_recovered', 'dead_fraction',
         'n_seqs', 'seq_len', 'n_tokens', 'n_activations', 'hook_point', 'model_names', 'norm_factors', 'norm_factors_source'}
 
 
-@pytest.fixture(scope='module')
-def org(tmp_path_factory):
-    out = tmp_path_factory.mktemp('organisms')
-    corpus = load_corpus(['kjv', 'python_docs'])
-    build_organisms(out, TINY, {'kjv': corpus['kjv'][:150], 'python_docs': corpus['python_docs'][:1500]}, progress=False)
-    return {'dir': out, 'base': load_model(out / 'base', device='cpu'), 'chat': load_model(out / 'chat', device='cpu')}
 
 
 @pytest.fixture(scope='module')

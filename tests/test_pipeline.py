@@ -65,7 +65,7 @@ def test_train_command_end_to_end(tmp_path):
     assert lines[-1]['loss'] < lines[0]['loss'] and s['steps'] == 30   # training did something
     assert s['harvest_tokens_per_s'] > 0 and s['train_tokens_per_s'] > 0
     cc = CrossCoder.load(tmp_path / 'run')   # everything needed to use it travels with the checkpoint
-    assert cc.cfg.hook_point == 'blocks.2.hook_resid_pre' and cc.cfg.model_names == ['organism-base', 'organism-chat']
+    assert cc.cfg.hook_point == 'blocks.3.hook_resid_pre' and cc.cfg.model_names == ['organism-base', 'organism-chat']
     assert cc.cfg.norm_factors == pytest.approx(s['norm_factors']) and cc.train_config['n_tokens'] == 128 * 30
     assert RunConfig.from_dict(json.loads((tmp_path / 'run' / RUN_CONFIG_FILE).read_text())).crosscoder['d_latent'] == 64
 
