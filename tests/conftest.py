@@ -9,12 +9,12 @@ from crosscoder_nb.models import load_model
 from crosscoder_nb.organisms import OrganismConfig, build_organisms, load_corpus
 
 # A pair of tiny organisms (2 layers, d_model 32) built once per test session in about a second: the same recipe
-# as the bundled ones, small enough for tests that need real models with known shapes.
+# as the bundled ones, small enough for tests that need real models with known shapes (built per test file).
 TINY_ORGANISMS = OrganismConfig(vocab_size=300, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, d_mlp=64, n_ctx=64, seq_len=32,
-                                batch_size=8, base_tokens=8 * 32 * 60, chat_tokens=8 * 32 * 10, n_dialogs=200,
+                                batch_size=8, base_tokens=8 * 32 * 200, chat_tokens=8 * 32 * 20, n_dialogs=200,
                                 tokenizer_chars=50_000, base_lr=1e-2)
 
-@pytest.fixture(scope='session')
+@pytest.fixture(scope='module')   # fresh models per test file: no test sees hooks or state another file left
 def org(tmp_path_factory):
     out = tmp_path_factory.mktemp('organisms')
     corpus = load_corpus(['kjv', 'python_docs'])
