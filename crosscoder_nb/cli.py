@@ -18,11 +18,9 @@ class CLIError(Exception):
 
 def _fresh_dir(path: str | Path, overwrite: bool = False) -> Path:
     "`path` as an output folder that is absent or empty (or `overwrite` is set); never deletes anything."
-    p = Path(path)
-    if p.exists() and not p.is_dir(): raise CLIError(f"--out {p} exists and is a file: pick a folder path.")
-    if p.is_dir() and any(p.iterdir()) and not overwrite:
-        raise CLIError(f"--out {p} exists and is not empty: pick a new folder, or empty it first. Nothing was overwritten.")
-    return p
+    from crosscoder_nb.pipeline import check_out_dir
+    try: return check_out_dir(path, overwrite, '--out')
+    except ValueError as e: raise CLIError(str(e)) from None
 
 # %% ../nbs/90_cli.ipynb
 def _model_arg(name: str) -> str:

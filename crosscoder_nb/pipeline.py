@@ -17,7 +17,7 @@ from .trainer import Trainer, TrainConfig
 
 # %% auto 0
 __all__ = ['RUN_CONFIG_FILE', 'RunConfig', 'set_fields', 'set_field', 'seed_config', 'organisms_config', 'is_organism',
-           'default_config', 'train_run']
+           'default_config', 'check_out_dir', 'train_run']
 
 # %% ../nbs/09_pipeline.ipynb
 _FROM_MODELS = ('d_model', 'n_models', 'hook_point', 'model_names', 'norm_factors')
@@ -122,13 +122,18 @@ class _Timed:
     def state_dict(self): return self.it.state_dict()
     def load_state_dict(self, sd): self.it.load_state_dict(sd)
 
+def check_out_dir(out: str | Path, overwrite: bool = False, what: str = 'Output folder') -> Path:
+    "`out` as a folder that is absent or empty (or `overwrite` is set); never deletes anything."
+    out = Path(out)
+    if out.exists() and not out.is_dir(): raise ValueError(f"{what} {out} exists and is a file: pick a folder path.")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"{what} {out} exists and is not empty: pick a new folder, or pass overwrite=True (--overwrite) "
+                         "to write there. Nothing was changed.")
+    return out
+
 def _check_out(out: Path, overwrite: bool, resume: bool):
-    if out.exists() and not out.is_dir(): raise ValueError(f"Run directory {out} exists and is a file: pick a folder path.")
-    busy = out.is_dir() and any(out.iterdir())
     if resume and not (out / WEIGHTS_FILE).exists(): raise ValueError(f"Nothing to resume in {out}: it holds no checkpoint ({WEIGHTS_FILE}).")
-    if busy and not (overwrite or resume):
-        raise ValueError(f"Run directory {out} exists and is not empty: pick a new folder, pass overwrite=True (--overwrite) to "
-                         "start afresh there, or resume=True (--resume) to continue its checkpoint. Nothing was changed.")
+    check_out_dir(out, overwrite or resume, 'Run directory')   # resume=True (--resume) continues the checkpoint instead
 
 # %% ../nbs/09_pipeline.ipynb
 def train_run(cfg: RunConfig, out: str | Path,  # the run directory: checkpoint, metrics.jsonl, run_config.json

@@ -10,6 +10,7 @@ import torch
 import plotly.graph_objects as go
 from .models import default_device, load_model, resolve_model
 from .crosscoder import CrossCoder, CrossCoderConfig, WEIGHTS_FILE, atomic_write
+from .pipeline import check_out_dir
 
 # %% auto 0
 __all__ = ['METRICS_FILE', 'REPORT_FILE', 'DASHBOARD_DIR', 'eval_table', 'html_table', 'render_report', 'check_models_match',
@@ -85,12 +86,6 @@ def check_models_match(cc: CrossCoder, names: list[str] | None, where: str = 'th
                          "or train a crosscoder on these models first.")
     return [str(n) for n in names]
 
-def _out_dir(out: Path, overwrite: bool) -> Path:
-    if out.exists() and not out.is_dir(): raise ValueError(f"Output {out} exists and is a file: pick a folder path.")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"Output folder {out} exists and is not empty: pick a new folder, or pass overwrite=True (--overwrite). Nothing was changed.")
-    return out
-
 # %% ../nbs/10_report.ipynb
 METRICS_FILE, REPORT_FILE, DASHBOARD_DIR = 'metrics.json', 'report.html', 'dashboards'
 
@@ -112,7 +107,7 @@ def report_run(run_dir: str | Path,  # a folder holding a crosscoder checkpoint 
                                        cosine_histogram, latent_groups, planted_recovery, html_table as diff_table)
     from crosscoder_nb.pipeline import is_organism
     t0, run_dir = time.time(), Path(run_dir)
-    out = _out_dir(Path(out) if out is not None else run_dir / 'report', overwrite)
+    out = check_out_dir(Path(out) if out is not None else run_dir / 'report', overwrite)
     if not (run_dir / WEIGHTS_FILE).exists() and not (run_dir / 'cc_weights.pt').exists():
         raise FileNotFoundError(f"{run_dir} holds no crosscoder checkpoint ({WEIGHTS_FILE}): pass a run folder written by `crosscoder-diff train`.")
     device = device or default_device()
@@ -199,7 +194,7 @@ def demo(out: str | Path = 'demo_out',  # folder for the run and the report
          base: str = 'organism-base', chat: str = 'organism-chat', progress: bool = True, **report_kw) -> dict:
     "Train on the organisms (or two given models) with the demo config, then evaluate, diff, and write the report."
     from crosscoder_nb.pipeline import default_config, set_fields, train_run
-    t0, out = time.time(), _out_dir(Path(out), overwrite)
+    t0, out = time.time(), check_out_dir(Path(out), overwrite)
     cfg = set_fields(default_config(base, chat), settings or {})   # a bad setting fails here, before any work
     run = train_run(cfg, out / 'run', overwrite=overwrite, device=device, progress=progress)
     train = {k: run[k] for k in ('steps', 'tokens', 'harvest_tokens_per_s', 'train_tokens_per_s', 'wall_seconds')}
