@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_buffer.ipynb 3
 from __future__ import annotations
-import math, os, re
+import math, os, re, time
 from dataclasses import asdict, dataclass, fields
 from typing import Iterable
 import torch
@@ -16,7 +16,8 @@ from .data import DataConfig, TokenStream
 from .models import load_model
 
 # %% auto 0
-__all__ = ['DTYPES', 'BufferConfig', 'harvest', 'check_models', 'check_seq_len', 'ActivationBuffer', 'estimate_norm_factors']
+__all__ = ['DTYPES', 'BufferConfig', 'harvest', 'check_models', 'check_seq_len', 'ActivationBuffer', 'estimate_norm_factors',
+           'HarvestedActivations', 'harvest_activations']
 
 # %% ../nbs/03_buffer.ipynb
 DTYPES = {'bfloat16': torch.bfloat16, 'float16': torch.float16, 'float32': torch.float32}
@@ -240,3 +241,26 @@ def load_state_dict(self: ActivationBuffer, sd: dict):
     if sd.get('buffer') is not None:
         self.buffer, self.pointer = sd['buffer'].to(self.device, self.dtype), sd['pointer']
         self._pending = [p.to(self.device, self.dtype) for p in sd['pending']]
+
+# %% ../nbs/03_buffer.ipynb
+@dataclass
+class HarvestedActivations:
+    acts: Float[Tensor, "n n_models d_model"]   # raw activations (not normalised), in the buffer's storage dtype
+    norm_factors: Float[Tensor, "n_models"]     # s_m, estimated as the buffer does
+    hook_point: str
+    seconds: float                              # wall time of the harvest
+    @property
+    def tokens_per_s(self) -> float: return len(self.acts) / max(self.seconds, 1e-9)
+
+def harvest_activations(models: list, data, cfg: BufferConfig,
+                        n_tokens: int,  # activations to keep
+                        norm_factors: Tensor | None = None,  # known factors; default: estimated on the first batches
+                        progress: bool = True) -> HarvestedActivations:
+    "Run the models once over `n_tokens` tokens of `data` and keep every activation (and the factors s_m) in memory."
+    if not (isinstance(n_tokens, int) and n_tokens >= 1): raise ValueError(f"n_tokens must be an int >= 1, got {n_tokens!r}.")
+    t0 = time.perf_counter()
+    buf = ActivationBuffer(models, data, cfg, norm_factors=norm_factors, progress=progress)
+    factors = buf.norm_factors   # the activations it was estimated on are kept and used first
+    buf.buffer = torch.empty(n_tokens, buf.n_models, buf.d_model, dtype=buf.dtype, device=buf.device)
+    buf._fill(n_tokens)
+    return HarvestedActivations(buf.buffer, factors.clone(), cfg.hook_name, time.perf_counter() - t0)

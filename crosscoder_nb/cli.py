@@ -74,7 +74,7 @@ def _run_config(args):
     "The RunConfig the arguments describe: defaults, then --config, then flags, then --set (later wins)."
     from crosscoder_nb.pipeline import RunConfig, default_config, set_fields
     models = [args.base, args.chat] + list(args.model or [])
-    cfg = default_config(args.base, args.chat, args.layer)
+    cfg = default_config(args.base, args.chat, args.layer, args.arch)
     settings = {'models': models}
     if args.config:
         try: d = json.loads(Path(args.config).read_text())
@@ -121,7 +121,13 @@ def _summary(m: dict) -> str:
     names = list(m['explained_variance'])
     lines = [f"L0 {m['l0']:.1f}"] + [f"{n}: explained variance {m['explained_variance'][n]:.1%}, CE recovered {m['ce_recovered'][n]:.1%}, "
                                      f"CE delta {m['ce_delta'][n]:.3f}" for n in names]
-    lines.append(f"latents: {m['n_chat_specific']} chat-specific, {m['n_base_specific']} base-specific, {m['n_shared']} shared")
+    lines.append(f"latents: {m['n_chat_specific']} chat-specific, {m['n_base_specific']} base-specific, {m['n_shared']} shared; "
+                 f"{m['dead_fraction']:.1%} dead")
+    for a, row in (m.get('comparison') or {}).items():
+        if a == m.get('headline_arch'): continue
+        ev = ', '.join(f"{n} {v:.1%}" for n, v in row['explained_variance'].items())
+        lines.append(f"beside it, {a}: L0 {row['l0']:.1f}, explained variance {ev}, {row['n_chat_specific']} chat-specific, "
+                     f"{row['n_base_specific']} base-specific, {row['dead_fraction']:.1%} dead")
     if m.get('planted_recovery'):
         lines.append('planted-diff recovery: ' + ', '.join(f'{b} {f:.0%}' for b, f in m['planted_recovery'].items()))
     return '\n'.join(lines)
@@ -130,7 +136,8 @@ def cmd_demo(args) -> int:
     from crosscoder_nb.report import demo
     _model_arg(args.base); _model_arg(args.chat)
     out = _fresh_dir(args.out, args.overwrite)
-    m = demo(out, overwrite=args.overwrite, device=args.device, settings=_settings(args.set), base=args.base, chat=args.chat)
+    m = demo(out, overwrite=args.overwrite, device=args.device, settings=_settings(args.set), base=args.base, chat=args.chat,
+             arch=args.arch, compare=not args.no_compare)
     print(_summary(m))
     print(f"demo finished in {m['demo_seconds'] / 60:.1f} min; report: {(out / 'report.html').resolve()}")
     return 0
@@ -192,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument('--overwrite', action='store_true', help='write into a non-empty --out')
     m.add_argument('--base', default='organism-base', help='base model (default: the bundled organism)')
     m.add_argument('--chat', default='organism-chat', help='chat model (default: the bundled organism)')
-    m.add_argument('--set', action='append', metavar='SECTION.FIELD=VALUE', help='change the run config, e.g. --set train.n_tokens=500000')
+    m.add_argument('--set', action='append', metavar='SECTION.FIELD=VALUE', help='change the headline run config, e.g. --set train.n_tokens=500000')
+    m.add_argument('--arch', choices=['batchtopk', 'l1'], default='batchtopk', help='the headline crosscoder (l1: the seed\'s recipe)')
+    m.add_argument('--no-compare', action='store_true', help='train only the headline crosscoder, not the other architecture beside it')
     m.add_argument('--device', default=None, help='torch device (default: cuda if available, else cpu)')
     m.set_defaults(func=cmd_demo)
     r = sub.add_parser('report', help='evals, diffing and dashboards of a trained run: report.html and metrics.json')
@@ -226,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('--model', action='append', help='a further model read by the same crosscoder (repeatable)')
     t.add_argument('--out', help='run directory for the checkpoint, metrics.jsonl and run_config.json')
     t.add_argument('--layer', type=int, help='read blocks.LAYER.hook_resid_pre (default 3 for the organisms, 14 otherwise)')
+    t.add_argument('--arch', choices=['batchtopk', 'l1'], help='crosscoder recipe (default: batchtopk for the organisms, the seed\'s l1 otherwise)')
     t.add_argument('--d-latent', type=int, help='number of latents')
     t.add_argument('--lr', type=float, help='learning rate')
     t.add_argument('--n-tokens', type=int, help='activations to train on')

@@ -7,19 +7,20 @@ from __future__ import annotations
 import json, math, os, tempfile, uuid, warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from einops import einsum, rearrange, reduce
-from jaxtyping import Float
+from jaxtyping import Bool, Float, Int
 from fastcore.basics import patch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 # %% auto 0
-__all__ = ['ACTIVATIONS', 'SPARSITIES', 'DTYPES', 'CHECKPOINT_FORMAT', 'WEIGHTS_FILE', 'CONFIG_FILE', 'SEED_WEIGHTS_FILE',
-           'SEED_CONFIG_FILE', 'register_activation', 'register_sparsity', 'ReLUActivation', 'DecoderNormL1',
-           'CrossCoderConfig', 'CrossCoder', 'LossOutput', 'atomic_write']
+__all__ = ['ACTIVATIONS', 'SPARSITIES', 'DTYPES', 'TOPK_ACTIVATIONS', 'CHECKPOINT_FORMAT', 'WEIGHTS_FILE', 'CONFIG_FILE',
+           'SEED_WEIGHTS_FILE', 'SEED_CONFIG_FILE', 'OPTIONAL_STATE', 'register_activation', 'register_sparsity',
+           'ReLUActivation', 'DecoderNormL1', 'CrossCoderConfig', 'CrossCoder', 'sparse_decode', 'LossOutput',
+           'latent_groups_of', 'TopK', 'batch_topk', 'BatchTopK', 'atomic_write']
 
 # %% ../nbs/04_crosscoder.ipynb
 ACTIVATIONS: dict[str, Callable] = {}  # name -> activation module class, built as cls(cfg)
@@ -45,10 +46,14 @@ class ReLUActivation(nn.Module):
 
 @register_sparsity('decoder_norm_l1')
 class DecoderNormL1(nn.Module):
-    "The seed's penalty: mean over the batch of sum_j f_j * sum_m ||d_j^m||."
-    def __init__(self, cfg=None): super().__init__()
+    "The seed's penalty: mean over the batch of sum_j w_j f_j sum_m ||d_j^m||, w_j = `shared_l1_ratio` for designated shared latents, else 1."
+    def __init__(self, cfg=None):
+        super().__init__()
+        self.n_shared, self.ratio = (cfg.n_shared, cfg.shared_l1_ratio) if cfg is not None else (0, 1.0)
     def forward(self, acts: Float[Tensor, "batch d_latent"], dec_norms: Float[Tensor, "d_latent n_models"]) -> Float[Tensor, ""]:
-        return einsum(acts.float(), dec_norms.float(), 'batch d_latent, d_latent n_models -> batch').mean()
+        w = dec_norms.float().sum(-1)
+        if self.n_shared: w = torch.cat([w[:self.n_shared] * self.ratio, w[self.n_shared:]])
+        return einsum(acts.float(), w, 'batch d_latent, d_latent -> batch').mean()
 
 # %% ../nbs/04_crosscoder.ipynb
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16, 'float64': torch.float64}
@@ -58,15 +63,25 @@ class CrossCoderConfig:
     d_model: int                             # residual width of each model
     n_models: int = 2                        # models read at once (base and chat for diffing)
     d_latent: int = 16384                    # number of latents (dictionary width)
-    activation: str = 'relu'                 # a name in `ACTIVATIONS`
+    activation: str = 'relu'                 # a name in `ACTIVATIONS`: 'relu' (the seed's), 'topk', 'batchtopk'
     sparsity: str = 'decoder_norm_l1'        # a name in `SPARSITIES`
-    l1_coeff: float = 2.0                    # sparsity coefficient `losses` uses when given none
+    l1_coeff: float | None = None            # sparsity coefficient `losses` uses when given none; None: `l1_default`
     dec_init_norm: float = 0.08              # norm of every decoder vector d_j^m at initialisation
     seed: int = 0                            # seed of the initialisation
     dtype: str = 'float32'                   # parameter dtype, a name in `DTYPES`
     hook_point: str | None = None            # where the activations come from, e.g. 'blocks.14.hook_resid_pre'
     model_names: list[str] | None = None     # one name per model, in the order of the n_models axis
     norm_factors: list[float] | None = None  # s_m, one per model: training sees s_m * x_m
+    k: int | None = None                     # top-k activations: active latents per example (designated shared ones apart)
+    n_shared: int = 0                        # designated shared latents: the first n_shared, one decoder for every model
+    k_shared: int = 0                        # top-k activations: active designated shared latents per example
+    shared_l1_ratio: float = 0.15            # L1 penalty: lambda_shared / lambda of the designated shared latents
+    aux_coeff: float | None = None           # AuxK coefficient; None: 1/32 with a top-k activation, 0 with 'relu'
+    k_aux: int | None = None                 # dead latents AuxK reconstructs with, per example; None: d_model // 2
+    dead_tokens: int = 10_000_000            # a latent that has not fired for this many training tokens is dead
+    threshold_start: int = 1000              # batchtopk: training step from which the inference threshold is averaged
+    threshold_ema: float = 0.999             # batchtopk: decay of that running average
+    sparse_decode: bool | None = None        # decode by gathering the active rows; None: when k-sparse enough to be cheaper
 
     def __post_init__(self): self.validate()
     def to_dict(self) -> dict: return asdict(self)
@@ -78,28 +93,69 @@ class CrossCoderConfig:
         return cls(**d)
     @property
     def torch_dtype(self) -> torch.dtype: return DTYPES[self.dtype]
+    @property
+    def l1_default(self) -> float:
+        "The L1 coefficient: `l1_coeff`, else the seed's 2.0 with 'relu' and 0 with a top-k activation (its sparsity is k)."
+        return (0.0 if self.is_topk else 2.0) if self.l1_coeff is None else self.l1_coeff
+    @property
+    def is_topk(self) -> bool: return self.activation in TOPK_ACTIVATIONS
+    @property
+    def aux_alpha(self) -> float: return (1 / 32 if self.is_topk else 0.0) if self.aux_coeff is None else self.aux_coeff
+    @property
+    def aux_k(self) -> int: return self.k_aux or max(1, self.d_model // 2)
 
 # %% ../nbs/04_crosscoder.ipynb
+TOPK_ACTIVATIONS = ('topk', 'batchtopk')   # activations that keep a fixed number of latents, set by k (and k_shared)
+
 def _is_int(v) -> bool: return isinstance(v, int) and not isinstance(v, bool)
 
 @patch
 def validate(self: CrossCoderConfig):
     "Raise a `ValueError` naming the first bad field and how to fix it."
+    def bad(msg): raise ValueError(f"CrossCoderConfig.{msg}")
     for k in ('d_model', 'd_latent'):
-        if not _is_int(getattr(self, k)) or getattr(self, k) <= 0: raise ValueError(f"CrossCoderConfig.{k} must be a positive int, got {getattr(self, k)!r}")
-    if not _is_int(self.n_models) or self.n_models < 2: raise ValueError(f"CrossCoderConfig.n_models must be an int >= 2 (a crosscoder reads several models; use an SAE for one), got {self.n_models!r}")
-    if self.activation not in ACTIVATIONS: raise ValueError(f"Unknown activation {self.activation!r}; known: {sorted(ACTIVATIONS)}. Add one with @register_activation(name).")
-    if self.sparsity not in SPARSITIES: raise ValueError(f"Unknown sparsity {self.sparsity!r}; known: {sorted(SPARSITIES)}. Add one with @register_sparsity(name).")
-    if not self.l1_coeff >= 0: raise ValueError(f"CrossCoderConfig.l1_coeff must be >= 0, got {self.l1_coeff!r}")
-    if not self.dec_init_norm > 0: raise ValueError(f"CrossCoderConfig.dec_init_norm must be > 0, got {self.dec_init_norm!r}")
-    if self.dtype not in DTYPES: raise ValueError(f"CrossCoderConfig.dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+        if not _is_int(getattr(self, k)) or getattr(self, k) <= 0: bad(f"{k} must be a positive int, got {getattr(self, k)!r}")
+    if not _is_int(self.n_models) or self.n_models < 2: bad(f"n_models must be an int >= 2 (a crosscoder reads several models; use an SAE for one), got {self.n_models!r}")
+    if self.activation not in ACTIVATIONS: bad(f"activation: unknown activation {self.activation!r}; known: {sorted(ACTIVATIONS)}. A custom one must be "
+                                               "registered with @register_activation(name) before it is used or loaded; a newer crosscoder_nb may know it (upgrade).")
+    if self.sparsity not in SPARSITIES: bad(f"sparsity: unknown sparsity {self.sparsity!r}; known: {sorted(SPARSITIES)}. Add one with @register_sparsity(name).")
+    if self.l1_coeff is not None and not (isinstance(self.l1_coeff, (int, float)) and self.l1_coeff >= 0): bad(f"l1_coeff must be >= 0 or None, got {self.l1_coeff!r}")
+    if not self.dec_init_norm > 0: bad(f"dec_init_norm must be > 0, got {self.dec_init_norm!r}")
+    if self.dtype not in DTYPES: bad(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
     if self.model_names is not None:
         self.model_names = [str(n) for n in self.model_names]
-        if len(self.model_names) != self.n_models: raise ValueError(f"model_names has {len(self.model_names)} names for n_models={self.n_models}: give one per model, or None")
+        if len(self.model_names) != self.n_models: bad(f"model_names has {len(self.model_names)} names for n_models={self.n_models}: give one per model, or None")
     if self.norm_factors is not None:
         self.norm_factors = [float(s) for s in self.norm_factors]
-        if len(self.norm_factors) != self.n_models: raise ValueError(f"norm_factors has {len(self.norm_factors)} values for n_models={self.n_models}: give one scalar per model, or None")
-        if not all(math.isfinite(s) and s > 0 for s in self.norm_factors): raise ValueError(f"norm_factors must be finite and > 0, got {self.norm_factors}")
+        if len(self.norm_factors) != self.n_models: bad(f"norm_factors has {len(self.norm_factors)} values for n_models={self.n_models}: give one scalar per model, or None")
+        if not all(math.isfinite(s) and s > 0 for s in self.norm_factors): bad(f"norm_factors must be finite and > 0, got {self.norm_factors}")
+    self._validate_sparse()
+
+# %% ../nbs/04_crosscoder.ipynb
+@patch
+def _validate_sparse(self: CrossCoderConfig):
+    def bad(msg): raise ValueError(f"CrossCoderConfig.{msg}")
+    if not _is_int(self.n_shared) or not 0 <= self.n_shared < self.d_latent:
+        bad(f"n_shared must be an int in [0, d_latent={self.d_latent}), got {self.n_shared!r}: designated shared latents must leave "
+            "latents free to be model-specific (Anthropic used 1024 of 8192); lower n_shared or raise d_latent.")
+    free = self.d_latent - self.n_shared
+    if self.is_topk:
+        if not _is_int(self.k) or not 1 <= self.k <= free:
+            bad(f"k must be an int in [1, {free}] for activation={self.activation!r} (d_latent {self.d_latent} minus n_shared "
+                f"{self.n_shared}), got {self.k!r}: k is the number of active latents per example, e.g. k=32.")
+        if not _is_int(self.k_shared) or not 0 <= self.k_shared <= self.n_shared or (self.n_shared and not self.k_shared):
+            bad(f"k_shared must be an int in [1, n_shared={self.n_shared}] when there are designated shared latents (0 without), "
+                f"got {self.k_shared!r}: it is their own budget of active latents per example.")
+    elif self.k is not None or self.k_shared:
+        bad(f"k and k_shared only apply to a top-k activation {TOPK_ACTIVATIONS}, but activation={self.activation!r}: drop them, "
+            "or set activation='batchtopk' (the crosscoder-diff commands: --arch l1 for the seed's L1 recipe).")
+    if not (isinstance(self.shared_l1_ratio, (int, float)) and self.shared_l1_ratio >= 0): bad(f"shared_l1_ratio must be >= 0, got {self.shared_l1_ratio!r}")
+    if self.aux_coeff is not None and not (isinstance(self.aux_coeff, (int, float)) and self.aux_coeff >= 0): bad(f"aux_coeff must be >= 0 or None, got {self.aux_coeff!r}")
+    if self.k_aux is not None and not (_is_int(self.k_aux) and 1 <= self.k_aux <= self.d_latent): bad(f"k_aux must be an int in [1, d_latent] or None, got {self.k_aux!r}")
+    if not _is_int(self.dead_tokens) or self.dead_tokens < 1: bad(f"dead_tokens must be an int >= 1, got {self.dead_tokens!r}")
+    if not _is_int(self.threshold_start) or self.threshold_start < 0: bad(f"threshold_start must be an int >= 0, got {self.threshold_start!r}")
+    if not (isinstance(self.threshold_ema, float) and 0 <= self.threshold_ema < 1): bad(f"threshold_ema must be a float in [0, 1), got {self.threshold_ema!r}")
+    if self.sparse_decode not in (None, True, False): bad(f"sparse_decode must be True, False or None (automatic), got {self.sparse_decode!r}")
 
 # %% ../nbs/04_crosscoder.ipynb
 class CrossCoder(nn.Module):
@@ -111,35 +167,70 @@ class CrossCoder(nn.Module):
         self.cfg, dt = cfg, cfg.torch_dtype
         g = torch.Generator().manual_seed(cfg.seed)
         W_dec = torch.randn(cfg.d_latent, cfg.n_models, cfg.d_model, generator=g)
+        W_dec[:cfg.n_shared] = W_dec[:cfg.n_shared, :1]   # designated shared latents: one decoder vector for every model
         W_dec = W_dec * (cfg.dec_init_norm / W_dec.norm(dim=-1, keepdim=True))
         self.W_dec = nn.Parameter(W_dec.to(device=device, dtype=dt))
         W_enc = rearrange(W_dec, 'd_latent n_models d_model -> n_models d_model d_latent').clone(memory_format=torch.contiguous_format)
         self.W_enc = nn.Parameter(W_enc.to(device=device, dtype=dt))  # a copy: W_enc and W_dec train independently
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_latent, device=device, dtype=dt))
         self.b_dec = nn.Parameter(torch.zeros(cfg.n_models, cfg.d_model, device=device, dtype=dt))
+        self.register_buffer('tokens_since_fired', torch.zeros(cfg.d_latent, dtype=torch.long, device=device))
         self.activation = ACTIVATIONS[cfg.activation](cfg).to(device)
         self.sparsity = SPARSITIES[cfg.sparsity](cfg).to(device)
         self.train_config, self.extra = None, None  # filled by `CrossCoder.load` from a checkpoint
+        self.eval()
+
+# %% ../nbs/04_crosscoder.ipynb
+def sparse_decode(f: Float[Tensor, "batch d_latent"], W: Float[Tensor, "d_latent n_models d_model"]) -> Float[Tensor, "batch n_models d_model"]:
+    "sum_j f_j W[j] over the non-zero f_j of each example, by gathering rows (no bias)."
+    rows, cols = f.nonzero(as_tuple=True)
+    offsets = torch.zeros(len(f), dtype=torch.long, device=f.device)
+    offsets[1:] = torch.bincount(rows, minlength=len(f))[:-1].cumsum(0)
+    out = F.embedding_bag(cols, W.flatten(1), offsets, mode='sum', per_sample_weights=f[rows, cols].to(W.dtype))
+    return out.view(len(f), *W.shape[1:])
+
+@patch(as_prop=True)
+def use_sparse_decode(self: CrossCoder) -> bool:
+    "Whether `decode` gathers active rows instead of multiplying by the whole decoder."
+    c = self.cfg
+    if c.sparse_decode is not None: return c.sparse_decode
+    return c.is_topk and 16 * (c.k + c.k_shared) <= c.d_latent
 
 # %% ../nbs/04_crosscoder.ipynb
 @patch
+def decoder_weights(self: CrossCoder) -> Float[Tensor, "d_latent n_models d_model"]:
+    "The decoder the computation uses: `W_dec`, with the designated shared latents' rows tied across models."
+    ns = self.cfg.n_shared
+    if not ns: return self.W_dec
+    tied = self.W_dec[:ns].mean(1, keepdim=True).expand(-1, self.cfg.n_models, -1)
+    return torch.cat([tied, self.W_dec[ns:]])
+
+@patch
 def decoder_norms(self: CrossCoder) -> Float[Tensor, "d_latent n_models"]:
     "||d_j^m||: the norm of each latent's decoder vector in each model."
-    return self.W_dec.norm(dim=-1)
+    return self.decoder_weights().norm(dim=-1)
+
+@patch
+def pre_acts(self: CrossCoder, x: Float[Tensor, "batch n_models d_model"]) -> Float[Tensor, "batch d_latent"]:
+    "sum_m W_enc[m]^T x_m + b_enc, before the activation."
+    return einsum(x.to(self.W_enc.dtype), self.W_enc, 'batch n_models d_model, n_models d_model d_latent -> batch d_latent') + self.b_enc
 
 @patch
 def encode(self: CrossCoder, x: Float[Tensor, "batch n_models d_model"],
            dec_norms: Float[Tensor, "d_latent n_models"] | None = None,  # `decoder_norms()`, computed when not given
           ) -> Float[Tensor, "batch d_latent"]:
     "Latent activations f of each example."
-    pre = einsum(x.to(self.W_enc.dtype), self.W_enc, 'batch n_models d_model, n_models d_model d_latent -> batch d_latent') + self.b_enc
     if dec_norms is None: dec_norms = self.decoder_norms()
-    return self.activation(pre, dec_norms.sum(-1))
+    return self.activation(self.pre_acts(x), dec_norms.sum(-1))
 
 @patch
-def decode(self: CrossCoder, f: Float[Tensor, "batch d_latent"]) -> Float[Tensor, "batch n_models d_model"]:
+def decode(self: CrossCoder, f: Float[Tensor, "batch d_latent"],
+           W: Tensor | None = None,  # `decoder_weights()`, computed when not given
+          ) -> Float[Tensor, "batch n_models d_model"]:
     "Reconstruction x_hat_m = f W_dec[:, m] + b_dec[m] of each model."
-    return einsum(f, self.W_dec, 'batch d_latent, d_latent n_models d_model -> batch n_models d_model') + self.b_dec
+    W = self.decoder_weights() if W is None else W
+    if self.use_sparse_decode: return sparse_decode(f, W) + self.b_dec
+    return einsum(f, W, 'batch d_latent, d_latent n_models d_model -> batch n_models d_model') + self.b_dec
 
 @patch
 def forward(self: CrossCoder, x: Float[Tensor, "batch n_models d_model"]) -> Float[Tensor, "batch n_models d_model"]:
@@ -149,11 +240,12 @@ def forward(self: CrossCoder, x: Float[Tensor, "batch n_models d_model"]) -> Flo
 # %% ../nbs/04_crosscoder.ipynb
 @dataclass
 class LossOutput:
-    loss: Tensor                # l2 + l1_coeff * l1, the training objective
+    loss: Tensor                # l2 + l1_coeff * l1 + aux_coeff * aux, the training objective
     l2: Tensor                  # mean_batch sum_{m, d_model} (x - x_hat)^2
     l1: Tensor                  # the sparsity penalty (before the coefficient)
     l0: Tensor                  # mean number of active latents per example
     explained_variance: Tensor  # [n_models], per-example ratio averaged over the batch (the seed's definition)
+    aux: Tensor                 # the AuxK loss on dead latents (0 outside training, or when none is dead)
     def to_dict(self) -> dict:
         "Python numbers, read from the device in one transfer."
         vals = [getattr(self, f.name).detach().float() for f in fields(self)]
@@ -166,18 +258,134 @@ class LossOutput:
 
 @patch
 def losses(self: CrossCoder, x: Float[Tensor, "batch n_models d_model"],
-           l1_coeff: float | None = None,  # defaults to `cfg.l1_coeff`; the trainer passes its warm-up value
+           l1_coeff: float | None = None,  # defaults to `cfg.l1_default`; the trainer passes its warm-up value
           ) -> LossOutput:
-    "Training loss and metrics on a batch."
-    dec_norms = self.decoder_norms()
-    f = self.encode(x, dec_norms)
+    "Training loss and metrics on a batch (in training mode, also AuxK and the dead-latent counters)."
+    W = self.decoder_weights()
+    dec_norms = W.norm(dim=-1)
+    pre = self.pre_acts(x)
+    f = self.activation(pre, dec_norms.sum(-1))
     x = x.float()
-    err = reduce((self.decode(f).float() - x).pow(2), 'batch n_models d_model -> batch n_models', 'sum')
+    resid = x - self.decode(f, W).float()
+    err = reduce(resid.pow(2), 'batch n_models d_model -> batch n_models', 'sum')
     var = reduce((x - x.mean(0)).pow(2), 'batch n_models d_model -> batch n_models', 'sum')
     l2, l1 = err.sum(-1).mean(), self.sparsity(f, dec_norms)
-    coeff = self.cfg.l1_coeff if l1_coeff is None else l1_coeff
-    return LossOutput(loss=l2 + coeff * l1, l2=l2, l1=l1, l0=(f > 0).float().sum(-1).mean(),
-                      explained_variance=(1 - err / var).mean(0))
+    aux = self.aux_loss(resid.detach(), pre, dec_norms.sum(-1), W) if self.training else l2.new_zeros(())
+    if self.training: self.track_firing(f)
+    coeff = self.cfg.l1_default if l1_coeff is None else l1_coeff
+    return LossOutput(loss=l2 + coeff * l1 + self.cfg.aux_alpha * aux, l2=l2, l1=l1, l0=(f > 0).float().sum(-1).mean(),
+                      explained_variance=(1 - err / var).mean(0), aux=aux)
+
+# %% ../nbs/04_crosscoder.ipynb
+def latent_groups_of(cfg: CrossCoderConfig) -> list[tuple[int, int, int]]:
+    "(first latent, end, active per example) of each group a top-k activation picks in: designated shared latents, then the rest."
+    return ([(0, cfg.n_shared, cfg.k_shared)] if cfg.n_shared else []) + [(cfg.n_shared, cfg.d_latent, cfg.k)]
+
+@register_activation('topk')
+class TopK(nn.Module):
+    "Per example, keep the k largest scores h_j * sum_m ||d_j^m|| of each group; f_j = h_j there, 0 elsewhere."
+    def __init__(self, cfg: CrossCoderConfig): super().__init__(); self.groups = latent_groups_of(cfg)
+    def forward(self, pre_acts: Float[Tensor, "batch d_latent"], dec_norm_sum: Float[Tensor, "d_latent"]) -> Float[Tensor, "batch d_latent"]:
+        h = F.relu(pre_acts); s = h * dec_norm_sum
+        keep = torch.cat([torch.zeros_like(s[:, lo:hi], dtype=torch.bool).scatter_(1, s[:, lo:hi].topk(k, dim=1).indices, True)
+                          for lo, hi, k in self.groups], 1)
+        return torch.where(keep, h, 0)
+
+# %% ../nbs/04_crosscoder.ipynb
+def batch_topk(s: Float[Tensor, "batch n"], n_keep: int,
+               hint: Tensor | None = None,  # a guess at the n_keep-th largest score (e.g. the running threshold)
+              ) -> tuple[Int[Tensor, "n_keep"], Float[Tensor, ""]]:
+    "Flat indices of the `n_keep` largest entries of `s`, and the smallest positive score among them (NaN if none)."
+    flat = s.flatten(); n_keep = min(n_keep, flat.numel())
+    cand = None
+    if hint is not None and flat.device.type == 'cpu' and bool(torch.isfinite(hint) & (hint > 0)):
+        cand = (flat > hint / 2).nonzero().squeeze(1)   # exact when at least n_keep scores pass
+        if len(cand) < n_keep: cand = None
+    if cand is None: vals, idx = flat.topk(n_keep, sorted=False)
+    else: vals, i = flat[cand].topk(n_keep, sorted=False); idx = cand[i]
+    low = torch.where(vals > 0, vals, torch.inf).min().float()
+    return idx, torch.where(torch.isinf(low), torch.nan, low)
+
+# %% ../nbs/04_crosscoder.ipynb
+@register_activation('batchtopk')
+class BatchTopK(nn.Module):
+    "Training: keep the k*batch largest scores of the whole batch; inference: the scores above a threshold learnt in training."
+    def __init__(self, cfg: CrossCoderConfig):
+        super().__init__()
+        self.groups, self.start, self.ema = latent_groups_of(cfg), cfg.threshold_start, cfg.threshold_ema
+        self.register_buffer('threshold', torch.full((len(self.groups),), math.nan))  # one per group; NaN until trained
+        self.register_buffer('steps', torch.zeros((), dtype=torch.long))   # training batches seen
+        self.register_buffer('n_avg', torch.zeros((), dtype=torch.long))   # batches in the current average
+    def forward(self, pre_acts: Float[Tensor, "batch d_latent"], dec_norm_sum: Float[Tensor, "d_latent"]) -> Float[Tensor, "batch d_latent"]:
+        h = F.relu(pre_acts); s = h * dec_norm_sum
+        if not self.training: return torch.where(s > self.threshold_per_latent().to(s.dtype), h, 0)
+        keep, lows = [], []
+        for g, (lo, hi, k) in enumerate(self.groups):
+            idx, low = batch_topk(s[:, lo:hi], k * len(s), self.threshold[g])
+            kg = torch.zeros(len(s) * (hi - lo), dtype=torch.bool, device=s.device); kg[idx] = True
+            keep.append(kg.view(len(s), hi - lo)); lows.append(low)
+        self.update_threshold(torch.stack(lows))
+        return torch.where(torch.cat(keep, 1), h, 0)
+
+# %% ../nbs/04_crosscoder.ipynb
+@patch
+def update_threshold(self: BatchTopK, lows: Float[Tensor, "n_groups"]):
+    "Fold one batch's smallest kept scores into the running threshold (no host sync)."
+    self.steps += 1
+    self.n_avg.copy_(torch.where(self.steps == self.start + 1, 0, self.n_avg) + 1)   # restart at threshold_start
+    w = (1.0 / self.n_avg).clamp(min=1 - self.ema)
+    lows = lows.detach().to(self.threshold.dtype)   # a statistic, not part of the graph (else each step's graph is kept)
+    new = torch.where(self.threshold.isnan() | (self.n_avg == 1), lows, self.threshold + w * (lows - self.threshold))
+    self.threshold.copy_(torch.where(lows.isnan(), self.threshold, new))
+
+@patch
+def threshold_per_latent(self: BatchTopK) -> Float[Tensor, "d_latent"]:
+    "The inference threshold of every latent (its group's); a clear error before any training."
+    if torch.isnan(self.threshold).any():
+        raise ValueError("This BatchTopK crosscoder has no inference threshold yet (it is learnt while training): train it with Trainer, "
+                         "estimate one with cc.fit_threshold(batches), or use cc.train() to pick the top k*batch of each batch instead.")
+    return torch.cat([t.expand(hi - lo) for t, (lo, hi, _) in zip(self.threshold, self.groups)])
+
+# %% ../nbs/04_crosscoder.ipynb
+@patch
+def dead_mask(self: CrossCoder) -> Bool[Tensor, "d_latent"]:
+    "Latents that have not fired for `cfg.dead_tokens` training tokens."
+    return self.tokens_since_fired >= self.cfg.dead_tokens
+
+@patch
+def track_firing(self: CrossCoder, f: Float[Tensor, "batch d_latent"]):
+    "Count, per latent, the training tokens since it last fired."
+    fired = (f > 0).any(0)
+    self.tokens_since_fired.copy_(torch.where(fired, 0, self.tokens_since_fired + len(f)))
+
+@patch
+def aux_loss(self: CrossCoder, resid: Float[Tensor, "batch n_models d_model"],  # x - x_hat, detached
+             pre: Float[Tensor, "batch d_latent"], dec_norm_sum: Float[Tensor, "d_latent"],
+             W: Float[Tensor, "d_latent n_models d_model"]) -> Float[Tensor, ""]:
+    "AuxK: error of the k_aux top-scoring dead latents at reconstructing `resid`, over its variance (0 if none is dead)."
+    dead = self.dead_mask()
+    n_dead = int(dead.sum()) if self.cfg.aux_alpha > 0 else 0   # one host sync per training step
+    if n_dead == 0: return resid.new_zeros(())
+    h = F.relu(pre)
+    idx = torch.where(dead, h * dec_norm_sum, -1.0).topk(min(self.cfg.aux_k, n_dead), dim=1).indices
+    e_hat = F.embedding_bag(idx, W.flatten(1), mode='sum', per_sample_weights=h.gather(1, idx).to(W.dtype)).view_as(resid)
+    return (resid - e_hat.float()).pow(2).sum() / (resid - resid.mean(0)).pow(2).sum().clamp_min(1e-12)
+
+# %% ../nbs/04_crosscoder.ipynb
+@patch
+@torch.no_grad()
+def fit_threshold(self: CrossCoder, batches: Iterable[Tensor],  # normalised activations [batch, n_models, d_model]
+                  n_batches: int = 100) -> Float[Tensor, "n_groups"]:
+    "Set a BatchTopK inference threshold from batches: the mean smallest score each batch keeps."
+    act = self.activation
+    if not isinstance(act, BatchTopK): raise ValueError(f"fit_threshold needs a 'batchtopk' crosscoder; this one uses {self.cfg.activation!r}, which has no threshold.")
+    dn, dev, lows = self.decoder_norms().sum(-1), self.W_enc.device, []
+    for _, x in zip(range(n_batches), batches):
+        s = F.relu(self.pre_acts(x.to(dev))) * dn
+        lows.append(torch.stack([batch_topk(s[:, lo:hi], k * len(s))[1] for lo, hi, k in act.groups]))
+    if not lows: raise ValueError("fit_threshold got no batches: pass an iterator of [batch, n_models, d_model] activations.")
+    act.threshold.copy_(torch.stack(lows).float().nanmean(0))
+    return act.threshold.clone()
 
 # %% ../nbs/04_crosscoder.ipynb
 @patch
@@ -198,7 +406,7 @@ def denormalize(self: CrossCoder, x: Float[Tensor, "... n_models d_model"]) -> F
     return x / self._factors(x)
 
 # %% ../nbs/04_crosscoder.ipynb
-CHECKPOINT_FORMAT = 1          # version of the folder layout below
+CHECKPOINT_FORMAT = 2          # version of the folder layout below (2: sparse crosscoders' buffers; 1 still loads)
 WEIGHTS_FILE, CONFIG_FILE = 'crosscoder.safetensors', 'config.json'
 SEED_WEIGHTS_FILE, SEED_CONFIG_FILE = 'cc_weights.pt', 'cfg.json'   # the seed's released layout
 
@@ -240,9 +448,17 @@ def _read_json(path: Path) -> dict:
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e}): the file is damaged. Restore it from a copy, or re-save the crosscoder.") from None
 
+OPTIONAL_STATE = {'tokens_since_fired'}   # added in format 2: a checkpoint without it starts the counters at 0
+
 def _check_shapes(cc: CrossCoder, sd: dict, wpath: Path, cpath: Path):
     want = {k: tuple(v.shape) for k, v in cc.state_dict().items()}
+    for k in OPTIONAL_STATE - set(sd): sd[k] = cc.state_dict()[k].clone()
     got = {k: tuple(v.shape) for k, v in sd.items()}
+    state = sorted(k for k in set(want) - set(got) if k.startswith('activation.'))
+    if state:
+        raise ValueError(f"{wpath} lacks {state}, which a {cc.cfg.activation!r} crosscoder needs: its inference threshold is learnt in training, "
+                         "and without it encode cannot choose the active latents. Load the checkpoint the training run wrote, or rebuild the "
+                         "crosscoder, load the weights with strict=False and estimate the threshold with cc.fit_threshold(batches).")
     if set(want) != set(got):
         raise ValueError(f"{wpath} holds tensors {sorted(got)} but a crosscoder with {cpath} has {sorted(want)}: the files come from different models.")
     bad = [f"{k}: {got[k]} in the weights, {want[k]} from the config" for k in want if want[k] != got[k]]
@@ -284,6 +500,8 @@ def _load_native(cls, path: Path) -> CrossCoder:
     cc = cls(cfg)
     _check_shapes(cc, sd, wpath, cpath)
     cc.load_state_dict(sd)
+    if cfg.n_shared and not torch.equal(cc.W_dec[:cfg.n_shared].amin(1), cc.W_dec[:cfg.n_shared].amax(1)):
+        warnings.warn(f"{wpath}: the stored decoder copies of the {cfg.n_shared} designated shared latents differ; they are used tied (their mean).")
     cc.train_config, cc.extra = meta.get('train_config'), meta.get('extra')
     return cc
 

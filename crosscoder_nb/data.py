@@ -16,8 +16,9 @@ from torch import Tensor
 from .organisms import CHAT_TEMPLATE, format_dialog, load_corpus, make_dialogs, split_paragraphs
 
 # %% auto 0
-__all__ = ['SOURCE_KINDS', 'CHAT_FIELDS', 'chat_text', 'first_exchange', 'record_text', 'Source', 'pile_lmsys_sources',
-           'DataConfig', 'load_documents', 'documents', 'Packer', 'TokenStream', 'organisms_mix', 'pile_lmsys_mix']
+__all__ = ['SOURCE_KINDS', 'CHAT_FIELDS', 'CORPUS_SPLITS', 'chat_text', 'first_exchange', 'record_text', 'Source',
+           'pile_lmsys_sources', 'DataConfig', 'load_documents', 'documents', 'Packer', 'TokenStream', 'organisms_mix',
+           'pile_lmsys_mix']
 
 # %% ../nbs/02_data.ipynb
 def chat_text(instruction: str, completion: str) -> str:
@@ -55,13 +56,15 @@ def _from_dict(cls, d: dict):
     if unknown: raise ValueError(f"Unknown {cls.__name__} fields {sorted(unknown)}; valid fields are {[f.name for f in fields(cls)]}")
     return cls(**d)
 
+CORPUS_SPLITS = ('train', 'heldout', 'validation', 'test')   # of the organisms' corpus: validation + test = heldout
+
 @dataclass
 class Source:
     kind: str                  # one of SOURCE_KINDS
     path: str = ''             # hub name or data file ('hub'), file ('text', 'jsonl'), corpus folder ('corpus', 'dialogs'; '' = bundled)
     weight: float = 1.0        # share of the rows, relative to the other sources
     field: str = 'auto'        # record field for 'hub' / 'jsonl': 'text', 'conversation', 'instruction' or 'auto'
-    split: str = 'train'       # hub split; 'train' or 'heldout' for 'corpus' and 'dialogs'
+    split: str = 'train'       # hub split; for 'corpus' and 'dialogs': one of CORPUS_SPLITS
     sep: str | None = None     # appended to every document; None: '' for chat documents, '\n\n' for plain text
     n_dialogs: int = 20_000    # 'dialogs' only: how many dialogs to make
 
@@ -81,8 +84,8 @@ class Source:
         if not (isinstance(self.weight, (int, float)) and math.isfinite(self.weight) and self.weight > 0):
             raise ValueError(f"The {self.label} has weight {self.weight!r}: weights must be positive numbers.")
         if self.kind in ('hub', 'text', 'jsonl') and not self.path: raise ValueError(f"A {self.kind!r} source needs a `path`.")
-        if self.kind in ('corpus', 'dialogs') and self.split not in ('train', 'heldout'):
-            raise ValueError(f"The {self.label} has split {self.split!r}: use 'train' or 'heldout'.")
+        if self.kind in ('corpus', 'dialogs') and self.split not in CORPUS_SPLITS:
+            raise ValueError(f"The {self.label} has split {self.split!r}: use one of {CORPUS_SPLITS} (validation and test halve heldout).")
         return self
 
 # %% ../nbs/02_data.ipynb
@@ -128,7 +131,8 @@ def _read_jsonl(path: Path, fld: str) -> list[str]:
 @functools.lru_cache(maxsize=8)
 def _corpus_docs(kind: str, root: str, split: str, seed: int, n_dialogs: int) -> tuple[str, ...]:
     corpus = load_corpus(root=root or None)
-    paras = [p for v in corpus.values() for p in split_paragraphs(v)[1 if split == 'heldout' else 0]]
+    paras = [p for v in corpus.values() for p in split_paragraphs(v)[0 if split == 'train' else 1]]
+    if split in ('validation', 'test'): paras = paras[split == 'test'::2]   # tune on one half, report on the other
     random.Random(seed).shuffle(paras)  # the corpus files are grouped by source: mix them
     if kind == 'corpus': return tuple(paras)
     return tuple(format_dialog(d) for d in make_dialogs(paras, n_dialogs, seed=seed))
@@ -260,7 +264,7 @@ def take(self: TokenStream, n: int) -> Int[Tensor, "n seq"]:
     return torch.tensor(rows, dtype=torch.long).view(-1, self.cfg.seq_len)
 
 # %% ../nbs/02_data.ipynb
-def organisms_mix(split: str = 'train',  # 'train' or 'heldout' paragraphs of the organisms' corpus
+def organisms_mix(split: str = 'train',  # 'train', 'heldout', 'validation' or 'test' paragraphs of the organisms' corpus
                   seq_len: int = 128, seed: int = 0, chat_share: float = 0.5,
                   n_dialogs: int = 20_000) -> DataConfig:
     "General text and chat dialogs from the organisms' corpus, mixed like the seed's Pile + LmSys."

@@ -18,9 +18,9 @@ from .organisms import format_dialog, ground_truth, heldout_prompts, planted_spa
 
 # %% auto 0
 __all__ = ['GROUPS', 'relative_norms', 'DiffThresholds', 'latent_groups', 'cluster_counts', 'relative_norm_histogram',
-           'decoder_cosines', 'cosine_histogram', 'latent_table', 'top_latents', 'html_table', 'diff_summary',
-           'planted_texts', 'PlantedSample', 'label_tokens', 'top_activations', 'score_latents', 'planted_recovery',
-           'planted_recovery_figure']
+           'decoder_cosines', 'cosine_histogram', 'latent_table', 'top_latents', 'html_table', 'specific_density',
+           'relative_norm_counts', 'diff_summary', 'planted_texts', 'PlantedSample', 'label_tokens', 'top_activations',
+           'score_latents', 'planted_recovery', 'planted_recovery_figure']
 
 # %% ../nbs/07_diffing.ipynb
 def _decoder_norms(x) -> Float[Tensor, "d_latent n_models"]:
@@ -64,28 +64,34 @@ GROUPS = ('base_specific', 'shared', 'chat_specific', 'other', 'dead', 'zero_dec
 
 def latent_groups(r: Float[Tensor, "d_latent"], thresholds: DiffThresholds | None = None,
                   frequencies: Tensor | None = None,  # activation frequency of each latent: frequency-0 latents become 'dead'
+                  designated: int = 0,  # the first `designated` latents are designated shared (`cfg.n_shared`)
                  ) -> dict[str, Int[Tensor, "n"]]:
     "Indices of the latents in each cluster; dead latents are taken out of the clusters and listed apart."
     th, r = thresholds or DiffThresholds(), torch.as_tensor(r).float().cpu()
     dead = torch.zeros_like(r, dtype=torch.bool) if frequencies is None else torch.as_tensor(frequencies).cpu() == 0
     if len(dead) != len(r): raise ValueError(f"{len(dead)} frequencies for {len(r)} latents: pass the frequencies of this crosscoder.")
+    des = torch.arange(len(r)) < designated
     live = ~dead & ~r.isnan()
-    g = {'base_specific': live & (r < th.base_specific), 'shared': live & (r > th.shared_low) & (r < th.shared_high),
-         'chat_specific': live & (r > th.chat_specific)}
+    g = {'base_specific': live & ~des & (r < th.base_specific), 'shared': live & (des | (r > th.shared_low) & (r < th.shared_high)),
+         'chat_specific': live & ~des & (r > th.chat_specific)}
     g['other'] = live & ~(g['base_specific'] | g['shared'] | g['chat_specific'])
     g['dead'], g['zero_decoder'] = dead, ~dead & r.isnan()
     return {k: g[k].nonzero().flatten() for k in GROUPS}
 
-def cluster_counts(r: Tensor, thresholds: DiffThresholds | None = None, frequencies: Tensor | None = None) -> dict[str, int]:
-    "How many latents fall in each cluster (dead latents, when frequencies are given, only under 'dead')."
-    return {k: len(v) for k, v in latent_groups(r, thresholds, frequencies).items()} | {'total': len(r)}
+def cluster_counts(r: Tensor, thresholds: DiffThresholds | None = None, frequencies: Tensor | None = None,
+                   designated: int = 0) -> dict[str, int]:
+    "How many latents fall in each cluster (dead latents, when frequencies are given, only under 'dead'); 'designated_shared' is part of 'shared'."
+    g = latent_groups(r, thresholds, frequencies, designated)
+    return {k: len(v) for k, v in g.items()} | {'designated_shared': int((g['shared'] < designated).sum()), 'total': len(r)}
 
 # %% ../nbs/07_diffing.ipynb
 def relative_norm_histogram(r: Float[Tensor, "d_latent"], thresholds: DiffThresholds | None = None,
                             frequencies: Tensor | None = None, names: tuple[str, str] = ('base', 'chat'),
-                            nbins: int = 100, title: str = 'Relative decoder norm of each latent') -> go.Figure:
+                            nbins: int = 100, title: str = 'Relative decoder norm of each latent',
+                            designated: int = 0,  # designated shared latents (`cfg.n_shared`), counted as shared
+                           ) -> go.Figure:
     "Histogram of the relative norms r, with the cluster cut-offs shaded and the counts in the title."
-    th, g = thresholds or DiffThresholds(), latent_groups(r, thresholds, frequencies)
+    th, g = thresholds or DiffThresholds(), latent_groups(r, thresholds, frequencies, designated)
     live = torch.cat([g[k] for k in ('base_specific', 'shared', 'chat_specific', 'other')]).sort().values
     b, c = names
     fig = go.Figure(go.Histogram(x=torch.as_tensor(r)[live].tolist(), xbins=dict(start=0, end=1, size=1 / nbins), marker_color='#4c72b0'))
@@ -93,7 +99,8 @@ def relative_norm_histogram(r: Float[Tensor, "d_latent"], thresholds: DiffThresh
         fig.add_vrect(x0=lo, x1=hi, fillcolor=col, opacity=0.12, line_width=0)
     dead = f"; {len(g['dead'])} dead latents left out" if frequencies is not None else ''
     fig.update_layout(title=f"{title}<br><sub>{b}-specific {len(g['base_specific'])}, shared {len(g['shared'])}, "
-                            f"{c}-specific {len(g['chat_specific'])}, other {len(g['other'])}{dead}</sub>",
+                            f"{c}-specific {len(g['chat_specific'])}, other {len(g['other'])}{dead}"
+                            f"{f' ({designated} designated shared)' if designated else ''}</sub>",
                       xaxis_title=f'r = ||d_{c}|| / (||d_{b}|| + ||d_{c}||)   (0: {b} only, 1: {c} only)',
                       yaxis_title='number of latents', xaxis_range=[0, 1], bargap=0.05, template='plotly_white', width=750, height=420)
     return fig
@@ -102,7 +109,7 @@ def relative_norm_histogram(r: Float[Tensor, "d_latent"], thresholds: DiffThresh
 def decoder_cosines(cc: CrossCoder, base: int = 0, chat: int = 1) -> Float[Tensor, "d_latent"]:
     "Cosine similarity of each latent's decoder vectors in the two models (0 where one is zero)."
     _check_pair(cc.cfg.n_models, base, chat)
-    W = cc.W_dec.detach().float().cpu()
+    W = cc.decoder_weights().detach().float().cpu()
     return F.cosine_similarity(W[:, base], W[:, chat], dim=-1, eps=1e-12)
 
 def cosine_histogram(cos: Float[Tensor, "n"], nbins: int = 100, title: str = 'Decoder cosine similarity of shared latents') -> go.Figure:
@@ -129,7 +136,7 @@ def top_latents(cc: CrossCoder, group: str = 'chat_specific', n: int = 10, frequ
                 thresholds: DiffThresholds | None = None, base: int = 0, chat: int = 1) -> list[dict]:
     "The `n` most telling latents of a cluster (see above), as table rows."
     if group not in _ORDER: raise ValueError(f"Unknown group {group!r}: use one of {list(_ORDER)}.")
-    rows = latent_table(cc, latent_groups(relative_norms(cc, base, chat), thresholds, frequencies)[group], frequencies, base, chat)
+    rows = latent_table(cc, latent_groups(relative_norms(cc, base, chat), thresholds, frequencies, cc.cfg.n_shared)[group], frequencies, base, chat)
     key, desc = _ORDER[group]
     sign = -1 if desc else 1
     return sorted(rows, key=lambda d: (sign * d[key], -(d['frequency'] or 0)))[:n]
@@ -145,19 +152,38 @@ def html_table(rows: list[dict], title: str | None = None, digits: int = 3) -> s
     return f'<table class="latents">{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 # %% ../nbs/07_diffing.ipynb
+def specific_density(r: Float[Tensor, "d_latent"], frequencies: Float[Tensor, "d_latent"], thresholds: DiffThresholds | None = None,
+                     designated: int = 0, dense: float = 0.1) -> dict[str, dict]:
+    "For each side: how many live model-specific latents, the median of their activation densities, and how many fire on more than `dense` of tokens."
+    freqs, g = torch.as_tensor(frequencies).float().cpu(), latent_groups(r, thresholds, frequencies, designated)
+    out = {}
+    for side in ('chat_specific', 'base_specific'):
+        f = freqs[g[side]]
+        out[side] = {'n': len(f), 'median_density': f.median().item() if len(f) else None, f'n_above_{dense:g}': int((f > dense).sum())}
+    return out
+
+def relative_norm_counts(r: Float[Tensor, "d_latent"], frequencies: Tensor | None = None, nbins: int = 20) -> dict:
+    "Counts of the live latents' relative norms in `nbins` equal bins of [0, 1] (dead latents left out when frequencies are given)."
+    r = torch.as_tensor(r).float().cpu()
+    live = ~r.isnan() if frequencies is None else ~r.isnan() & (torch.as_tensor(frequencies).cpu() > 0)
+    return {'bin_edges': torch.linspace(0, 1, nbins + 1).tolist(), 'counts': torch.histc(r[live], nbins, 0, 1).long().tolist()}
+
+# %% ../nbs/07_diffing.ipynb
 def diff_summary(cc: CrossCoder, frequencies: Tensor | None = None, thresholds: DiffThresholds | None = None,
                  n: int = 10, base: int = 0, chat: int = 1) -> dict:
     "Cluster counts, thresholds and the tables of the most base-specific, chat-specific and lowest-cosine shared latents."
     th, r = thresholds or DiffThresholds(), relative_norms(cc, base, chat)
-    shared = latent_groups(r, th, frequencies)['shared']
+    shared = latent_groups(r, th, frequencies, cc.cfg.n_shared)['shared']
     cos = decoder_cosines(cc, base, chat)[shared]
     return {'convention': 'r = ||d_chat|| / (||d_base|| + ||d_chat||): 0 base only, 1 chat only',
             'dead_latents': 'excluded from the clusters, counted under dead' if frequencies is not None else 'not known (no frequencies given)',
-            'thresholds': th.to_dict(), 'counts': cluster_counts(r, th, frequencies),
+            'thresholds': th.to_dict(), 'counts': cluster_counts(r, th, frequencies, cc.cfg.n_shared),
             'shared_cosine_median': cos.median().item() if len(cos) else None,
             'shared_cosine_below_0.5': int((cos < 0.5).sum()),
             **{f'top_{g}': top_latents(cc, g, n, frequencies, th, base, chat) for g in ('chat_specific', 'base_specific')},
-            'lowest_cosine_shared': top_latents(cc, 'shared', n, frequencies, th, base, chat)}
+            'lowest_cosine_shared': top_latents(cc, 'shared', n, frequencies, th, base, chat),
+            'specific_density': None if frequencies is None else specific_density(r, frequencies, th, cc.cfg.n_shared),
+            'relative_norm_counts': relative_norm_counts(r, frequencies)}
 
 # %% ../nbs/07_diffing.ipynb
 def planted_texts(dialogs=None,  # None: `heldout_prompts(n_dialogs)`; a dict {'plain': [...], 'trigger': [...]} or a list of dialogs

@@ -14,7 +14,7 @@ from .pipeline import check_out_dir
 
 # %% auto 0
 __all__ = ['METRICS_FILE', 'REPORT_FILE', 'DASHBOARD_DIR', 'eval_table', 'html_table', 'render_report', 'check_models_match',
-           'report_run', 'demo']
+           'arch_label', 'comparison_table', 'report_run', 'demo_configs', 'demo']
 
 # %% ../nbs/10_report.ipynb
 def _fmt(v, pct=False) -> str:
@@ -51,7 +51,9 @@ def render_report(metrics: dict, figures: dict[str, go.Figure] | None = None,  #
                   tables: dict[str, str] | None = None,  # section title -> HTML (e.g. from `html_table`)
                   facts: dict | None = None,  # run facts shown at the top (models, hook point, tokens, ...)
                   links: dict[str, str] | None = None,  # link text -> relative URL
-                  title: str = 'Crosscoder model diff') -> str:
+                  title: str = 'Crosscoder model diff',
+                  sections: dict[str, str] | None = None,  # section title -> HTML, shown after the clusters (e.g. a comparison)
+                 ) -> str:
     "A self-contained HTML report (plotly's JS embedded once; no network needed to view it)."
     parts = [f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_CSS}</style></head><body>',
              f'<h1>{html.escape(title)}</h1>']
@@ -60,6 +62,7 @@ def render_report(metrics: dict, figures: dict[str, go.Figure] | None = None,  #
     parts += ['<h2>Evals</h2>', eval_table(metrics)]
     counts = {k: metrics[k] for k in ('n_base_specific', 'n_shared', 'n_chat_specific') if k in metrics}
     if counts: parts += ['<h2>Latent clusters</h2>', html_table([counts])]
+    for name, body in (sections or {}).items(): parts += [f'<h2>{html.escape(name)}</h2>', body]
     for i, (name, fig) in enumerate((figures or {}).items()):
         parts += [f'<h2>{html.escape(name)}</h2>', fig.to_html(full_html=False, include_plotlyjs=(i == 0), config={'displaylogo': False})]
     for name, tab in (tables or {}).items(): parts += [f'<h2>{html.escape(name)}</h2>', tab]
@@ -87,6 +90,35 @@ def check_models_match(cc: CrossCoder, names: list[str] | None, where: str = 'th
     return [str(n) for n in names]
 
 # %% ../nbs/10_report.ipynb
+def arch_label(c: CrossCoderConfig, short: bool = False) -> str:
+    "A crosscoder's architecture in words: 'batchtopk' or 'l1' (short), or with its settings."
+    if short: return c.activation if c.is_topk else 'l1'
+    shared = f", {c.n_shared} designated shared latents" + (f" (k_shared {c.k_shared})" if c.is_topk else f" (L1 x {c.shared_l1_ratio:g})") if c.n_shared else ''
+    core = f"{c.activation} k={c.k}" if c.is_topk else f"ReLU + decoder-norm L1 (coefficient {c.l1_default:g})"
+    return f"{core}, {c.d_latent} latents{shared}"
+
+def _pair_metrics(d: dict) -> dict:
+    return {k: d[k] for k in ('counts', 'specific_density', 'relative_norm_counts', 'shared_cosine_median')}
+
+def comparison_table(runs: dict[str, dict]) -> str:
+    "One column per run (label -> metrics): L0, explained variance, CE recovered, dead fraction, clusters, density of model-specific latents."
+    def row(m):
+        d = m.get('specific_density', {})
+        med = lambda side: (d.get(side) or {}).get('median_density')
+        dense = sum((d.get(s) or {}).get('n_above_0.1', 0) for s in ('chat_specific', 'base_specific'))
+        names = list(m['explained_variance'])
+        return {'L0': m['l0'], **{f'EV {n}': m['explained_variance'][n] for n in names}, **{f'CE recovered {n}': m['ce_recovered'][n] for n in names},
+                'dead fraction': m['dead_fraction'], 'base-specific': m['n_base_specific'], 'shared': m['n_shared'],
+                'chat-specific': m['n_chat_specific'], 'median density, chat-specific': med('chat_specific'),
+                'median density, base-specific': med('base_specific'), 'model-specific latents on >10% of tokens': dense}
+    rows = {label: row(m) for label, m in runs.items()}
+    keys, pct = list(next(iter(rows.values()))), lambda k: k.startswith(('EV', 'CE', 'dead', 'median'))
+    head = '<tr><th>metric</th>' + ''.join(f'<th>{html.escape(l)}</th>' for l in rows) + '</tr>'
+    body = ''.join(f'<tr><th>{html.escape(k)}</th>' + ''.join(f'<td>{_fmt(r[k], pct(k))}</td>' for r in rows.values()) + '</tr>' for k in keys)
+    links = [f'<a href="{html.escape(m["report"])}">{html.escape(l)} report</a>' for l, m in runs.items() if m.get('report')]
+    return f'<table class="compare">{head}{body}</table>' + (f'<p>Full reports: {", ".join(links)}.</p>' if links else '')
+
+# %% ../nbs/10_report.ipynb
 METRICS_FILE, REPORT_FILE, DASHBOARD_DIR = 'metrics.json', 'report.html', 'dashboards'
 
 def report_run(run_dir: str | Path,  # a folder holding a crosscoder checkpoint (a training run's folder)
@@ -99,12 +131,14 @@ def report_run(run_dir: str | Path,  # a folder holding a crosscoder checkpoint 
                n_top: int = 10,  # latents per table, and dashboards per group
                dashboards: bool = True, dashboard_tokens: int | None = None,  # tokens the dashboards read; default 1M (organisms: 100K)
                planted: bool | None = None,  # planted-diff recovery; default: when the models are the organisms
-               progress: bool = True, extra_facts: dict | None = None) -> dict:
+               progress: bool = True, extra_facts: dict | None = None,
+               compare: dict[str, dict] | None = None,  # other runs' metrics (label -> metrics, with an optional 'report' link) to compare with
+               label: str | None = None,  # this run's name in the comparison; default its architecture
+              ) -> dict:
     "Evals, diffing, planted recovery and dashboards of a trained crosscoder: writes report.html and metrics.json; returns the metrics."
     from crosscoder_nb.evals import evaluate, eval_tokens, frequency_histogram
     from crosscoder_nb.data import organisms_mix, pile_lmsys_mix
-    from crosscoder_nb.diffing import (DiffThresholds, diff_summary, relative_norms, relative_norm_histogram, decoder_cosines,
-                                       cosine_histogram, latent_groups, planted_recovery, html_table as diff_table)
+    from crosscoder_nb.diffing import DiffThresholds, diff_summary, planted_recovery, relative_norms
     from crosscoder_nb.pipeline import is_organism
     t0, run_dir = time.time(), Path(run_dir)
     out = check_out_dir(Path(out) if out is not None else run_dir / 'report', overwrite)
@@ -120,35 +154,33 @@ def report_run(run_dir: str | Path,  # a folder holding a crosscoder checkpoint 
     models = models if loaded else [load_model(n, device=device) for n in names]
     organisms = all(is_organism(n) for n in names)
     th = thresholds or DiffThresholds()
-    tokens = eval_tokens(models[0], organisms_mix('heldout', seq_len=128, seed=1) if organisms else pile_lmsys_mix(seq_len=1024, seed=1),
+    tokens = eval_tokens(models[0], organisms_mix('test', seq_len=128, seed=1) if organisms else pile_lmsys_mix(seq_len=1024, seed=1),
                          n_seqs=n_eval_seqs or (64 if organisms else 40), seq_len=128 if organisms else 1024)
-    ev = evaluate(cc, models, tokens, names=['base', 'chat'] if cc.cfg.n_models == 2 else None, norm_factors=norm_factors, progress=progress)
+    slots = ['base', 'chat'] if cc.cfg.n_models == 2 else [f'model_{i}' for i in range(cc.cfg.n_models)]
+    ev = evaluate(cc, models, tokens, names=slots, norm_factors=norm_factors, progress=progress)
     freqs = ev.frequencies
-    diff = diff_summary(cc, freqs, th, n=n_top)
-    r = relative_norms(cc)
-    shared = latent_groups(r, th, freqs)['shared']
-    figures = {'Relative decoder norms': relative_norm_histogram(r, th, freqs),
-               'Decoder cosine similarity of shared latents': cosine_histogram(decoder_cosines(cc)[shared]),
-               'Latent activation frequency': frequency_histogram(freqs)}
+    pairs = {(0, 1): diff_summary(cc, freqs, th, n=n_top)} if cc.cfg.n_models == 2 else \
+            {(i, j): diff_summary(cc, freqs, th, n=n_top, base=i, chat=j) for i in range(cc.cfg.n_models) for j in range(i + 1, cc.cfg.n_models)}
+    diff = pairs[(0, 1)]
     planted_res = planted_recovery(cc, models, thresholds=th, progress=progress) if (organisms if planted is None else planted) else None
     links, lat_links, dash = {}, {}, None
     if dashboards: dash = _dashboards(cc, models, out, organisms, dashboard_tokens, n_top, freqs, progress)
     if dash is not None:
         lat_links = {j: f'{DASHBOARD_DIR}/latent_{j}.html' for js in dash['groups'].values() for j in js}
+        r = relative_norms(cc)
         links = {'all dashboards (index)': f'{DASHBOARD_DIR}/index.html',
                  **{f'{g.replace("_", "-")} latent {j} (r = {r[j]:.2f})': lat_links[j] for g, js in dash['groups'].items() for j in js}}
     metrics = _metrics(ev, diff, planted_res, cc, names, dash)
+    if cc.cfg.n_models > 2: metrics['pairs'] = {f'{slots[i]} vs {slots[j]}': _pair_metrics(d) for (i, j), d in pairs.items()}
     metrics['seconds'] = round(time.time() - t0, 1)
-    facts = {'models': ', '.join(names), 'hook point': cc.cfg.hook_point, 'latents': cc.cfg.d_latent,
-             'eval tokens': f"{ev['n_seqs']} x {ev['seq_len']}", 'norm factors': ', '.join(f'{s:.4g}' for s in ev['norm_factors']),
-             **(extra_facts or {})}
-    tables = {'Top chat-specific latents': html_table(diff['top_chat_specific'], links=lat_links),
-              'Top base-specific latents': html_table(diff['top_base_specific'], links=lat_links),
-              'Lowest-cosine shared latents': html_table(diff['lowest_cosine_shared'], links=lat_links)}
-    if planted_res is not None: tables = {'Planted-diff recovery': html_table(_planted_rows(planted_res), pct=('fraction', 'base_rate'), links=lat_links), **tables}
+    facts = {'models': ', '.join(names), 'hook point': cc.cfg.hook_point, 'crosscoder': arch_label(cc.cfg),
+             'eval tokens': f"{ev['n_seqs']} x {ev['seq_len']} ({'test half of the held-out text' if organisms else 'held-out rows'})",
+             'norm factors': ', '.join(f'{s:.4g}' for s in ev['norm_factors']), **(extra_facts or {})}
+    figures, tables, sections = _figures_and_tables(cc, pairs, freqs, th, slots, planted_res, lat_links, metrics)
+    if compare: sections = {'Architectures compared on the same activations': comparison_table({label or arch_label(cc.cfg, short=True): metrics, **compare}), **sections}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / METRICS_FILE, lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=1)))
-    atomic_write(out / REPORT_FILE, lambda tmp: Path(tmp).write_text(render_report(metrics, figures, tables, facts, links)))
+    atomic_write(out / REPORT_FILE, lambda tmp: Path(tmp).write_text(render_report(metrics, figures, tables, facts, links, sections=sections)))
     return metrics
 
 def _dashboards(cc, models, out: Path, organisms: bool, n_tokens, n_top: int, freqs, progress: bool) -> dict:
@@ -171,6 +203,9 @@ def _planted_rows(res: dict) -> list[dict]:
              'best latent of any r': (v.get('best_any') or {}).get('latent'),
              'its fraction': (v.get('best_any') or {}).get('fraction')} for b, v in res.items()]
 
+def _arch_fields(c: CrossCoderConfig) -> dict:
+    return {k: getattr(c, k) for k in ('activation', 'k', 'k_shared', 'n_shared', 'd_latent')} | {'l1_coeff': c.l1_default}
+
 def _metrics(ev: dict, diff: dict, planted_res: dict | None, cc, names: list[str], dash: dict | None) -> dict:
     "The figures under stable keys (see the notebook), then the details."
     c = diff['counts']
@@ -182,26 +217,81 @@ def _metrics(ev: dict, diff: dict, planted_res: dict | None, cc, names: list[str
          'models': names, 'hook_point': cc.cfg.hook_point, 'd_latent': cc.cfg.d_latent, 'norm_factors': ev['norm_factors'],
          'eval': {k: ev[k] for k in ('n_seqs', 'seq_len', 'n_tokens', 'n_activations', 'norm_factors_source')},
          'top_chat_specific': diff['top_chat_specific'], 'top_base_specific': diff['top_base_specific'],
-         'lowest_cosine_shared': diff['lowest_cosine_shared']}
+         'lowest_cosine_shared': diff['lowest_cosine_shared'], 'specific_density': diff['specific_density'],
+         'relative_norm_counts': diff['relative_norm_counts'], 'arch': {**_arch_fields(cc.cfg), 'label': arch_label(cc.cfg)}}
     if planted_res is not None: m['planted_recovery_details'] = planted_res
     if dash is not None: m['dashboards'] = dash
     return json.loads(json.dumps(m, default=float))   # plain JSON types only
 
 # %% ../nbs/10_report.ipynb
-def demo(out: str | Path = 'demo_out',  # folder for the run and the report
+def _figures_and_tables(cc, pairs: dict, freqs, th, slots: list[str], planted_res, lat_links: dict, metrics: dict):
+    "The report's figures, latent tables and extra sections; one set per pair of models when there are more than two."
+    from crosscoder_nb.diffing import relative_norm_histogram, relative_norms, decoder_cosines, cosine_histogram, latent_groups
+    from crosscoder_nb.evals import frequency_histogram
+    figures, tables = {}, {}
+    for (i, j), d in pairs.items():
+        tag = '' if len(pairs) == 1 else f' ({slots[i]} vs {slots[j]})'
+        r = relative_norms(cc, i, j)
+        shared = latent_groups(r, th, freqs, cc.cfg.n_shared)['shared']
+        figures[f'Relative decoder norms{tag}'] = relative_norm_histogram(r, th, freqs, names=(slots[i], slots[j]), designated=cc.cfg.n_shared)
+        figures[f'Decoder cosine similarity of shared latents{tag}'] = cosine_histogram(decoder_cosines(cc, i, j)[shared])
+        tables |= {f'Top {slots[j]}-specific latents{tag}': html_table(d['top_chat_specific'], links=lat_links),
+                   f'Top {slots[i]}-specific latents{tag}': html_table(d['top_base_specific'], links=lat_links),
+                   f'Lowest-cosine shared latents{tag}': html_table(d['lowest_cosine_shared'], links=lat_links)}
+    figures['Latent activation frequency'] = frequency_histogram(freqs)
+    if planted_res is not None: tables = {'Planted-diff recovery': html_table(_planted_rows(planted_res), pct=('fraction', 'base_rate'), links=lat_links), **tables}
+    dens = [{'pair': f'{slots[i]} vs {slots[j]}', 'side': side.replace('_', '-'), 'latents': v['n'], 'median activation density': v['median_density'],
+             'on more than 10% of tokens': v['n_above_0.1']} for (i, j), d in pairs.items() for side, v in d['specific_density'].items()]
+    sections = {'How dense are the model-specific latents?': html_table(dens, pct=('median activation density',)) +
+                '<p>A model-specific latent that fires on a large share of all tokens is a likely artifact of the sparsity penalty '
+                '(Minder et al. 2025), not a new feature of one model.</p>'}
+    return figures, tables, sections
+
+# %% ../nbs/10_report.ipynb
+_SHARED_SETTINGS = ('data', 'buffer', 'models', 'train.n_tokens', 'train.batch_size', 'train.seed', 'crosscoder.d_latent', 'crosscoder.seed')   # the same for every run: one harvest, equal widths
+
+def demo_configs(base: str, chat: str, archs: list[str], settings: dict | None = None) -> dict:
+    "The run config of each architecture: `settings` change the first (the headline); those the harvest depends on change all."
+    from crosscoder_nb.pipeline import default_config, set_fields
+    settings = settings or {}
+    shared = {k: v for k, v in settings.items() if k.startswith(tuple(s if '.' in s else s + '.' for s in _SHARED_SETTINGS)) or k in _SHARED_SETTINGS}
+    return {a: set_fields(default_config(base, chat, arch=a), settings if i == 0 else shared) for i, a in enumerate(archs)}
+
+def demo(out: str | Path = 'demo_out',  # folder for the runs and the reports
          overwrite: bool = False, device: str | None = None,
          settings: dict | None = None,  # RunConfig changes, e.g. {'train.n_tokens': 500_000}
-         base: str = 'organism-base', chat: str = 'organism-chat', progress: bool = True, **report_kw) -> dict:
-    "Train on the organisms (or two given models) with the demo config, then evaluate, diff, and write the report."
-    from crosscoder_nb.pipeline import default_config, set_fields, train_run
+         base: str = 'organism-base', chat: str = 'organism-chat', progress: bool = True,
+         arch: str = 'batchtopk',  # the headline crosscoder: 'batchtopk' or 'l1'
+         compare: bool = True,  # also train the other architecture on the same activations, and compare
+         **report_kw) -> dict:
+    "Harvest once, train the headline crosscoder (and the other architecture beside it), evaluate, diff, and write the reports."
+    from crosscoder_nb.buffer import harvest_activations
+    from crosscoder_nb.pipeline import ARCHS, train_run
     t0, out = time.time(), check_out_dir(Path(out), overwrite)
-    cfg = set_fields(default_config(base, chat), settings or {})   # a bad setting fails here, before any work
-    run = train_run(cfg, out / 'run', overwrite=overwrite, device=device, progress=progress)
-    train = {k: run[k] for k in ('steps', 'tokens', 'harvest_tokens_per_s', 'train_tokens_per_s', 'wall_seconds')}
-    facts = {'training': f"{run['steps']} steps, {run['tokens']:,} activations, {run['wall_seconds'] / 60:.1f} min "
-                         f"(harvesting {run['harvest_tokens_per_s']:,.0f} tok/s, training {run['train_tokens_per_s']:,.0f} tok/s)"}
-    m = report_run(out / 'run', out, device=device, overwrite=True, progress=progress, extra_facts=facts, **report_kw)
-    m['training'] = train
-    m['demo_seconds'] = round(time.time() - t0, 1)
+    if arch not in ARCHS: raise ValueError(f"Unknown arch {arch!r}: use one of {ARCHS}.")
+    archs = [arch] + ([a for a in ARCHS if a != arch] if compare else [])
+    cfgs = demo_configs(base, chat, archs, settings)   # a bad setting fails here, before any work
+    device = device or default_device()
+    c = cfgs[arch]
+    models = [load_model(m, device=device) for m in c.models]
+    h = harvest_activations(models, c.data, c.buffer, c.train.n_tokens, progress=progress)
+    runs = {a: train_run(cfgs[a], out / a, overwrite=overwrite, device=device, progress=progress, models=models, activations=h) for a in archs}
+    others = {a: report_run(out / a, out / a / 'report', models=models, device=device, overwrite=overwrite, progress=progress, **report_kw)
+              for a in archs[1:]}
+    compare_with = {a: {**m, 'report': f'{a}/report/{REPORT_FILE}'} for a, m in others.items()}
+    train = {a: {k: r[k] for k in ('steps', 'tokens', 'train_tokens_per_s', 'wall_seconds')} for a, r in runs.items()}
+    facts = {'harvest': f"{len(h.acts):,} activations once for all crosscoders, {h.seconds / 60:.1f} min ({h.tokens_per_s:,.0f} tok/s)",
+             **{f'training ({a})': f"{r['steps']} steps, {r['wall_seconds'] / 60:.1f} min ({r['train_tokens_per_s']:,.0f} tok/s)" for a, r in runs.items()},
+             'run folders': ', '.join(f'{a}/' for a in archs)}
+    m = report_run(out / arch, out, models=models, device=device, overwrite=True, progress=progress, extra_facts=facts,
+                   compare=compare_with or None, label=arch, **report_kw)
+    m.update(headline_arch=arch, training=train, harvest={'tokens': len(h.acts), 'seconds': round(h.seconds, 1), 'tokens_per_s': h.tokens_per_s},
+             comparison={a: _summary_row(x) for a, x in {arch: m, **others}.items()}, demo_seconds=round(time.time() - t0, 1))
     atomic_write(out / METRICS_FILE, lambda tmp: Path(tmp).write_text(json.dumps(m, indent=1)))
     return m
+
+def _summary_row(m: dict) -> dict:
+    "The figures the comparison shows, as plain numbers."
+    keys = ('l0', 'explained_variance', 'ce_recovered', 'ce_delta', 'dead_fraction', 'n_base_specific', 'n_shared', 'n_chat_specific',
+            'specific_density', 'relative_norm_counts', 'arch')
+    return {k: m[k] for k in keys if k in m}

@@ -31,7 +31,7 @@ class TrainConfig:
     batch_size: int = 4096           # examples per step: with n_tokens it sets the number of steps
     n_tokens: int = 400_000_000      # training examples (activations) in total
     n_steps: int | None = None       # overrides n_tokens // batch_size when set
-    l1_coeff: float = 2.0            # sparsity coefficient at the end of the warm-up
+    l1_coeff: float | None = None    # sparsity coefficient at the end of the warm-up; None: the crosscoder's (`l1_default`)
     l1_warmup_frac: float = 0.05     # share of steps over which the coefficient rises linearly from 0
     lr_decay_frac: float = 0.2       # share of steps, at the end, over which the lr falls linearly to 0
     grad_clip: float = 1.0           # maximum gradient norm (0: no clipping)
@@ -68,7 +68,7 @@ def validate(self: TrainConfig):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1: bad(f"{k} must be an int >= 1, got {v!r}")
     if self.n_steps is not None and (not isinstance(self.n_steps, int) or self.n_steps < 1): bad(f"n_steps must be an int >= 1 or None, got {self.n_steps!r}")
     if self.steps < 1: bad(f"n_tokens={self.n_tokens} is less than one batch of {self.batch_size}: raise n_tokens or set n_steps")
-    if not self.l1_coeff >= 0: bad(f"l1_coeff must be >= 0, got {self.l1_coeff!r}")
+    if self.l1_coeff is not None and not (isinstance(self.l1_coeff, (int, float)) and self.l1_coeff >= 0): bad(f"l1_coeff must be >= 0 or None, got {self.l1_coeff!r}")
     for k in ('l1_warmup_frac', 'lr_decay_frac'):
         if not 0 <= getattr(self, k) <= 1: bad(f"{k} must be in [0, 1], got {getattr(self, k)!r}")
     if not self.grad_clip >= 0: bad(f"grad_clip must be >= 0 (0 disables clipping), got {self.grad_clip!r}")
@@ -77,10 +77,12 @@ def validate(self: TrainConfig):
 
 # %% ../nbs/05_trainer.ipynb
 @patch
-def l1_coeff_at(self: TrainConfig, i: int) -> float:
+def l1_coeff_at(self: TrainConfig, i: int,
+                default: float = 2.0,  # the coefficient when `l1_coeff` is None (the trainer passes the crosscoder's)
+               ) -> float:
     "L1 coefficient of step `i` (0-based): linear warm-up from 0 over the first `l1_warmup_frac` of the steps."
-    warm = self.l1_warmup_frac * self.steps
-    return self.l1_coeff if warm <= 0 else self.l1_coeff * min(1.0, i / warm)
+    final, warm = default if self.l1_coeff is None else self.l1_coeff, self.l1_warmup_frac * self.steps
+    return final if warm <= 0 else final * min(1.0, i / warm)
 
 @patch
 def lr_at(self: TrainConfig, i: int) -> float:
@@ -93,9 +95,11 @@ class TensorBatches:
     "Iterator over batches of rows of `x`, reshuffled every epoch; records its position with `state_dict`."
     def __init__(self, x: Tensor, batch_size: int, seed: int = 0, shuffle: bool = True,
                  epochs: int | None = None,  # passes over `x`; None: forever
+                 scale: Tensor | None = None,  # [n_models]: batches come out as float32 `x * scale[m]` (norm factors)
                 ):
         if len(x) < batch_size: raise ValueError(f"{len(x)} rows do not fill one batch of {batch_size}: pass more data or a smaller batch_size.")
         self.x, self.batch_size, self.seed, self.shuffle, self.epochs = x, batch_size, seed, shuffle, epochs
+        self.scale = None if scale is None else torch.as_tensor(scale, dtype=torch.float32, device=x.device)[:, None]
         self.epoch, self.batch, self._perm = 0, 0, None
     def __iter__(self) -> Iterator: return self
     def __len__(self) -> int: return len(self.x) // self.batch_size   # batches per epoch
@@ -109,16 +113,17 @@ class TensorBatches:
         if self._perm is None: self._perm = self.order(self.epoch)
         idx = self._perm[self.batch * self.batch_size:(self.batch + 1) * self.batch_size]
         self.batch += 1
-        return self.x[idx]
+        return self.x[idx] if self.scale is None else self.x[idx].float() * self.scale
     def state_dict(self) -> dict: return {'epoch': self.epoch, 'batch': self.batch}
     def load_state_dict(self, d: dict): self.epoch, self.batch, self._perm = d['epoch'], d['batch'], None
 
 def tensor_batches(x: Float[Tensor, "n n_models d_model"],  # activations in memory
                    batch_size: int, seed: int = 0, shuffle: bool = True,
                    epochs: int | None = None,  # passes over `x`; None: forever
+                   scale: Tensor | None = None,  # [n_models]: multiply model m's activations by scale[m], in float32
                   ) -> TensorBatches:
     "Deterministic batches of `batch_size` rows of `x`, with a resumable position."
-    return TensorBatches(x, batch_size, seed, shuffle, epochs)
+    return TensorBatches(x, batch_size, seed, shuffle, epochs, scale)
 
 # %% ../nbs/05_trainer.ipynb
 def synthetic_activations(n: int,  # number of examples
@@ -180,7 +185,7 @@ def _check_batch(self: Trainer, x):
 # %% ../nbs/05_trainer.ipynb
 @patch
 def _train_step(self: Trainer, x: Float[Tensor, "batch n_models d_model"]):
-    lr, coeff = self.cfg.lr_at(self.step), self.cfg.l1_coeff_at(self.step)
+    lr, coeff = self.cfg.lr_at(self.step), self.cfg.l1_coeff_at(self.step, self.cc.cfg.l1_default)
     for g in self.opt.param_groups: g['lr'] = lr
     out = self.cc.losses(x, l1_coeff=coeff)
     out.loss.backward()
@@ -209,13 +214,15 @@ def _check_finite(self: Trainer):
 def _log(self: Trainer, out, lr: float, coeff: float, pbar=None):
     self._check_finite()
     m = out.to_dict()
-    rec = {'step': self.step, 'tokens': self.tokens, **{k: m[k] for k in ('loss', 'l2', 'l1', 'l0', 'explained_variance')},
+    thr = getattr(self.cc.activation, 'threshold', None)
+    rec = {'step': self.step, 'tokens': self.tokens, **{k: m[k] for k in ('loss', 'l2', 'l1', 'l0', 'explained_variance', 'aux')},
+           'dead_fraction': self.cc.dead_mask().float().mean().item(), 'threshold': None if thr is None else thr.tolist(),
            'lr': lr, 'l1_coeff': coeff, 'seconds': round(self._t_train + time.time() - self._t0, 3)}
     with open(self.run_dir / METRICS_FILE, 'a') as fh: fh.write(json.dumps(rec) + '\n')
     if pbar is not None: pbar.set_postfix(loss=f"{rec['loss']:.4g}", L0=f"{rec['l0']:.1f}", EV=f"{np.mean(rec['explained_variance']):.3f}", refresh=False)
     if self._wandb is not None:
         names = self.cc.cfg.model_names or [str(i) for i in range(self.cc.cfg.n_models)]
-        flat = {k: v for k, v in rec.items() if k not in ('step', 'explained_variance')}
+        flat = {k: v for k, v in rec.items() if k not in ('step', 'explained_variance', 'threshold')}
         self._wandb.log({**flat, **{f'explained_variance/{n}': v for n, v in zip(names, rec['explained_variance'])}}, step=self.step)
     self.last_metrics = rec
 
@@ -285,6 +292,7 @@ def train(self: Trainer, n_steps: int | None = None,  # stop after this many mor
     if self.step == 0 and x is not None: torch.manual_seed(cfg.seed)
     self._wandb_start()
     pbar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, desc='train')
+    self.cc.train()   # BatchTopK picks per batch and updates its threshold; dead-latent counters move
     try:
         while x is not None:
             out, lr, coeff = self._train_step(x.to(self.device, non_blocking=True))
@@ -295,7 +303,7 @@ def train(self: Trainer, n_steps: int | None = None,  # stop after this many mor
             if (x := self._next()) is None: stopped = 'out_of_data'
         if self.step > start and logged != self.step: self._log(out, lr, coeff, pbar)
     finally:
-        pbar.close()
+        pbar.close(); self.cc.eval()
         self._t_train += time.time() - self._t0
         if self._wandb is not None: self._wandb.finish()
     if self.saved_step != self.step: self.save()

@@ -30,8 +30,8 @@ def test_config_round_trip_and_json():
     ({'d_model': -1}, 'd_model must be a positive int'),
     ({'d_latent': 0}, 'd_latent must be a positive int'),
     ({'n_models': 1}, 'n_models must be an int >= 2'),
-    ({'activation': 'nope'}, 'Unknown activation'),
-    ({'sparsity': 'nope'}, 'Unknown sparsity'),
+    ({'activation': 'nope'}, 'activation: unknown activation'),
+    ({'sparsity': 'nope'}, 'sparsity: unknown sparsity'),
     ({'dtype': 'int8'}, 'dtype must be one of'),
     ({'norm_factors': [1.0, 2.0, 3.0]}, 'one scalar per model'),
     ({'norm_factors': [1.0, float('nan')]}, 'finite and > 0'),
@@ -265,3 +265,144 @@ def test_seed_format_refuses_pickled_code(tmp_path):
         def __reduce__(self): return (os.system, ('echo pwned',))
     torch.save({'W_enc': Evil()}, tmp_path / 'cc_weights.pt')
     with pytest.raises(ValueError, match='could not be read'): CrossCoder.load(tmp_path)
+
+
+# ---------------------------------------------------------------- sparse crosscoders (BatchTopK, TopK, AuxK, designated shared)
+
+def btk(**kw) -> CrossCoder:
+    return small(**{'activation': 'batchtopk', 'k': 3, 'threshold_start': 0, **kw})
+
+
+@pytest.mark.parametrize('kw, msg', [
+    ({'activation': 'batchtopk'}, r'k must be an int in \[1, 24\]'),
+    ({'activation': 'batchtopk', 'k': 25}, r'k must be an int in \[1, 24\]'),
+    ({'activation': 'topk', 'k': 0}, 'k must be an int'),
+    ({'activation': 'batchtopk', 'k': 20, 'n_shared': 8, 'k_shared': 2}, r'k must be an int in \[1, 16\]'),
+    ({'n_shared': 24}, r'n_shared must be an int in \[0, d_latent=24\)'),
+    ({'n_shared': -1}, 'n_shared must be'),
+    ({'activation': 'batchtopk', 'k': 2, 'n_shared': 4}, 'k_shared must be'),
+    ({'k': 4}, "k and k_shared only apply to a top-k activation"),
+    ({'aux_coeff': -1.0}, 'aux_coeff must be'),
+    ({'threshold_ema': 1.0}, 'threshold_ema must be'),
+])
+def test_sparse_config_errors_name_the_field(kw, msg):
+    with pytest.raises(ValueError, match=msg) as e: CrossCoderConfig(**{'d_model': 8, 'd_latent': 24, **kw})
+    assert str(e.value).startswith('CrossCoderConfig.')
+
+
+def test_topk_keeps_exactly_k_per_example_and_batchtopk_k_per_batch():
+    x = torch.randn(50, 2, 8)
+    f = small(activation='topk', k=3).encode(x)
+    assert ((f > 0).sum(1) <= 3).all() and (f > 0).sum().item() >= 140   # at most k (a kept score can be 0)
+    cc = btk(); cc.train()
+    assert (cc.encode(x) > 0).sum().item() == 3 * 50
+
+
+def test_sparse_decode_equals_dense_with_gradients():
+    torch.manual_seed(0)
+    cc_s, cc_d = btk(k=2, sparse_decode=True), btk(k=2, sparse_decode=False)
+    assert cc_s.use_sparse_decode and not cc_d.use_sparse_decode
+    f = torch.relu(torch.randn(30, 24)) * (torch.rand(30, 24) < 0.1)
+    fs, fd = f.clone().requires_grad_(), f.clone().requires_grad_()
+    ys, yd = cc_s.decode(fs), cc_d.decode(fd)
+    torch.testing.assert_close(ys, yd)
+    g = torch.randn_like(ys); (ys * g).sum().backward(); (yd * g).sum().backward()
+    torch.testing.assert_close(cc_s.W_dec.grad, cc_d.W_dec.grad)
+    torch.testing.assert_close(fs.grad * (f > 0), fd.grad * (f > 0))
+    assert CrossCoderConfig(d_model=8, d_latent=2048, activation='batchtopk', k=32).sparse_decode is None
+    assert CrossCoder(CrossCoderConfig(d_model=8, d_latent=2048, activation='batchtopk', k=32)).use_sparse_decode
+    assert not CrossCoder(CrossCoderConfig(d_model=8, d_latent=64, activation='batchtopk', k=32)).use_sparse_decode
+
+
+def test_threshold_is_a_statistic_not_part_of_the_graph():
+    cc = btk(); cc.train()
+    opt = torch.optim.Adam(cc.parameters())
+    for _ in range(3):
+        out = cc.losses(torch.randn(16, 2, 8)); out.loss.backward(); opt.step(); opt.zero_grad()
+    assert not cc.activation.threshold.requires_grad and cc.activation.threshold.grad_fn is None
+    assert torch.isfinite(cc.activation.threshold).all() and cc.activation.steps.item() == 3
+
+
+def test_auxk_gradient_reaches_only_through_auxk():
+    def grads(aux):
+        torch.manual_seed(0)
+        c = btk(k=2, aux_coeff=aux, dead_tokens=10, k_aux=4)
+        with torch.no_grad(): c.W_dec[:6] *= 1e-3          # never win a slot in the batch
+        c.tokens_since_fired[:6] = 100                       # silent long enough: dead
+        c.train(); out = c.losses(torch.randn(32, 2, 8)); out.loss.backward()
+        return out, c.W_dec.grad[:6].abs().sum((1, 2)), c.W_enc.grad[:, :, :6].abs().sum((0, 1)), c.b_enc.grad[:6].abs()
+    out, gd, ge, gb = grads(1.0)
+    assert out.aux.item() > 0 and (gd > 0).all() and (ge > 0).all()
+    out0, gd0, ge0, gb0 = grads(0.0)
+    assert out0.aux.item() == 0 and gd0.sum() == 0 and ge0.sum() == 0 and gb0.sum() == 0
+
+
+def test_batchtopk_checkpoint_round_trip_keeps_threshold_and_counters(tmp_path):
+    cc = btk(n_shared=4, k_shared=1); cc.train()
+    for _ in range(3): cc.losses(torch.randn(16, 2, 8))
+    cc.eval(); cc.save(tmp_path)
+    back = CrossCoder.load(tmp_path)
+    assert same_weights(back, cc) and not back.training
+    assert torch.equal(back.activation.threshold, cc.activation.threshold) and back.activation.steps.item() == 3
+    x = torch.randn(9, 2, 8)
+    torch.testing.assert_close(back.encode(x), cc.encode(x))
+    assert json.loads((tmp_path / CONFIG_FILE).read_text())['format_version'] == 2
+
+
+def test_batchtopk_checkpoint_without_threshold_is_refused(tmp_path):
+    from safetensors.torch import save_file
+    btk().save(tmp_path)
+    sd = {k: v.contiguous() for k, v in btk().state_dict().items() if not k.startswith('activation.')}
+    save_file(sd, str(tmp_path / WEIGHTS_FILE))
+    with pytest.raises(ValueError, match=r"lacks \['activation.n_avg', 'activation.steps', 'activation.threshold'\].*fit_threshold"):
+        CrossCoder.load(tmp_path)
+
+
+def test_untrained_batchtopk_refuses_to_encode_and_fit_threshold_fixes_it():
+    cc = btk()
+    with pytest.raises(ValueError, match='no inference threshold yet'): cc.encode(torch.randn(4, 2, 8))
+    cc.fit_threshold([torch.randn(64, 2, 8) for _ in range(10)])
+    assert cc.encode(torch.randn(4, 2, 8)).shape == (4, 24)
+    with pytest.raises(ValueError, match="needs a 'batchtopk' crosscoder"): small().fit_threshold([torch.randn(4, 2, 8)])
+
+
+def test_unknown_activation_in_a_checkpoint_is_named(tmp_path):
+    small().save(tmp_path)
+    meta = json.loads((tmp_path / CONFIG_FILE).read_text()); meta['crosscoder']['activation'] = 'jumprelu'
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(meta))
+    from safetensors import safe_open
+    with pytest.raises(ValueError, match=r"config.json: CrossCoderConfig.activation: unknown activation 'jumprelu'.*register_activation"):
+        with warnings.catch_warnings(): warnings.simplefilter('ignore'); CrossCoder.load(tmp_path)
+
+
+def test_format_1_l1_checkpoint_loads_unchanged(tmp_path):
+    "A checkpoint written before the sparse crosscoders (format 1: no dead-latent counters, no new config fields) still loads."
+    from safetensors.torch import save_file
+    cc = small(norm_factors=[1.0, 2.0])
+    with torch.no_grad(): cc.b_dec.normal_()
+    cfg = {k: v for k, v in cc.cfg.to_dict().items() if k in ('d_model', 'n_models', 'd_latent', 'activation', 'sparsity', 'l1_coeff',
+                                                              'dec_init_norm', 'seed', 'dtype', 'hook_point', 'model_names', 'norm_factors')}
+    cfg['l1_coeff'] = 2.0
+    meta = {'format_version': 1, 'save_id': 'abc', 'crosscoder': cfg, 'train_config': None, 'extra': None}
+    sd = {k: v.contiguous() for k, v in cc.state_dict().items() if k != 'tokens_since_fired'}
+    save_file(sd, str(tmp_path / WEIGHTS_FILE), metadata={'checkpoint': json.dumps(meta)})
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(meta))
+    back = CrossCoder.load(tmp_path)
+    assert same_weights(back, cc) and back.cfg.l1_default == 2.0 and not back.tokens_since_fired.any()
+    x = torch.randn(5, 2, 8)
+    torch.testing.assert_close(back(x), cc(x))
+
+
+def test_designated_shared_latents_stay_tied_and_are_reported_shared():
+    from crosscoder_nb.diffing import cluster_counts, relative_norms
+    cc = btk(n_shared=6, k_shared=1, k=2); cc.train()
+    opt = torch.optim.Adam(cc.parameters(), lr=0.05)
+    for _ in range(20):
+        out = cc.losses(torch.randn(32, 2, 8)); out.loss.backward(); opt.step(); opt.zero_grad()
+    assert torch.equal(cc.W_dec[:6, 0], cc.W_dec[:6, 1])
+    r = relative_norms(cc)
+    torch.testing.assert_close(r[:6], torch.full((6,), 0.5))
+    with torch.no_grad(): cc.W_dec[:6, 1] *= 0.01    # even a corrupted copy cannot make them model-specific:
+    assert torch.equal(cc.decoder_weights()[:6, 0], cc.decoder_weights()[:6, 1])   # the computation uses them tied
+    c = cluster_counts(torch.tensor([0.0] * 6 + [0.5] * 18), designated=6)
+    assert (c['base_specific'], c['shared'], c['designated_shared']) == (0, 24, 6)

@@ -42,7 +42,7 @@ def test_config_json_round_trip():
     ({'sources': [{'kind': 'text', 'path': 'a', 'weight': float('nan')}]}, 'weights must be positive'),
     ({'sources': [{'kind': 'csv', 'path': 'a'}]}, 'Unknown source kind'),
     ({'sources': [{'kind': 'text'}]}, 'needs a `path`'),
-    ({'sources': [{'kind': 'corpus', 'split': 'test'}]}, "use 'train' or 'heldout'"),
+    ({'sources': [{'kind': 'corpus', 'split': 'dev'}]}, r"use one of \('train', 'heldout', 'validation', 'test'\)"),
     ({'sources': []}, 'at least one source'),
     ({'seq_len': 1}, 'seq_len must be'),
 ])

@@ -80,7 +80,7 @@ def test_groups_partition_the_latents():
     assert len(groups['chat_specific']) == int(((r > 0.9) & live).sum()) and len(groups['base_specific']) == int(((r < 0.1) & live).sum())
     assert len(groups['shared']) == int(((r > 0.3) & (r < 0.7) & live).sum())
     counts = cluster_counts(r, frequencies=freq)
-    assert counts['total'] == 500 and sum(v for k, v in counts.items() if k != 'total') == 500
+    assert counts['total'] == 500 and sum(v for k, v in counts.items() if k not in ('total', 'designated_shared')) == 500
 
 
 def test_dead_latents_are_excluded_from_clusters():

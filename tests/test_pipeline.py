@@ -22,7 +22,7 @@ def small_args(**extra):
     return args + ['--device', 'cpu']
 
 def test_every_section_settable_and_round_trips():
-    cfg = set_fields(organisms_config(), {'data.seq_len': 64, 'buffer.dtype': 'float32', 'crosscoder.activation': 'relu',
+    cfg = set_fields(organisms_config(arch='l1'), {'data.seq_len': 64, 'buffer.dtype': 'float32', 'crosscoder.activation': 'relu',
                                           'train.lr_decay_frac': 0.5, 'train.wandb_mode': 'offline'})
     assert (cfg.data.seq_len, cfg.train.lr_decay_frac, cfg.crosscoder['activation']) == (64, 0.5, 'relu')
     assert RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
@@ -30,7 +30,7 @@ def test_every_section_settable_and_round_trips():
 
 @pytest.mark.parametrize('setting, msg', [
     ({'train.lr': -1}, 'lr'), ({'buffer.dtype': 'int8'}, 'dtype'), ({'crosscoder.norm_factors': [1, 1]}, 'read off the models'),
-    ({'crosscoder.activation': 'gelu'}, 'Unknown activation'), ({'bogus.x': 1}, 'sections are'), ({'models': ['only-one']}, 'at least two')])
+    ({'crosscoder.activation': 'gelu'}, 'unknown activation'), ({'crosscoder.k': 4096}, r'k must be an int in \[1, 2048\]'), ({'bogus.x': 1}, 'sections are'), ({'models': ['only-one']}, 'at least two')])
 def test_bad_settings_are_named(setting, msg):
     with pytest.raises(ValueError, match=msg): set_fields(organisms_config(), setting)
 

@@ -72,3 +72,46 @@ def test_report_page_in_a_browser(report):
         assert urls and all(u.startswith(('file://', 'data:')) for u in urls), urls
     finally:
         driver.quit()
+
+
+def test_demo_harvests_once_and_compares_two_architectures(tmp_path, monkeypatch):
+    "The demo's layout and metrics: one harvest, a BatchTopK and an L1 crosscoder on it, a comparison in the headline report."
+    import crosscoder_nb.buffer as bufmod
+    calls = []
+    real = bufmod.harvest_activations
+    monkeypatch.setattr(bufmod, 'harvest_activations', lambda *a, **k: calls.append(1) or real(*a, **k))
+    settings = {**TINY, 'crosscoder.k': 8, 'crosscoder.threshold_start': 10}
+    m = demo(tmp_path / 'd', settings=settings, progress=False, n_eval_seqs=6, dashboard_tokens=2000, n_top=2, device='cpu')
+    assert len(calls) == 1
+    out = tmp_path / 'd'
+    for f in ('report.html', 'metrics.json', 'dashboards/index.html', 'batchtopk/crosscoder.safetensors', 'l1/crosscoder.safetensors',
+              'l1/report/report.html', 'l1/report/metrics.json'):
+        assert (out / f).exists(), f
+    on_disk = json.loads((out / METRICS_FILE).read_text())
+    assert on_disk['headline_arch'] == 'batchtopk' and set(on_disk['comparison']) == {'batchtopk', 'l1'}
+    assert on_disk['arch']['activation'] == 'batchtopk' and on_disk['arch']['k'] == 8
+    assert on_disk['comparison']['l1']['arch']['activation'] == 'relu' and on_disk['comparison']['l1']['arch']['d_latent'] == 96
+    assert on_disk['comparison']['batchtopk']['l0'] < on_disk['comparison']['l1']['l0']   # BatchTopK is the sparser code
+    assert sum(on_disk['relative_norm_counts']['counts']) <= 96 and set(on_disk['specific_density']) == {'chat_specific', 'base_specific'}
+    b, l = (CrossCoder.load(out / a) for a in ('batchtopk', 'l1'))
+    assert b.cfg.norm_factors == l.cfg.norm_factors   # trained on the same harvest
+    page = (out / REPORT_FILE).read_text()
+    assert 'Architectures compared on the same activations' in page and 'l1/report/report.html' in page
+    assert 'How dense are the model-specific latents?' in page
+
+
+def test_three_models_get_a_section_per_pair(tmp_path):
+    "A crosscoder of three models: relative norms, clusters and tables for every pair, in metrics.json and on the page."
+    import shutil
+    from crosscoder_nb.models import resolve_model
+    third = tmp_path / 'org' / 'third'
+    shutil.copytree(resolve_model('organism-chat'), third)   # a third model of the same architecture (here: a copy of the chat organism)
+    for f in ('ground_truth.json', 'organism_config.json'): shutil.copy(Path(resolve_model('organism-chat')).parent / f, tmp_path / 'org' / f)
+    cfg = set_fields(organisms_config(arch='l1'), {**TINY, 'models': ['organism-base', 'organism-chat', str(third)]})
+    train_run(cfg, tmp_path / 'run', device='cpu', progress=False)
+    m = report_run(tmp_path / 'run', tmp_path / 'rep', dashboards=False, planted=False, **{k: v for k, v in FAST.items() if k != 'dashboard_tokens'})
+    assert set(m['pairs']) == {'model_0 vs model_1', 'model_0 vs model_2', 'model_1 vs model_2'}
+    assert set(m['explained_variance']) == {'model_0', 'model_1', 'model_2'}
+    for p in m['pairs'].values(): assert sum(v for k, v in p['counts'].items() if k not in ('total', 'designated_shared')) == 96
+    page = (tmp_path / 'rep' / REPORT_FILE).read_text()
+    for pair in m['pairs']: assert f'Relative decoder norms ({pair})' in page and f'Lowest-cosine shared latents ({pair})' in page

@@ -10,8 +10,12 @@ torch.set_num_threads(1)
 DATA = synthetic_activations(4096, d_model=16, n_shared=32, n_specific=4, p_active=0.1, seed=0)
 
 
-def make_cc(seed=0) -> CrossCoder:
-    return CrossCoder(CrossCoderConfig(d_model=16, d_latent=48, seed=seed))
+def make_cc(seed=0, **kw) -> CrossCoder:
+    return CrossCoder(CrossCoderConfig(**{'d_model': 16, 'd_latent': 48, 'seed': seed, **kw}))
+
+
+def make_btk(seed=0, **kw) -> CrossCoder:
+    return make_cc(seed, **{'activation': 'batchtopk', 'k': 4, 'threshold_start': 5, 'dead_tokens': 256, **kw})
 
 
 def tcfg(**kw) -> TrainConfig:
@@ -144,7 +148,8 @@ def test_metrics_jsonl(tmp_path):
     log = read_log(tmp_path)
     assert [r['step'] for r in log] == [3, 6, 9, 10]
     for r in log:
-        assert set(r) == {'step', 'tokens', 'loss', 'l2', 'l1', 'l0', 'explained_variance', 'lr', 'l1_coeff', 'seconds'}
+        assert set(r) == {'step', 'tokens', 'loss', 'l2', 'l1', 'l0', 'explained_variance', 'aux', 'dead_fraction', 'threshold', 'lr', 'l1_coeff', 'seconds'}
+        assert r['threshold'] is None and r['aux'] == 0 and 0 <= r['dead_fraction'] <= 1
         assert r['tokens'] == 64 * r['step'] and len(r['explained_variance']) == 2
         assert r['loss'] == pytest.approx(r['l2'] + r['l1_coeff'] * r['l1'], rel=1e-5)
 
@@ -238,3 +243,47 @@ def test_tensor_batches_deterministic_and_resumable():
     assert all(torch.equal(x, next(tb2)) for x in rest)
     one_epoch = list(tensor_batches(DATA[:640], 64, seed=5, epochs=1))
     assert len(one_epoch) == 10 and torch.equal(torch.cat(one_epoch).sort(0).values, DATA[:640].sort(0).values)
+
+
+# ---------------------------------------------------------------- BatchTopK and AuxK through the trainer
+
+def test_batchtopk_resume_equals_uninterrupted(tmp_path):
+    "Threshold, its counters and the dead-latent counters are checkpointed: a resumed BatchTopK run is bit-identical."
+    c = tcfg(n_steps=20, log_every=5, l1_coeff=None)
+    full = Trainer(make_btk(n_shared=8, k_shared=1), tensor_batches(DATA, 64, seed=3), c, tmp_path / 'full'); full.train(progress=False)
+    first = Trainer(make_btk(n_shared=8, k_shared=1), tensor_batches(DATA, 64, seed=3), c, tmp_path / 'split'); first.train(n_steps=8, progress=False)
+    second = Trainer.resume(tmp_path / 'split', tensor_batches(DATA, 64, seed=3)); second.train(progress=False)
+    assert same_weights(second.cc, full.cc)   # state_dict: weights, threshold, steps, n_avg, tokens_since_fired
+    assert second.cc.activation.steps.item() == 20 and torch.isfinite(second.cc.activation.threshold).all()
+    assert not full.cc.training and not second.cc.training   # back in inference mode after train()
+
+
+def test_batchtopk_l1_default_is_zero_and_logged_threshold(tmp_path):
+    t = Trainer(make_btk(), tensor_batches(DATA, 64), tcfg(n_steps=6, log_every=3, l1_coeff=None), tmp_path)
+    t.train(progress=False)
+    log = read_log(tmp_path)
+    assert all(r['l1_coeff'] == 0 for r in log) and all(r['l0'] == pytest.approx(4.0) for r in log)   # k per example in training
+    assert log[-1]['threshold'] == pytest.approx(t.cc.activation.threshold.tolist())
+
+
+def test_batchtopk_inference_l0_within_10_percent_of_k(tmp_path):
+    "The threshold learnt in training gives about k active latents per example on held-out activations."
+    from crosscoder_nb.groundtruth import GroundTruth, GroundTruthConfig, GroundTruthBatches, sample
+    gt = GroundTruth(GroundTruthConfig(d_model=16, n_features=64))
+    cc = make_btk(k=6, d_latent=128, threshold_start=200, dead_tokens=10_000)
+    Trainer(cc, GroundTruthBatches(gt, 256, seed=0), TrainConfig(lr=3e-3, batch_size=256, n_steps=300, log_every=100), tmp_path).train(progress=False)
+    held_out = sample(gt, 8192, torch.Generator().manual_seed(99))   # fresh examples, as raw as the training stream
+    l0 = (cc.encode(held_out) > 0).float().sum(-1).mean().item()
+    assert abs(l0 - 6) <= 0.6, l0
+
+
+def test_auxk_ends_with_fewer_dead_latents(tmp_path):
+    from crosscoder_nb.groundtruth import GroundTruth, GroundTruthConfig, GroundTruthBatches
+    gt = GroundTruth(GroundTruthConfig(d_model=32, n_features=512, freq_min=0.005, freq_max=0.05))
+    dead = {}
+    for aux in (0.0, 1.0):
+        cc = CrossCoder(CrossCoderConfig(d_model=32, d_latent=256, activation='batchtopk', k=8, aux_coeff=aux, dead_tokens=5000, threshold_start=100))
+        s = Trainer(cc, GroundTruthBatches(gt, 256, 0), TrainConfig(lr=3e-3, batch_size=256, n_steps=300, log_every=100), tmp_path / str(aux)).train(progress=False)
+        dead[aux] = s['final']['dead_fraction']
+        assert min(s['final']['explained_variance']) > 0.4   # both trained
+    assert dead[1.0] < dead[0.0] - 0.03, dead
