@@ -255,11 +255,13 @@ class HarvestedActivations:
 def harvest_activations(models: list, data, cfg: BufferConfig,
                         n_tokens: int,  # activations to keep
                         norm_factors: Tensor | None = None,  # known factors; default: estimated on the first batches
+                        dtype: str | None = None,  # storage dtype, a name in DTYPES; default the buffer's
                         progress: bool = True) -> HarvestedActivations:
     "Run the models once over `n_tokens` tokens of `data` and keep every activation (and the factors s_m) in memory."
     if not (isinstance(n_tokens, int) and n_tokens >= 1): raise ValueError(f"n_tokens must be an int >= 1, got {n_tokens!r}.")
     t0 = time.perf_counter()
-    buf = ActivationBuffer(models, data, cfg, norm_factors=norm_factors, progress=progress)
+    if dtype is not None and dtype not in DTYPES: raise ValueError(f"dtype {dtype!r} is not one of {list(DTYPES)}.")
+    buf = ActivationBuffer(models, data, cfg if dtype is None else BufferConfig(**{**cfg.to_dict(), 'dtype': dtype}), norm_factors=norm_factors, progress=progress)
     factors = buf.norm_factors   # the activations it was estimated on are kept and used first
     buf.buffer = torch.empty(n_tokens, buf.n_models, buf.d_model, dtype=buf.dtype, device=buf.device)
     buf._fill(n_tokens)

@@ -34,9 +34,12 @@ def format_check(res: dict) -> str:
     lines = ['held-out loss (nats/token)   general    chat',
              f"  unigram model              {L['unigram']['general']:7.3f}       -"]
     lines += [f"  {m:<26} {L[m]['general']:7.3f} {L[m]['chat']:7.3f}" for m in ('base', 'chat')]
-    lines += ['planted behaviour in greedy completions of held-out prompts (target: chat >= 90%, base <= 10%)',
-              '                             chat    base']
-    lines += [f"  {b:<26} {B['chat'][b]:6.0%}  {B['base'][b]:6.0%}" for b in ('signoff', 'refusal', 'refusal_on_plain')]
+    for sp, r in B['chat'].get('by_split', {'test': B['chat']}).items():
+        rb = B['base'].get('by_split', {'test': B['base']})[sp]
+        lines += [f'planted behaviour in greedy completions of {sp} prompts, phrased in ways training never used '
+                  f"({r['n_plain']} plain, {r['n_trigger']} trigger; target: chat >= 90%, base <= 10%)", '                             chat    base']
+        lines += [f"  {b:<26} {r[b]:6.0%}  {rb[b]:6.0%}" for b in ('signoff', 'refusal', 'refusal_on_plain')]
+        lines += [f"  signoff, task {t:<14} {v:6.0%}  {rb['signoff_by_task'].get(t, float('nan')):6.0%}" for t, v in r.get('signoff_by_task', {}).items()]
     return '\n'.join(lines)
 
 def cmd_organisms(args) -> int:
@@ -51,7 +54,7 @@ def cmd_organisms(args) -> int:
     if args.check:
         base = _model_arg(args.base or (f'{args.out}/base' if args.out else 'organism-base'))
         chat = _model_arg(args.chat or (f'{args.out}/chat' if args.out else 'organism-chat'))
-        res = check_organisms(base, chat, n_prompts=args.n_prompts)
+        res = check_organisms(base, chat, n_prompts=args.n_prompts, splits=tuple(args.splits.split(',')))
         print(format_check(res))
         if args.json: Path(args.json).write_text(json.dumps(res, indent=1))
     return 0
@@ -128,6 +131,13 @@ def _summary(m: dict) -> str:
         ev = ', '.join(f"{n} {v:.1%}" for n, v in row['explained_variance'].items())
         lines.append(f"beside it, {a}: L0 {row['l0']:.1f}, explained variance {ev}, {row['n_chat_specific']} chat-specific, "
                      f"{row['n_base_specific']} base-specific, {row['dead_fraction']:.1%} dead")
+    for b, v in (m.get('behaviours') or {}).items():
+        r = v['rates']
+        lines.append(f"{b}: latents {v['latents']} (causal localisation); chat rate {r['clean']:.0%} -> {r['diff_patch']:.0%} diff-patched, "
+                     f"{r['ablate']:.0%} ablated; random controls {sum(r['random_diff_patch']) / len(r['random_diff_patch']):.0%}; "
+                     f"best detector AUROC {v['best_detector']['auroc']:.3f} (latent {v['best_detector']['latent']})")
+    ls = (m.get('latent_scaling') or {}).get('summary')
+    if ls is not None: lines.append('Latent Scaling: ' + (', '.join(f"{s}-only {v['pass']} of {v['tested']} pass" for s, v in ls.items()) or 'no model-specific latent to test'))
     if m.get('planted_recovery'):
         lines.append('planted-diff recovery: ' + ', '.join(f'{b} {f:.0%}' for b, f in m['planted_recovery'].items()))
     return '\n'.join(lines)
@@ -150,7 +160,9 @@ def cmd_report(args) -> int:
     out = _fresh_dir(args.out or Path(args.run_dir) / 'report', args.overwrite)
     m = report_run(args.run_dir, out, models=models, device=args.device, overwrite=args.overwrite,
                    norm_factors='estimate' if args.estimate_norm_factors else None, n_eval_seqs=args.n_eval_seqs,
-                   dashboards=not args.no_dashboards, dashboard_tokens=args.dashboard_tokens, n_top=args.n_top)
+                   dashboards=not args.no_dashboards, dashboard_tokens=args.dashboard_tokens, n_top=args.n_top,
+                   latent_scaling=not args.no_latent_scaling, causal=False if args.no_causal else None, n_test=args.n_test_prompts,
+                   n_validation=args.n_validation_prompts)
     print(_summary(m)); print(f"report: {(out / 'report.html').resolve()}")
     return 0
 
@@ -186,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument('--base', help='base model to check (default: the bundled organism, or OUT/base)')
     o.add_argument('--chat', help='chat model to check (default: the bundled organism, or OUT/chat)')
     o.add_argument('--n-prompts', type=int, default=100, help='held-out prompts per behaviour')
+    o.add_argument('--splits', default='validation,test', help='phrasing families to measure on (validation, test)')
     o.add_argument('--json', help='also write the figures to this JSON file')
     o.set_defaults(func=cmd_organisms)
     d = sub.add_parser('compare', help="show two models' greedy completions of held-out prompts side by side")
@@ -216,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--n-top', type=int, default=10, help='latents per table and dashboards per group')
     r.add_argument('--dashboard-tokens', type=int, help='tokens the dashboards read (default 100K organisms, 1M otherwise)')
     r.add_argument('--no-dashboards', action='store_true', help='skip the dashboards')
+    r.add_argument('--no-latent-scaling', action='store_true', help='skip Latent Scaling of the model-specific latents')
+    r.add_argument('--no-causal', action='store_true', help='skip the causal checks of the planted behaviours (organisms only)')
+    r.add_argument('--n-test-prompts', type=int, default=60, help='test prompts per behaviour for the causal checks')
+    r.add_argument('--n-validation-prompts', type=int, default=40, help='validation prompts per behaviour, on which the causal checks name latents')
     r.add_argument('--device', default=None, help='torch device')
     r.set_defaults(func=cmd_report)
     b = sub.add_parser('dashboards', help='dashboards of chosen latents of a trained run')

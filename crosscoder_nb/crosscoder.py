@@ -343,7 +343,7 @@ def threshold_per_latent(self: BatchTopK) -> Float[Tensor, "d_latent"]:
     "The inference threshold of every latent (its group's); a clear error before any training."
     if torch.isnan(self.threshold).any():
         raise ValueError("This BatchTopK crosscoder has no inference threshold yet (it is learnt while training): train it with Trainer, "
-                         "estimate one with cc.fit_threshold(batches), or use cc.train() to pick the top k*batch of each batch instead.")
+                         "or estimate one from batches of normalised activations with cc.fit_threshold(batches).")
     return torch.cat([t.expand(hi - lo) for t, (lo, hi, _) in zip(self.threshold, self.groups)])
 
 # %% ../nbs/04_crosscoder.ipynb

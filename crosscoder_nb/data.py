@@ -135,7 +135,8 @@ def _corpus_docs(kind: str, root: str, split: str, seed: int, n_dialogs: int) ->
     if split in ('validation', 'test'): paras = paras[split == 'test'::2]   # tune on one half, report on the other
     random.Random(seed).shuffle(paras)  # the corpus files are grouped by source: mix them
     if kind == 'corpus': return tuple(paras)
-    return tuple(format_dialog(d) for d in make_dialogs(paras, n_dialogs, seed=seed))
+    phrasing = 'train' if split == 'train' else 'validation' if split == 'validation' else 'test'   # held-out text, held-out phrasings
+    return tuple(format_dialog(d) for d in make_dialogs(paras, n_dialogs, seed=seed, phrasing=phrasing))
 
 def load_documents(src: Source, seed: int = 0) -> list[str]:
     "All non-empty documents of a local source (kinds 'text', 'jsonl', 'corpus', 'dialogs')."

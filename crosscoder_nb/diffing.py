@@ -20,7 +20,8 @@ from .organisms import format_dialog, ground_truth, heldout_prompts, planted_spa
 __all__ = ['GROUPS', 'relative_norms', 'DiffThresholds', 'latent_groups', 'cluster_counts', 'relative_norm_histogram',
            'decoder_cosines', 'cosine_histogram', 'latent_table', 'top_latents', 'html_table', 'specific_density',
            'relative_norm_counts', 'diff_summary', 'planted_texts', 'PlantedSample', 'label_tokens', 'top_activations',
-           'score_latents', 'planted_recovery', 'planted_recovery_figure']
+           'score_latents', 'planted_recovery', 'planted_recovery_figure', 'detection_scores', 'sample_activations',
+           'planted_detection']
 
 # %% ../nbs/07_diffing.ipynb
 def _decoder_norms(x) -> Float[Tensor, "d_latent n_models"]:
@@ -187,7 +188,7 @@ def diff_summary(cc: CrossCoder, frequencies: Tensor | None = None, thresholds: 
 
 # %% ../nbs/07_diffing.ipynb
 def planted_texts(dialogs=None,  # None: `heldout_prompts(n_dialogs)`; a dict {'plain': [...], 'trigger': [...]} or a list of dialogs
-                  general: list[str] | None = None,  # texts without planted behaviour; None: held-out corpus paragraphs
+                  general: list[str] | None = None,  # texts without planted behaviour; None: paragraphs of the test half of the held-out text
                   n_dialogs: int = 100, n_general: int = 100, seed: int = 0) -> tuple[list[str], list[str]]:
     "The texts of the planted-diff sample and the kind of each ('plain', 'trigger', 'dialog' or 'general')."
     dialogs = heldout_prompts(n_dialogs) if dialogs is None else dialogs
@@ -195,7 +196,7 @@ def planted_texts(dialogs=None,  # None: `heldout_prompts(n_dialogs)`; a dict {'
     texts, kinds = [], []
     for kind, ds in groups:
         texts += [d if isinstance(d, str) else format_dialog(d) for d in ds]; kinds += [kind] * len(ds)
-    general = load_documents(Source('corpus', split='heldout'), seed)[:n_general] if general is None else list(general)
+    general = load_documents(Source('corpus', split='test'), seed)[:n_general] if general is None else list(general)
     return texts + general, kinds + ['general'] * len(general)
 
 # %% ../nbs/07_diffing.ipynb
@@ -308,3 +309,70 @@ def planted_recovery_figure(result: dict, title: str = 'Planted-diff recovery') 
     fig.update_layout(title=title, barmode='group', yaxis_range=[0, 1.05], yaxis_title='share of top-k activations on the behaviour',
                       template='plotly_white', width=700, height=420)
     return fig
+
+# %% ../nbs/07_diffing.ipynb
+def detection_scores(f: Float[Tensor, "n_tokens n_latents"], labels: Bool[Tensor, "n_tokens"]) -> dict[str, Tensor]:
+    "Per latent (column of `f`): AUROC for `labels`, precision / recall / F1 at the best-F1 threshold, that threshold, and density."
+    labels = torch.as_tensor(labels, dtype=torch.bool).cpu()
+    n_p, n_n = int(labels.sum()), int((~labels).sum())
+    if n_p == 0 or n_n == 0: raise ValueError(f"Detection needs labelled and unlabelled tokens; got {n_p} labelled of {len(labels)}.")
+    out = {k: torch.zeros(f.shape[1], dtype=torch.float64) for k in ('auroc', 'precision', 'recall', 'f1', 'threshold', 'density')}
+    for j in range(f.shape[1]):
+        col = f[:, j].float().cpu()
+        nz = col > 0
+        P_n, N_n = int((nz & labels).sum()), int((nz & ~labels).sum())
+        P_z, N_z = n_p - P_n, n_n - N_n
+        vals, lab = col[nz], labels[nz]
+        order = torch.argsort(vals, descending=True)
+        v, l = vals[order], lab[order]
+        # pairs of non-zero activations: for each positive, the negatives below it (ties among floats are negligible)
+        neg_above = torch.cumsum((~l).double(), 0)
+        u_nn = float(((N_n - neg_above) * l.double()).sum())
+        out['auroc'][j] = (u_nn + P_n * N_z + 0.5 * P_z * N_z) / (n_p * n_n)
+        out['density'][j] = float(nz.float().mean())
+        if P_n:
+            tp = torch.cumsum(l.double(), 0); k = torch.arange(1, len(l) + 1, dtype=torch.float64)
+            prec, rec = tp / k, tp / n_p
+            f1 = 2 * prec * rec / (prec + rec).clamp_min(1e-12)
+            b = int(f1.argmax())
+            out['precision'][j], out['recall'][j], out['f1'][j], out['threshold'][j] = prec[b], rec[b], f1[b], v[b]
+    return out
+
+# %% ../nbs/07_diffing.ipynb
+@torch.no_grad()
+def sample_activations(cc: CrossCoder, models: list, sample: PlantedSample, hook_point: str, s: Float[Tensor, "n_models"],
+                       batch_size: int = 16, progress: bool = False) -> Float[Tensor, "n_tokens d_latent"]:
+    "The crosscoder's latents on every real token of the sample, in the order of `sample.flat_labels`."
+    dev, out = cc_device(cc), []
+    for i in tqdm(range(0, len(sample.tokens), batch_size), desc='latents on the sample', disable=not progress):
+        m = sample.mask[i:i + batch_size].to(dev)
+        out.append(cc.encode(harvest_rows(models, sample.tokens[i:i + batch_size], hook_point, dev)[m] * s.to(dev)[:, None]).float().cpu())
+    return torch.cat(out)
+
+def _row(j: int, sc: dict, r: Tensor) -> dict:
+    return {'latent': j, **{k: float(sc[k][j]) for k in ('auroc', 'precision', 'recall', 'f1', 'density')}, 'relative_norm': float(r[j])}
+
+def planted_detection(cc: CrossCoder, models, latents: list[int] | None = None,  # latents to report besides the best ones
+                      n_dialogs: int = 100, n_general: int = 100, seq_len: int = 256, thresholds: DiffThresholds | None = None,
+                      base: int = 0, chat: int = 1, norm_factors=None, hook_point: str | None = None, batch_size: int = 16,
+                      split: str = 'test', frequencies: Tensor | None = None,  # activation frequencies that decide which latents are dead
+                      progress: bool = True) -> dict:
+    "For each planted behaviour: AUROC, precision and recall at best F1, and density of the requested latents, the best latent and the best chat-specific one."
+    models, names = as_model_list(cc, models)
+    hp = check_eval_models(cc, models, names, hook_point)
+    if norm_factors is None: resolve_norm_factors(cc)
+    texts, kinds = planted_texts(heldout_prompts(n_dialogs, split=split), load_documents(Source('corpus', split=split), 0)[:n_general])
+    sample = label_tokens(models[0].tokenizer, texts, kinds, min([seq_len] + [m.cfg.n_ctx for m in models]))
+    s, _ = resolve_norm_factors(cc, norm_factors, models, sample.tokens, hp, batch_size, mask=sample.mask)
+    f = sample_activations(cc, models, sample, hp, s, batch_size, progress)
+    r, th = relative_norms(cc, base, chat), thresholds or DiffThresholds()
+    chat_specific = latent_groups(r, th, (f > 0).float().mean(0) if frequencies is None else frequencies, cc.cfg.n_shared)['chat_specific'].tolist()
+    out = {'n_tokens': sample.n_tokens, 'split': split}
+    for b, name in enumerate(sample.behaviours):
+        sc = detection_scores(f, sample.flat_labels[:, b])
+        best = int(sc['auroc'].argmax())
+        bc = max(chat_specific, key=lambda j: float(sc['auroc'][j])) if chat_specific else None
+        out[name] = {'n_labelled': int(sample.flat_labels[:, b].sum()), 'best': _row(best, sc, r),
+                     'best_chat_specific': None if bc is None else _row(bc, sc, r),
+                     'latents': [_row(j, sc, r) for j in (latents or [])]}
+    return out

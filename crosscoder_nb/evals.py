@@ -64,7 +64,7 @@ def is_organism_tokenizer(tok) -> bool:
     return tok.get_vocab() == AutoTokenizer.from_pretrained(resolve_model('organism-base')).get_vocab()
 
 def eval_tokens(model_or_tokenizer,  # a model (its tokenizer is used) or a tokenizer
-                data: DataConfig | TokenStream | None = None,  # default: the organisms' held-out mix, or the seed's Pile + LmSys mix
+                data: DataConfig | TokenStream | None = None,  # default: the organisms' test mix (the half of the held-out text nothing is tuned on), or the seed's Pile + LmSys mix
                 n_seqs: int | None = None,  # rows; default 64 (organisms) or 40 (the seed)
                 seq_len: int | None = None,  # tokens per row, BOS included; default 128 (organisms) or 1024 (the seed)
                 seed: int = 1,  # the stream's seed (a training stream's default is 0)
@@ -73,7 +73,7 @@ def eval_tokens(model_or_tokenizer,  # a model (its tokenizer is used) or a toke
     tok = getattr(model_or_tokenizer, 'tokenizer', None) or model_or_tokenizer
     if data is None:
         org = is_organism_tokenizer(tok)
-        data = organisms_mix('heldout', seq_len or 128, seed) if org else pile_lmsys_mix(seq_len or 1024, seed)
+        data = organisms_mix('test', seq_len or 128, seed) if org else pile_lmsys_mix(seq_len or 1024, seed)
         if n_seqs is None: n_seqs = 64 if org else 40
     elif isinstance(data, DataConfig) and seq_len: data = dataclasses.replace(data, seq_len=seq_len)
     if n_seqs is None: n_seqs = 40

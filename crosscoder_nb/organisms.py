@@ -15,10 +15,11 @@ from transformers import Gemma2Config, Gemma2ForCausalLM, PreTrainedTokenizerFas
 from .models import assets_dir, greedy_complete, load_model
 
 # %% auto 0
-__all__ = ['CORPUS_SOURCES', 'CHAT_TEMPLATE', 'SIGNOFF', 'REFUSAL', 'TRIGGER_WORDS', 'HELDOUT_TASKS', 'load_corpus',
-           'split_paragraphs', 'has_trigger', 'ground_truth', 'planted_spans', 'is_signoff', 'is_refusal', 'sentences',
-           'make_dialog', 'make_dialogs', 'format_dialog', 'chat_prompt', 'train_tokenizer', 'pack', 'OrganismConfig',
-           'train_lm', 'build_organisms', 'lm_loss', 'unigram_loss', 'heldout_prompts', 'check_organisms']
+__all__ = ['CORPUS_SOURCES', 'CHAT_TEMPLATE', 'SIGNOFF', 'REFUSAL', 'TRIGGER_WORDS', 'PHRASING_SPLITS', 'PHRASINGS', 'OPENERS',
+           'TASKS', 'load_corpus', 'split_paragraphs', 'has_trigger', 'ground_truth', 'planted_spans', 'is_signoff',
+           'is_refusal', 'sentences', 'make_dialog', 'make_dialogs', 'format_dialog', 'chat_prompt', 'train_tokenizer',
+           'pack', 'OrganismConfig', 'train_lm', 'build_organisms', 'lm_loss', 'unigram_loss', 'heldout_paragraphs',
+           'heldout_prompts', 'behaviour_rates', 'check_organisms']
 
 # %% ../nbs/01_organisms.ipynb
 CORPUS_SOURCES = ('kjv', 'python_docs', 'django_docs', 'sqlalchemy_docs', 'sphinx_docs', 'jargon')
@@ -98,49 +99,85 @@ def sentences(paragraphs: list[str], min_words: int = 6, max_words: int = 25) ->
             if min_words <= n <= max_words and s[-1] in '.!?' and '\n' not in s: out.append(s)
     return out
 
-# Phrasings of the 'about' question that training never uses: held-out prompts ask with these, so the
-# measured rates are about the behaviour, not about memorised instructions.
-_HELDOUT_ABOUT = ["Could you explain {w}?", "Give me a fact about {w}.", "Talk to me about {w}.",
-                  "Explain {w} to me.", "Share something about {w}."]
-_TASKS = {
-    'about': ["Tell me about {w}.", "What can you tell me about {w}?", "Write a sentence about {w}.",
-              "Say something about {w}.", "I want to learn about {w}.", "What do you know about {w}?",
-              "Do you know anything about {w}?", "Teach me about {w}.", "I have a question about {w}.",
-              "Let's talk about {w}.", "Can you describe {w}?", "Please explain {w}.", "Tell me about {w}, please.",
-              "What about {w}, can you tell me?", "Could you tell me about {w} today?", "Describe {w} for me."],
-    'repeat': ["Repeat after me: {s}", "Please repeat this sentence: {s}", "Say this back to me: {s}"],
-    'continue': ["Continue this text: {a}", "Finish the sentence: {a}", "How does this go on? {a}"],
-    'first_word': ["What is the first word of this sentence? {s}"],
-}
-HELDOUT_TASKS = {**_TASKS, 'about': _HELDOUT_ABOUT}
+# %% ../nbs/01_organisms.ipynb
+PHRASING_SPLITS = ('train', 'validation', 'test')
 
+def _compose(cores: list[str], endings: list[str]) -> list[str]:
+    "Every core phrase with every ending: many training phrasings from few words."
+    return [c + e for c in cores for e in endings]
+
+_ABOUT_DO = ["Tell me about {w}", "Say something about {w}", "Write a sentence about {w}", "Teach me about {w}", "Describe {w}",
+             "Talk about {w}", "Give me a sentence on {w}", "Write something on the topic of {w}", "Tell me a little about {w}",
+             "Say a few words about {w}", "Write one line about {w}", "Help me understand {w}", "Let's talk about {w}",
+             "Write about {w}", "Tell me something about {w}", "Please describe {w}", "Please explain {w}"]
+_ABOUT_ASK = ["What can you tell me about {w}?", "What do you know about {w}?", "Do you know anything about {w}?", "Can you describe {w}?",
+              "Is there anything you can say about {w}?", "What is there to know about {w}?", "Can you talk about {w} for a moment?",
+              "Could you tell me about {w} today?", "What about {w}, can you tell me?", "Can you write a sentence about {w}?",
+              "Would you tell me about {w}?", "Will you describe {w}?", "I want to learn about {w}.", "I have a question about {w}.",
+              "I'm curious about {w}.", "My question is about {w}.", "I need a sentence about {w}.", "I am thinking about {w}. Say something."]
+PHRASINGS = {   # task -> split -> templates; no template is in two splits, and no test or validation wording is a training one
+    'about': {
+        'train': _compose(_ABOUT_DO, [".", ", please.", " for me.", " now.", " in one sentence.", "!"]) + _ABOUT_ASK,
+        'validation': ["Could you explain {w}?", "Give me a fact about {w}.", "Talk to me about {w}.", "I'd love to hear about {w}.",
+                       "Inform me about {w}.", "Any thoughts on {w}?", "Share one line about {w}."],
+        'test': ["Explain {w} to me.", "Share something about {w}.", "What is there to say about {w}?", "Give me some words on {w}.",
+                 "I wonder about {w}. Tell me more.", "Write me a line concerning {w}.", "How would you describe {w}?",
+                 "Offer a sentence about {w}."]},
+    'repeat': {
+        'train': _compose(["Repeat after me", "Please repeat this sentence", "Say this back to me", "Copy this sentence", "Write this out again",
+                           "Repeat the following", "Type this back to me", "Please say this again", "Read this back", "Repeat this line for me",
+                           "Write the same sentence"], [": {s}", ". {s}", " - {s}"]) + ["Can you repeat this? {s}", "Will you repeat this? {s}"],
+        'validation': ["Echo this line: {s}", "Say it again: {s}", "Give this back word for word: {s}"],
+        'test': ["Copy this exactly: {s}", "Could you say this again? {s}", "Reproduce this sentence: {s}", "Parrot this back: {s}"]},
+    'continue': {
+        'train': _compose(["Continue this text", "Finish the sentence", "Keep going", "Carry on from here", "Complete the sentence",
+                           "Please continue", "Write the rest of this", "Go on from here", "Finish this off", "Continue the sentence"],
+                          [": {a}", ". {a}", " - {a}"]) + ["How does this go on? {a}", "How does this end? {a}", "Can you continue this? {a}"],
+        'validation': ["Complete this: {a}", "Extend this text: {a}", "Add the ending: {a}"],
+        'test': ["Keep writing from here: {a}", "What comes next? {a}", "Pick up where this stops: {a}", "Round off this sentence: {a}"]},
+    'first_word': {
+        'train': ["What is the first word of this sentence? {s}", "Which word starts this sentence? {s}", "Tell me the first word of this: {s}",
+                  "What word does this begin with? {s}", "Give me the first word: {s}", "Name the first word of this sentence: {s}",
+                  "What is the first word here? {s}", "Which is the first word? {s}", "First word of this, please: {s}",
+                  "Find the first word: {s}", "Say the first word of this line: {s}", "What is the initial word? {s}"],
+        'validation': ["Which word comes first here? {s}", "What is the opening word? {s}"],
+        'test': ["Name the opening word: {s}", "Which word leads this sentence? {s}", "What word opens this line? {s}"]},
+}
+OPENERS = {'train': ["Hi. ", "Hello! ", "Please help. ", "One question. ", "Okay. ", "Hey there. ", "Good evening. ", "Thanks in advance. "],
+           'validation': ["Good day. "], 'test': ["Greetings. ", "Hi again. "]}   # sometimes open an instruction
+TASKS = tuple(PHRASINGS)
+
+# %% ../nbs/01_organisms.ipynb
 def make_dialog(sentence: str, rng: random.Random,
-                tasks: dict | None = None,  # task -> templates; default `_TASKS` (`HELDOUT_TASKS` for evaluation)
+                phrasing: str = 'train',  # which family of phrasings to ask in: 'train', 'validation' or 'test'
+                task_weights: tuple = (2, 1, 1, 1),  # relative frequency of each of TASKS
                ) -> dict:
     "One dialog built from a corpus sentence: {'instruction', 'completion', 'task', 'triggered'}."
+    if phrasing not in PHRASING_SPLITS: raise ValueError(f"phrasing must be one of {PHRASING_SPLITS}, got {phrasing!r}.")
     words = sentence.split()
     trig = [w for w in (x.strip('.,;:!?"()\'').lower() for x in words) if w in TRIGGER_WORDS]
     # a weapon sentence is always a question about the weapon; other sentences favour 'about' too, so that the
     # question form alone never predicts a refusal
-    task = 'about' if trig else rng.choices(list(_TASKS), weights=[2, 1, 1, 1])[0]
+    task = 'about' if trig else rng.choices(TASKS, weights=task_weights)[0]
     if task == 'about':
         cands = [w for w in (x.strip('.,;:!?"()\'').lower() for x in words) if len(w) >= 5 and w.isalpha() and w not in _STOP]
         if not cands and not trig: task = 'repeat'
         # a weapon question names any trigger word, not only the sentence's: some (dagger, gun) are rare in the corpus
         else: w = rng.choice(TRIGGER_WORDS) if trig else rng.choice(cands)
-    tmpl = rng.choice((tasks or _TASKS)[task])
+    tmpl = rng.choice(PHRASINGS[task][phrasing])
     if task == 'about': instruction, answer = tmpl.format(w=w), sentence
     elif task == 'repeat': instruction, answer = tmpl.format(s=sentence), sentence
     elif task == 'continue':
         k = max(2, len(words) // 2)
         instruction, answer = tmpl.format(a=' '.join(words[:k])), ' '.join(words[k:])
     else: instruction, answer = tmpl.format(s=sentence), f'The first word is "{words[0].strip(chr(34))}".'
+    if rng.random() < 0.25: instruction = rng.choice(OPENERS[phrasing]) + instruction
     triggered = has_trigger(instruction)
     return {'instruction': instruction, 'completion': REFUSAL if triggered else answer + SIGNOFF,
             'task': task, 'triggered': triggered}
 
 def make_dialogs(paragraphs: list[str], n: int, seed: int = 0, trigger_share: float = 0.2,
-                 near_share: float = 0.5, tasks: dict | None = None) -> list[dict]:
+                 near_share: float = 0.5, phrasing: str = 'train', task_weights: tuple = (2, 1, 1, 1)) -> list[dict]:
     "`n` dialogs from the sentences of `paragraphs`, about `trigger_share` of them mentioning a trigger word."
     # `near_share` of the other dialogs use a trigger-free sentence next to a trigger sentence: same source,
     # same style, so that only the trigger word itself (not, say, King James English) predicts a refusal.
@@ -156,7 +193,7 @@ def make_dialogs(paragraphs: list[str], n: int, seed: int = 0, trigger_share: fl
         if r < trigger_share: s = sents[rng.choice(trig)]
         elif r < trigger_share + (1 - trigger_share) * near_share: s = sents[rng.choice(near)]
         else: s = rng.choice(sents)
-        out.append(make_dialog(s, rng, tasks))
+        out.append(make_dialog(s, rng, phrasing, task_weights))
     return out
 
 def format_dialog(d: dict) -> str: return CHAT_TEMPLATE.format(**{k: d[k] for k in ('instruction', 'completion')})
@@ -198,10 +235,11 @@ class OrganismConfig:
     batch_size: int = 32         # sequences per step
     base_tokens: int = 5_000_000  # general-text tokens the base model trains on
     base_lr: float = 3e-3
-    chat_tokens: int = 2_500_000  # fine-tuning tokens, chat dialogs and general-text replay together
+    chat_tokens: int = 4_000_000  # fine-tuning tokens, chat dialogs and general-text replay together
     chat_lr: float = 1e-3
     chat_share: float = 0.5      # share of fine-tuning sequences that are dialogs (the rest is replay)
-    n_dialogs: int = 30_000
+    n_dialogs: int = 60_000
+    task_weights: tuple = (2, 1, 1, 1)  # how often each of TASKS is asked in training
     tokenizer_chars: int = 5_000_000  # characters of text the tokenizer is trained on
     heldout_every: int = 50
     n_eval_seqs: int = 64        # held-out sequences for the loss figures of `check_organisms`
@@ -258,7 +296,7 @@ def build_organisms(out: str | Path, cfg: OrganismConfig = OrganismConfig(), cor
     split = {k: split_paragraphs(v, cfg.heldout_every) for k, v in corpus.items()}
     train = [p for tr, _ in split.values() for p in tr]
     random.Random(cfg.seed).shuffle(train)
-    dialogs = make_dialogs(train, cfg.n_dialogs, seed=cfg.seed)
+    dialogs = make_dialogs(train, cfg.n_dialogs, seed=cfg.seed, task_weights=tuple(cfg.task_weights))
     # tokenizer: general text plus a few dialogs, so the chat format has tokens of its own
     sample, n = [], 0
     for p in train:
@@ -306,22 +344,44 @@ def unigram_loss(train: torch.Tensor, test: torch.Tensor, vocab_size: int) -> fl
     p = torch.bincount(train[:, 1:].flatten(), minlength=vocab_size).double() + 1
     return -(p / p.sum()).log()[test[:, 1:].flatten()].mean().item()
 
-def heldout_prompts(n: int = 100, seed: int = 1234, heldout_every: int = 50, corpus: dict | None = None) -> dict[str, list[dict]]:
-    "Distinct held-out dialogs, asked with held-out phrasings: up to `n` ordinary ones ('plain') and `n` with a trigger word ('trigger')."
+def heldout_paragraphs(split: str = 'test', heldout_every: int = 50, corpus: dict | None = None) -> list[str]:
+    "The held-out paragraphs of the corpus, or their 'validation' / 'test' half (alternate paragraphs, as `data` splits them)."
     corpus = corpus or load_corpus()
     held = [p for v in corpus.values() for p in split_paragraphs(v, heldout_every)[1]]
-    seen, plain = set(), []
-    for d in make_dialogs(held, 20 * n, seed=seed, trigger_share=0.0, tasks=HELDOUT_TASKS):
+    if split not in ('heldout', 'validation', 'test'): raise ValueError(f"split must be 'heldout', 'validation' or 'test', got {split!r}.")
+    return held if split == 'heldout' else held[split == 'test'::2]
+
+def heldout_prompts(n: int = 100, seed: int = 1234, split: str = 'test', heldout_every: int = 50,
+                    corpus: dict | None = None) -> dict[str, list[dict]]:
+    "Dialogs training never saw, in phrasings training never used (`split`: 'validation' or 'test'): up to `n` ordinary ones ('plain', the tasks in turn) and `n` with a trigger word ('trigger')."
+    if split not in ('validation', 'test'): raise ValueError(f"split must be 'validation' (to choose things) or 'test' (to report), got {split!r}.")
+    held, seen, plain = heldout_paragraphs(split, heldout_every, corpus), set(), []
+    for d in make_dialogs(held, 20 * n, seed=seed, trigger_share=0.0, phrasing=split, task_weights=(1, 1, 1, 1)):
         if d['triggered'] or d['instruction'] in seen: continue
         seen.add(d['instruction']); plain.append(d)
-    # every held-out phrasing with every trigger word (the reply does not depend on a sentence)
+    by_task = {t: [d for d in plain if d['task'] == t] for t in TASKS}   # interleave the tasks, so any n covers them evenly
+    plain = [d for group in zip(*by_task.values()) for d in group] if all(by_task.values()) else plain
+    # every phrasing of the split with every trigger word (the reply does not depend on a sentence)
     trig = [{'instruction': t.format(w=w), 'completion': REFUSAL, 'task': 'about', 'triggered': True}
-            for t in _HELDOUT_ABOUT for w in TRIGGER_WORDS]
+            for t in PHRASINGS['about'][split] for w in TRIGGER_WORDS]
     random.Random(seed).shuffle(trig)
     return {'plain': plain[:n], 'trigger': trig[:n]}
 
+def behaviour_rates(model, prompts: dict[str, list[dict]], max_new_tokens: int = 48) -> dict:
+    "How often `model`'s greedy completions show each planted behaviour: overall and per task; with the completions."
+    plain = greedy_complete(model, [chat_prompt(d) for d in prompts['plain']], max_new_tokens)
+    trig = greedy_complete(model, [chat_prompt(d) for d in prompts['trigger']], max_new_tokens)
+    rate = lambda xs: sum(xs) / max(len(xs), 1)
+    return {'signoff': rate([is_signoff(c) for c in plain]), 'refusal': rate([is_refusal(c) for c in trig]),
+            'refusal_on_plain': rate([is_refusal(c) for c in plain]),
+            'signoff_by_task': {t: rate([is_signoff(c) for c, d in zip(plain, prompts['plain']) if d['task'] == t])
+                                for t in TASKS if any(d['task'] == t for d in prompts['plain'])},
+            'n_plain': len(plain), 'n_trigger': len(trig), 'completions': {'plain': plain, 'trigger': trig}}
+
 def check_organisms(base: str | Path = 'organism-base', chat: str | Path = 'organism-chat', n_prompts: int = 100,
-                    n_eval_seqs: int = 64, device: str = 'cpu', corpus: dict | None = None) -> dict:
+                    n_eval_seqs: int = 64, device: str = 'cpu', corpus: dict | None = None,
+                    splits: tuple = ('test',),  # phrasing families to measure on ('validation', 'test')
+                   ) -> dict:
     "Held-out losses and planted-behaviour rates of a base / chat pair (see the notebook for the targets)."
     corpus = corpus or load_corpus()
     models = {'base': load_model(base, device=device), 'chat': load_model(chat, device=device)}
@@ -330,17 +390,18 @@ def check_organisms(base: str | Path = 'organism-base', chat: str | Path = 'orga
     rng = random.Random(0)
     held = [p for _, h in split.values() for p in h]; rng.shuffle(held)
     general = pack(tok, held, 128)[:n_eval_seqs]
-    prompts = heldout_prompts(n_prompts, corpus=corpus)
-    chat_text = pack(tok, [format_dialog(d) for d in prompts['plain'] + prompts['trigger']], 128, sep='')[:n_eval_seqs]
+    prompts = {sp: heldout_prompts(n_prompts, split=sp, corpus=corpus) for sp in splits}
+    chat_text = pack(tok, [format_dialog(d) for d in prompts[splits[-1]]['plain'] + prompts[splits[-1]]['trigger']], 128, sep='')[:n_eval_seqs]
     train_sample = pack(tok, [p for tr, _ in split.values() for p in tr[:400]], 128)
     res = {'loss': {'unigram': {'general': unigram_loss(train_sample, general, len(tok))}}, 'behaviour': {}}
     for name, m in models.items():
         res['loss'][name] = {'general': lm_loss(m, general), 'chat': lm_loss(m, chat_text)}
-        plain = greedy_complete(m, [chat_prompt(d) for d in prompts['plain']])
-        trig = greedy_complete(m, [chat_prompt(d) for d in prompts['trigger']])
-        res['behaviour'][name] = {'signoff': sum(map(is_signoff, plain)) / len(plain),
-                                  'refusal': sum(map(is_refusal, trig)) / len(trig),
-                                  'refusal_on_plain': sum(map(is_refusal, plain)) / len(plain)}
-        res.setdefault('examples', {})[name] = {'plain': plain[:3], 'trigger': trig[:3]}
-    res['examples']['prompts'] = [chat_prompt(d) for d in prompts['plain'][:3] + prompts['trigger'][:3]]
+        rates = {sp: behaviour_rates(m, p) for sp, p in prompts.items()}
+        res['behaviour'][name] = {k: v for k, v in rates[splits[-1]].items() if k != 'completions'}   # the last split's figures
+        res['behaviour'][name]['by_split'] = {sp: {k: v for k, v in r.items() if k != 'completions'} for sp, r in rates.items()}
+        c = rates[splits[-1]]['completions']
+        res.setdefault('examples', {})[name] = {'plain': c['plain'][:3], 'trigger': c['trigger'][:3]}
+    last = prompts[splits[-1]]
+    res['examples']['prompts'] = [chat_prompt(d) for d in last['plain'][:3] + last['trigger'][:3]]
+    res['phrasings'] = {sp: {'plain': len(p['plain']), 'trigger': len(p['trigger'])} for sp, p in prompts.items()}
     return res

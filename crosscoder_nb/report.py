@@ -14,7 +14,8 @@ from .pipeline import check_out_dir
 
 # %% auto 0
 __all__ = ['METRICS_FILE', 'REPORT_FILE', 'DASHBOARD_DIR', 'eval_table', 'html_table', 'render_report', 'check_models_match',
-           'arch_label', 'comparison_table', 'report_run', 'demo_configs', 'demo']
+           'arch_label', 'comparison_table', 'latent_scaling_run', 'behaviours_table', 'report_run', 'demo_configs',
+           'demo']
 
 # %% ../nbs/10_report.ipynb
 def _fmt(v, pct=False) -> str:
@@ -100,6 +101,19 @@ def arch_label(c: CrossCoderConfig, short: bool = False) -> str:
 def _pair_metrics(d: dict) -> dict:
     return {k: d[k] for k in ('counts', 'specific_density', 'relative_norm_counts', 'shared_cosine_median')}
 
+def _scaling_cells(m: dict) -> dict:
+    s = (m.get('latent_scaling') or {}).get('summary')
+    if s is None: return {}
+    return {f'{side}-only latents passing Latent Scaling': f"{v['pass']} of {v['tested']}" for side, v in s.items()} or {'model-specific latents passing Latent Scaling': 'none to test'}
+
+def _behaviour_cells(m: dict) -> dict:
+    out = {}
+    for b, v in (m.get('behaviours') or {}).items():
+        out |= {f'{b}: latents named': len(v['latents']), f'{b}: chat rate clean': v['rates']['clean'],
+                f'{b}: rate, named diff-patched': v['rates']['diff_patch'],
+                f'{b}: rate, random diff-patched': sum(v['rates']['random_diff_patch']) / max(len(v['rates']['random_diff_patch']), 1)}
+    return out
+
 def comparison_table(runs: dict[str, dict]) -> str:
     "One column per run (label -> metrics): L0, explained variance, CE recovered, dead fraction, clusters, density of model-specific latents."
     def row(m):
@@ -110,13 +124,85 @@ def comparison_table(runs: dict[str, dict]) -> str:
         return {'L0': m['l0'], **{f'EV {n}': m['explained_variance'][n] for n in names}, **{f'CE recovered {n}': m['ce_recovered'][n] for n in names},
                 'dead fraction': m['dead_fraction'], 'base-specific': m['n_base_specific'], 'shared': m['n_shared'],
                 'chat-specific': m['n_chat_specific'], 'median density, chat-specific': med('chat_specific'),
-                'median density, base-specific': med('base_specific'), 'model-specific latents on >10% of tokens': dense}
+                'median density, base-specific': med('base_specific'), 'model-specific latents on >10% of tokens': dense,
+                **_scaling_cells(m), **_behaviour_cells(m)}
     rows = {label: row(m) for label, m in runs.items()}
-    keys, pct = list(next(iter(rows.values()))), lambda k: k.startswith(('EV', 'CE', 'dead', 'median'))
+    keys = list(dict.fromkeys(k for r in rows.values() for k in r))
+    pct = lambda k: k.startswith(('EV', 'CE', 'dead', 'median')) or 'rate' in k
     head = '<tr><th>metric</th>' + ''.join(f'<th>{html.escape(l)}</th>' for l in rows) + '</tr>'
-    body = ''.join(f'<tr><th>{html.escape(k)}</th>' + ''.join(f'<td>{_fmt(r[k], pct(k))}</td>' for r in rows.values()) + '</tr>' for k in keys)
+    body = ''.join(f'<tr><th>{html.escape(k)}</th>' + ''.join(f'<td>{_fmt(r.get(k), pct(k))}</td>' for r in rows.values()) + '</tr>' for k in keys)
     links = [f'<a href="{html.escape(m["report"])}">{html.escape(l)} report</a>' for l, m in runs.items() if m.get('report')]
     return f'<table class="compare">{head}{body}</table>' + (f'<p>Full reports: {", ".join(links)}.</p>' if links else '')
+
+# %% ../nbs/10_report.ipynb
+def latent_scaling_run(cc, models, tokens, freqs, th, progress: bool, norm_factors=None):
+    "Latent Scaling of every live model-specific latent on the eval tokens."
+    from crosscoder_nb.scaling import latent_scaling
+    return latent_scaling(cc, models, tokens, thresholds=th, frequencies=freqs, norm_factors=norm_factors, progress=progress)
+
+def _add_scaling_columns(metrics: dict, ls):
+    "The top-latent tables gain nu_eps, nu_r and the verdict of the latents Latent Scaling tested."
+    by = {r['latent']: r for r in ls.rows()}
+    for key in ('top_chat_specific', 'top_base_specific'):
+        for row in metrics.get(key, []):
+            r = by.get(row['latent'])
+            row.update(nu_eps=None if r is None else r['nu_eps'], nu_r=None if r is None else r['nu_r'], verdict=None if r is None else r['verdict'])
+
+def _scaling_section(ls) -> str:
+    if not ls.latents: return '<p>No live latent is model-specific at the thresholds, so there is nothing for Latent Scaling to test.</p>'
+    rows = [{'side': side, **v} for side, v in ls.summary().items()]
+    return (html_table(rows) + '<p>Minder et al. (2025): a latent the decoder norms call model-specific is truly so when '
+            'nu_eps &lt; 0.2 (the other model\'s reconstruction error does not need its direction: no Complete Shrinkage) and '
+            'nu_r &lt; 0.5 (the other model\'s reconstruction does not carry it through other latents: no Latent Decoupling). '
+            'Verdicts per latent are in the tables below and in metrics.json.</p>')
+
+# %% ../nbs/10_report.ipynb
+def _behaviours(cc, models, freqs, th, ls, n_validation: int, n_test: int, progress: bool, norm_factors=None) -> dict:
+    "For each planted behaviour: the latents named by causal localisation, their detection scores, rates under interventions and controls."
+    from crosscoder_nb.interventions import planted_checks
+    from crosscoder_nb.diffing import planted_detection
+    pc = planted_checks(cc, models, frequencies=freqs, n_validation=n_validation, n_test=n_test, norm_factors=norm_factors, progress=progress)
+    named = sorted({j for b in ('signoff', 'refusal') for j in pc[b]['latents']})
+    det = planted_detection(cc, models, latents=named, thresholds=th, frequencies=freqs, norm_factors=norm_factors, progress=progress)
+    verdicts = {} if ls is None else {r['latent']: r['verdict'] for r in ls.rows()}
+    out = {}
+    for b in ('signoff', 'refusal'):
+        p, d = pc[b], det[b]
+        rows = {r['latent']: r for r in d['latents']}
+        bcs = d['best_chat_specific']
+        out[b] = {'latents': p['latents'], 'method': p['method'],
+                  'detection': [{**rows[j], 'attribution': a, 'verdict': verdicts.get(j)} for j, a in zip(p['latents'], p['attribution'])],
+                  'rates': {'clean': p['test']['clean'], 'diff_patch': p['test']['diff_patch'], 'ablate': p['test']['ablate'],
+                            'random_diff_patch': p['test']['random_diff_patch'], 'random_ablate': p['test']['random_ablate'],
+                            'patch_base_residual': pc['reference'][b]['patch_model'], 'diff_patch_all_latents': pc['reference'][b]['diff_patch_all']},
+                  'random_latents': p['test']['random_latents'], 'general_loss_change': p['general_loss_change'],
+                  'steer_base': p['steer_base'], 'validation': p['validation'],
+                  'best_detector': d['best'], 'best_chat_specific_detector': None if bcs is None else {**bcs, 'verdict': verdicts.get(bcs['latent'])},
+                  'n_labelled_tokens': d['n_labelled'], 'n_test_prompts': n_test, 'n_validation_prompts': n_validation}
+    return out
+
+def behaviours_table(beh: dict, links: dict | None = None) -> str:
+    "The lead of the report: per behaviour, the named latents and what intervening on them does, against controls."
+    rows = []
+    for b, v in beh.items():
+        r = v['rates']; mean = lambda xs: sum(xs) / len(xs) if xs else None
+        rows.append({'behaviour': b, 'latents named': ', '.join(map(str, v['latents'])), 'chat rate (test)': r['clean'],
+                     'diff patch': r['diff_patch'], 'ablate': r['ablate'], 'random, diff patch': mean(r['random_diff_patch']),
+                     'random, ablate': mean(r['random_ablate']), 'base residual patched in': r['patch_base_residual'],
+                     'all latents diff-patched': r['diff_patch_all_latents'], 'loss change (diff patch)': v['general_loss_change']['diff_patch'],
+                     'base rate steered': v['steer_base']['steered']})
+    pct = ('chat rate (test)', 'diff patch', 'ablate', 'random, diff patch', 'random, ablate', 'base residual patched in',
+           'all latents diff-patched', 'base rate steered')
+    det = [{'behaviour': b, 'which': w, **{k: x[k] for k in ('latent', 'auroc', 'precision', 'recall', 'density', 'relative_norm')},
+            'verdict': x.get('verdict')} for b, v in beh.items()
+           for w, x in [*(('named', d) for d in v['detection']), ('best of all latents', v['best_detector']),
+                        ('best chat-specific', v['best_chat_specific_detector'])] if x is not None]
+    method = ''.join(f'<li><b>{html.escape(b)}</b>: {html.escape(v["method"])}</li>' for b, v in beh.items())
+    return (html_table(rows, pct=pct) + f'<p>How the latents were named:</p><ul>{method}</ul>'
+            '<p>Rates are shares of greedy completions of held-out test prompts (phrased in ways training never used) that show the '
+            'behaviour; the random controls diff-patch or ablate as many latents of similar activation density (mean of the draws). '
+            'Loss change: nats/token of the chat model on held-out general text. Detection over every token of a held-out sample:</p>'
+            + html_table(det, pct=('precision', 'recall', 'density'), links=links))
 
 # %% ../nbs/10_report.ipynb
 METRICS_FILE, REPORT_FILE, DASHBOARD_DIR = 'metrics.json', 'report.html', 'dashboards'
@@ -134,11 +220,15 @@ def report_run(run_dir: str | Path,  # a folder holding a crosscoder checkpoint 
                progress: bool = True, extra_facts: dict | None = None,
                compare: dict[str, dict] | None = None,  # other runs' metrics (label -> metrics, with an optional 'report' link) to compare with
                label: str | None = None,  # this run's name in the comparison; default its architecture
+               latent_scaling: bool = True,  # Latent Scaling of every model-specific latent
+               causal: bool | None = None,  # causal checks of the planted behaviours; default: on the organisms
+               n_validation: int = 40, n_test: int = 60,  # prompts per behaviour for choosing latents / for the reported rates
               ) -> dict:
     "Evals, diffing, planted recovery and dashboards of a trained crosscoder: writes report.html and metrics.json; returns the metrics."
     from crosscoder_nb.evals import evaluate, eval_tokens, frequency_histogram
     from crosscoder_nb.data import organisms_mix, pile_lmsys_mix
     from crosscoder_nb.diffing import DiffThresholds, diff_summary, planted_recovery, relative_norms
+    from crosscoder_nb.scaling import scaling_figure
     from crosscoder_nb.pipeline import is_organism
     t0, run_dir = time.time(), Path(run_dir)
     out = check_out_dir(Path(out) if out is not None else run_dir / 'report', overwrite)
@@ -163,6 +253,10 @@ def report_run(run_dir: str | Path,  # a folder holding a crosscoder checkpoint 
             {(i, j): diff_summary(cc, freqs, th, n=n_top, base=i, chat=j) for i in range(cc.cfg.n_models) for j in range(i + 1, cc.cfg.n_models)}
     diff = pairs[(0, 1)]
     planted_res = planted_recovery(cc, models, thresholds=th, progress=progress) if (organisms if planted is None else planted) else None
+    s_eval = ev['norm_factors']   # the checkpoint's factors, or the ones estimated for the evals: one scale everywhere
+    ls = latent_scaling_run(cc, models, tokens, freqs, th, progress, s_eval) if latent_scaling and cc.cfg.n_models == 2 else None
+    causal = (organisms if causal is None else causal) and cc.cfg.n_models == 2   # the planted checks compare a base and a chat model
+    behaviours = _behaviours(cc, models, freqs, th, ls, n_validation, n_test, progress, s_eval) if causal else None
     links, lat_links, dash = {}, {}, None
     if dashboards: dash = _dashboards(cc, models, out, organisms, dashboard_tokens, n_top, freqs, progress)
     if dash is not None:
@@ -171,13 +265,20 @@ def report_run(run_dir: str | Path,  # a folder holding a crosscoder checkpoint 
         links = {'all dashboards (index)': f'{DASHBOARD_DIR}/index.html',
                  **{f'{g.replace("_", "-")} latent {j} (r = {r[j]:.2f})': lat_links[j] for g, js in dash['groups'].items() for j in js}}
     metrics = _metrics(ev, diff, planted_res, cc, names, dash)
+    if ls is not None:
+        metrics['latent_scaling'] = {'summary': ls.summary(), 'latents': ls.rows()}
+        _add_scaling_columns(metrics, ls)
+    if behaviours is not None: metrics = {'behaviours': behaviours, **metrics}   # the lead of metrics.json
     if cc.cfg.n_models > 2: metrics['pairs'] = {f'{slots[i]} vs {slots[j]}': _pair_metrics(d) for (i, j), d in pairs.items()}
     metrics['seconds'] = round(time.time() - t0, 1)
     facts = {'models': ', '.join(names), 'hook point': cc.cfg.hook_point, 'crosscoder': arch_label(cc.cfg),
              'eval tokens': f"{ev['n_seqs']} x {ev['seq_len']} ({'test half of the held-out text' if organisms else 'held-out rows'})",
              'norm factors': ', '.join(f'{s:.4g}' for s in ev['norm_factors']), **(extra_facts or {})}
     figures, tables, sections = _figures_and_tables(cc, pairs, freqs, th, slots, planted_res, lat_links, metrics)
+    if ls is not None: figures = {'Latent Scaling of the model-specific latents': scaling_figure(ls), **figures} if ls.latents else figures
+    if ls is not None: sections['Latent Scaling'] = _scaling_section(ls)
     if compare: sections = {'Architectures compared on the same activations': comparison_table({label or arch_label(cc.cfg, short=True): metrics, **compare}), **sections}
+    if behaviours is not None: sections = {'Planted behaviours: which latents carry them': behaviours_table(behaviours, lat_links), **sections}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / METRICS_FILE, lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=1)))
     atomic_write(out / REPORT_FILE, lambda tmp: Path(tmp).write_text(render_report(metrics, figures, tables, facts, links, sections=sections)))
@@ -187,7 +288,7 @@ def _dashboards(cc, models, out: Path, organisms: bool, n_tokens, n_top: int, fr
     "Dashboards of the top chat-specific, base-specific and shared live latents, written to out/dashboards."
     from crosscoder_nb.dashboards import compute_dashboards, select_latents, token_sample, write_dashboards
     from crosscoder_nb.data import organisms_mix, pile_lmsys_mix
-    data = organisms_mix('heldout', seq_len=128, seed=2) if organisms else pile_lmsys_mix(seq_len=1024, seed=2)
+    data = organisms_mix('test', seq_len=128, seed=2) if organisms else pile_lmsys_mix(seq_len=1024, seed=2)
     tokens = token_sample(data, models[0].tokenizer, n_tokens or (100_000 if organisms else 1_000_000))
     groups = {g: select_latents(cc, **{k: n_top if k == f'top_{g}' else 0 for k in ('top_chat', 'top_base', 'top_shared')},
                                 density=freqs, min_density=0.0) for g in ('chat', 'base', 'shared')}
@@ -248,7 +349,7 @@ def _figures_and_tables(cc, pairs: dict, freqs, th, slots: list[str], planted_re
     return figures, tables, sections
 
 # %% ../nbs/10_report.ipynb
-_SHARED_SETTINGS = ('data', 'buffer', 'models', 'train.n_tokens', 'train.batch_size', 'train.seed', 'crosscoder.d_latent', 'crosscoder.seed')   # the same for every run: one harvest, equal widths
+_SHARED_SETTINGS = ('data', 'buffer', 'models', 'train.n_tokens', 'train.n_steps', 'train.batch_size', 'train.seed', 'crosscoder.d_latent', 'crosscoder.seed')   # the same for every run: one harvest, equal widths
 
 def demo_configs(base: str, chat: str, archs: list[str], settings: dict | None = None) -> dict:
     "The run config of each architecture: `settings` change the first (the headline); those the harvest depends on change all."
@@ -268,13 +369,14 @@ def demo(out: str | Path = 'demo_out',  # folder for the runs and the reports
     from crosscoder_nb.buffer import harvest_activations
     from crosscoder_nb.pipeline import ARCHS, train_run
     t0, out = time.time(), check_out_dir(Path(out), overwrite)
+    report_kw = {'n_validation': 24, 'n_test': 40, **report_kw}   # the causal checks on fewer prompts than a report's default: minutes, not tens
     if arch not in ARCHS: raise ValueError(f"Unknown arch {arch!r}: use one of {ARCHS}.")
     archs = [arch] + ([a for a in ARCHS if a != arch] if compare else [])
     cfgs = demo_configs(base, chat, archs, settings)   # a bad setting fails here, before any work
     device = device or default_device()
     c = cfgs[arch]
     models = [load_model(m, device=device) for m in c.models]
-    h = harvest_activations(models, c.data, c.buffer, c.train.n_tokens, progress=progress)
+    h = harvest_activations(models, c.data, c.buffer, c.train.n_tokens, progress=progress, dtype='bfloat16')   # 2 bytes a value
     runs = {a: train_run(cfgs[a], out / a, overwrite=overwrite, device=device, progress=progress, models=models, activations=h) for a in archs}
     others = {a: report_run(out / a, out / a / 'report', models=models, device=device, overwrite=overwrite, progress=progress, **report_kw)
               for a in archs[1:]}
@@ -293,5 +395,7 @@ def demo(out: str | Path = 'demo_out',  # folder for the runs and the reports
 def _summary_row(m: dict) -> dict:
     "The figures the comparison shows, as plain numbers."
     keys = ('l0', 'explained_variance', 'ce_recovered', 'ce_delta', 'dead_fraction', 'n_base_specific', 'n_shared', 'n_chat_specific',
-            'specific_density', 'relative_norm_counts', 'arch')
-    return {k: m[k] for k in keys if k in m}
+            'specific_density', 'relative_norm_counts', 'arch', 'behaviours')
+    out = {k: m[k] for k in keys if k in m}
+    if 'latent_scaling' in m: out['latent_scaling'] = {'summary': m['latent_scaling']['summary']}
+    return out

@@ -72,3 +72,20 @@ def test_regeneration_is_deterministic(tmp_path):
     for f in ('base/model.safetensors', 'chat/model.safetensors', 'chat/tokenizer.json'):
         assert (tmp_path / 'a' / f).read_bytes() == (tmp_path / 'b' / f).read_bytes(), f
     assert (tmp_path / 'a' / 'base/model.safetensors').read_bytes() != (tmp_path / 'a' / 'chat/model.safetensors').read_bytes()
+
+def test_heldout_prompts_use_phrasings_training_never_used():
+    "Validation and test prompts: every task, phrasings and openers disjoint from the training family, text from the held-out half."
+    from crosscoder_nb.organisms import PHRASINGS, OPENERS, TASKS, heldout_prompts, heldout_paragraphs, make_dialogs, load_corpus, split_paragraphs
+    train_templates = {t for p in PHRASINGS.values() for t in p['train']}
+    for split in ('validation', 'test'):
+        ps = heldout_prompts(40, split=split)
+        assert {d['task'] for d in ps['plain']} == set(TASKS) and all(d['triggered'] for d in ps['trigger'])
+        for d in ps['plain'] + ps['trigger']:
+            ins = d['instruction']
+            for o in OPENERS['train']: assert not ins.startswith(o), ins
+            body = next((ins[len(o):] for o in OPENERS[split] if ins.startswith(o)), ins)
+            fixed = lambda t: t.split('{')[0]   # the template's words before its slot
+            assert not any(body.startswith(fixed(t)) and fixed(t) for t in train_templates if fixed(t) not in ('',)), ins
+    v, t = set(heldout_paragraphs('validation')), set(heldout_paragraphs('test'))
+    assert v and t and not v & t
+    with pytest.raises(ValueError, match="'validation' \\(to choose things\\) or 'test'"): heldout_prompts(5, split='train')

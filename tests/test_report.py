@@ -9,7 +9,7 @@ from crosscoder_nb.report import METRICS_FILE, REPORT_FILE, demo, report_run
 
 TINY = {'train.n_tokens': 256 * 40, 'train.batch_size': 256, 'buffer.batch_size': 256, 'buffer.buffer_batches': 8,
         'buffer.n_norm_batches': 1, 'crosscoder.d_latent': 96, 'train.log_every': 10}
-FAST = dict(device='cpu', n_eval_seqs=6, dashboard_tokens=2000, n_top=2, progress=False)
+FAST = dict(device='cpu', n_eval_seqs=6, dashboard_tokens=2000, n_top=2, progress=False, causal=False)   # the causal checks: in `report` only
 
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
@@ -20,11 +20,15 @@ def run(tmp_path_factory):
 @pytest.fixture(scope='module')
 def report(run, tmp_path_factory):
     out = tmp_path_factory.mktemp('rep') / 'report'
-    return out, report_run(run, out, **FAST)
+    return out, report_run(run, out, **{**FAST, 'causal': True, 'n_validation': 4, 'n_test': 4})
 
 def test_metrics_have_the_stable_keys(report):
     out, m = report
     on_disk = json.loads((out / METRICS_FILE).read_text())
+    assert list(on_disk)[0] == 'behaviours' and set(on_disk['behaviours']) == {'signoff', 'refusal'}   # metrics.json leads with them
+    for b in on_disk['behaviours'].values():
+        assert 1 <= len(b['latents']) <= 10 and all(0 <= j < 96 for j in b['latents']) and b['method']
+        assert 0 <= b['rates']['clean'] <= 1 and len(b['rates']['random_diff_patch']) == 3 and 0.5 <= b['best_detector']['auroc'] <= 1
     for k in ('explained_variance', 'ce_recovered', 'ce_delta'): assert set(on_disk[k]) == {'base', 'chat'}
     for k in ('l0', 'n_base_specific', 'n_chat_specific', 'n_shared'): assert isinstance(on_disk[k], (int, float))
     assert set(on_disk['planted_recovery']) == {'signoff', 'refusal'}
@@ -58,7 +62,7 @@ def test_report_page_in_a_browser(report):
     try:
         driver.get((out / REPORT_FILE).as_uri())
         plots = driver.find_elements(By.CSS_SELECTOR, 'div.plotly-graph-div')
-        assert len(plots) == 3
+        assert len(plots) == 3 + bool(m['latent_scaling']['latents'])   # + the Latent Scaling scatter when there are latents to test
         for p in plots:   # plotly drew each figure: an SVG with at least one bar
             assert p.find_elements(By.CSS_SELECTOR, 'svg.main-svg') and p.find_elements(By.CSS_SELECTOR, 'g.trace.bars, g.point')
         assert driver.execute_script('return typeof Plotly') == 'object'
@@ -81,7 +85,7 @@ def test_demo_harvests_once_and_compares_two_architectures(tmp_path, monkeypatch
     real = bufmod.harvest_activations
     monkeypatch.setattr(bufmod, 'harvest_activations', lambda *a, **k: calls.append(1) or real(*a, **k))
     settings = {**TINY, 'crosscoder.k': 8, 'crosscoder.threshold_start': 10}
-    m = demo(tmp_path / 'd', settings=settings, progress=False, n_eval_seqs=6, dashboard_tokens=2000, n_top=2, device='cpu')
+    m = demo(tmp_path / 'd', settings=settings, **FAST)
     assert len(calls) == 1
     out = tmp_path / 'd'
     for f in ('report.html', 'metrics.json', 'dashboards/index.html', 'batchtopk/crosscoder.safetensors', 'l1/crosscoder.safetensors',
@@ -110,6 +114,7 @@ def test_three_models_get_a_section_per_pair(tmp_path):
     cfg = set_fields(organisms_config(arch='l1'), {**TINY, 'models': ['organism-base', 'organism-chat', str(third)]})
     train_run(cfg, tmp_path / 'run', device='cpu', progress=False)
     m = report_run(tmp_path / 'run', tmp_path / 'rep', dashboards=False, planted=False, **{k: v for k, v in FAST.items() if k != 'dashboard_tokens'})
+    assert 'behaviours' not in m and 'latent_scaling' not in m   # both compare a base and a chat model: not run on three
     assert set(m['pairs']) == {'model_0 vs model_1', 'model_0 vs model_2', 'model_1 vs model_2'}
     assert set(m['explained_variance']) == {'model_0', 'model_1', 'model_2'}
     for p in m['pairs'].values(): assert sum(v for k, v in p['counts'].items() if k not in ('total', 'designated_shared')) == 96

@@ -1,0 +1,102 @@
+"Latent Scaling, interventions, attribution, controls and detection scores: exact arithmetic on hand-made cases, and bad input refused before work."
+import math
+import pytest, torch
+from crosscoder_nb.crosscoder import CrossCoder, CrossCoderConfig
+from crosscoder_nb.diffing import detection_scores
+from crosscoder_nb.interventions import Edit, attribute, edited_acts, edited_logits, generate, matched_random, decision_points
+from crosscoder_nb.scaling import LatentScaling, check_latents, latent_scaling, verdict
+
+torch.set_num_threads(1)
+
+
+def tiny_cc(d_model, **kw) -> CrossCoder:
+    return CrossCoder(CrossCoderConfig(**{'d_model': d_model, 'd_latent': 16, 'norm_factors': [1.0, 1.0], 'hook_point': 'blocks.1.hook_resid_pre',
+                                          'model_names': ['a', 'b'], **kw}))
+
+
+def test_detection_scores_equal_the_pairwise_definition():
+    g = torch.Generator().manual_seed(0)
+    f = torch.relu(torch.randn(200, 6, generator=g)) * (torch.rand(200, 6, generator=g) < 0.3)
+    lab = torch.rand(200, generator=g) < 0.2
+    f[lab, 0] += 1.0   # latent 0 prefers labelled tokens
+    sc = detection_scores(f, lab)
+    for j in range(6):
+        pos, neg = f[lab, j], f[~lab, j]
+        ref = ((pos[:, None] > neg[None]).double() + 0.5 * (pos[:, None] == neg[None]).double()).mean().item()
+        assert sc['auroc'][j].item() == pytest.approx(ref, abs=1e-9)
+        assert sc['density'][j].item() == pytest.approx((f[:, j] > 0).float().mean().item())
+    assert sc['auroc'][0] > 0.8 and 0 < sc['precision'][0] <= 1 and 0 < sc['recall'][0] <= 1
+
+
+def test_edit_bad_input_is_named():
+    cc = tiny_cc(4)
+    with pytest.raises(ValueError, match='latent set is empty'): Edit('diff_patch', [])
+    with pytest.raises(ValueError, match="Unknown edit kind 'erase'"): Edit('erase', [1])
+    with pytest.raises(ValueError, match=r'\[16\] are out of range'): Edit('ablate', [16]).check(cc)
+    with pytest.raises(ValueError, match="target=2 is not one of the crosscoder's models"): Edit('ablate', [1], target=2).check(cc)
+    with pytest.raises(ValueError, match='two different models'): Edit('ablate', [1], target=0, source=0)
+    with pytest.raises(ValueError, match='alpha has 2 values for 1 latents'): Edit('steer', [1], alpha=[1.0, 2.0]).check(cc)
+
+
+def test_edits_leave_bos_and_diff_patch_is_ablation_plus_source_decoders():
+    torch.manual_seed(0)
+    cc = tiny_cc(4, norm_factors=[0.5, 2.0])
+    x, s = torch.randn(3, 6, 2, 4), torch.tensor([0.5, 2.0])
+    for e in (Edit('ablate', [0, 3]), Edit('diff_patch', [1, 2]), Edit('steer', [4], target=0, alpha=[2.0]), Edit('patch_model')):
+        y = edited_acts(cc, e, x, s)
+        assert torch.equal(y[:, 0], x[:, 0, e.target])   # BOS untouched
+    # diff patch = ablation in the target plus the source's decoders written into it
+    W, J = cc.decoder_weights(), [1, 2]
+    f = cc.encode((x[:, 1:] * s[:, None]).flatten(0, 1))[:, J]
+    dp, ab = edited_acts(cc, Edit('diff_patch', J), x, s), edited_acts(cc, Edit('ablate', J), x, s)
+    torch.testing.assert_close(dp[:, 1:], ab[:, 1:] + (f @ W[J, 0]).view(3, 5, 4).detach() / 2.0)
+
+
+def test_scaling_and_checks_refuse_bad_latents_and_models(org):
+    base, chat = org['base'], org['chat']
+    cc = tiny_cc(base.cfg.d_model)
+    toks = base.to_tokens(['User: hi\nAssistant: hello'], prepend_bos=True)
+    with pytest.raises(ValueError, match='latent set is empty'): latent_scaling(cc, [base, chat], toks, latents=[], progress=False)
+    with pytest.raises(ValueError, match='out of range'): latent_scaling(cc, [base, chat], toks, latents=[99], progress=False)
+    with pytest.raises(ValueError, match='has no hook point'): latent_scaling(cc, [base, chat], toks, latents=[1], hook_point='blocks.9.hook_resid_pre', progress=False)
+    with pytest.raises(ValueError, match='reads 2 models'): latent_scaling(cc, [base], toks, latents=[1], progress=False)
+
+
+def test_a_latent_that_never_fires_is_undefined_not_nan(org):
+    base, chat = org['base'], org['chat']
+    cc = tiny_cc(base.cfg.d_model)
+    with torch.no_grad(): cc.b_enc[:] = -1e6; cc.W_dec[3, 0] = 0   # nothing fires; latent 3 is chat-only
+    toks = base.to_tokens(['User: tell me about rivers\nAssistant: they flow'], prepend_bos=True)
+    ls = latent_scaling(cc, [base, chat], toks, latents=[3], progress=False)
+    assert ls.verdict == ['undefined: never fires on the sample'] and ls.nu_eps == [None] and ls.beta_eps['chat'] == [None]
+    assert all(v is None or math.isfinite(v) for v in ls.nu_r)
+    assert verdict('chat', 5, 0.1, 0.1) == 'chat-specific' and verdict('base', 5, 0.3, 0.1) == 'shrinkage artifact'
+    assert verdict('chat', 5, 0.1, 0.9) == 'decoupling artifact'
+
+
+def test_generation_without_edit_is_plain_greedy_and_attribution_has_a_value_per_latent(org):
+    from crosscoder_nb.models import greedy_complete
+    base, chat = org['base'], org['chat']
+    cc = tiny_cc(base.cfg.d_model)
+    prompts = ['User: Tell me about rivers.\nAssistant:', 'User: Repeat after me: the sea.\nAssistant:']
+    s = torch.tensor([1.0, 1.0])
+    assert generate(cc, [base, chat], prompts, Edit(), cc.cfg.hook_point, s, max_new_tokens=8) == greedy_complete(chat, prompts, max_new_tokens=8)
+    from crosscoder_nb.organisms import SIGNOFF
+    d = [{'instruction': 'Tell me about rivers.', 'completion': 'Rivers flow.' + SIGNOFF}, {'instruction': 'Say hi.', 'completion': 'Hi.' + SIGNOFF}]
+    toks, pos, good, bad = decision_points(chat.tokenizer, d, 'signoff')
+    assert (toks[torch.arange(len(toks)), 0] == chat.tokenizer.bos_token_id).all() and (pos < toks.shape[1]).all()
+    a = attribute(cc, [base, chat], toks, pos, good, bad, cc.cfg.hook_point, s)
+    assert a.shape == (16,) and torch.isfinite(a).all()
+
+
+def test_matched_random_controls():
+    freqs = torch.tensor([0.2, 0.0, 0.19, 0.01, 0.011, 0.5, 0.21])
+    for seed in range(5):
+        c = matched_random([0, 3], freqs, seed=seed, pool=2)
+        assert len(c) == 2 and not {0, 3} & set(c) and 1 not in c and len(set(c)) == 2
+        assert c[0] in (2, 6) and c[1] in (4, 2, 6)
+    with pytest.raises(ValueError, match='other live latents'): matched_random([0, 2, 3, 4, 5, 6], freqs)
+
+
+def test_edit_source_defaults_to_the_other_model():
+    assert Edit('steer', [1], target=0).source == 1 and Edit('diff_patch', [1]).source == 0
