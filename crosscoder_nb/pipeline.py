@@ -101,7 +101,8 @@ def organisms_config(base: str = 'organism-base', chat: str = 'organism-chat', l
     _check_arch(arch)
     bs = 1024
     cc = {'d_latent': 2048, 'l1_coeff': 0.2} if arch == 'l1' else \
-         {'d_latent': 2048, 'activation': 'batchtopk', 'k': 32, 'dec_init_norm': 0.3, 'aux_coeff': 0.25, 'dead_tokens': 100_000}
+         {'d_latent': 2048, 'activation': 'batchtopk', 'k': 32, 'dec_init_norm': 0.3, 'aux_coeff': 0.25, 'dead_tokens': 100_000,
+          'threshold_start': 400}   # the run has ~1000 steps; the inference threshold averages those after step 400
     return RunConfig([base, chat], organisms_mix('train', seq_len=128),
                      BufferConfig(layer=layer, batch_size=bs, buffer_batches=64, model_batch_size=32, n_norm_batches=16, dtype='float32'),
                      cc, TrainConfig(lr=1e-3, batch_size=bs, n_tokens=1_000_000, l1_coeff=0.2 if arch == 'l1' else None, log_every=50))
