@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 from .crosscoder import CrossCoder
 from .buffer import harvest
+from .models import greedy_complete, greedy_rows
 from .evals import as_model_list, cc_device, check_eval_models, check_tokens, resolve_norm_factors, ce_sum
 from .scaling import check_latents
 
@@ -126,7 +127,7 @@ def _cache_kw(model) -> str: return 'past_key_values' if 'past_key_values' in in
 
 @torch.no_grad()
 def _generate_cached(cc: CrossCoder, models: list, rows: list[list[int]], e: Edit, hp: str, s: Tensor,
-                     max_new_tokens: int, stop_ids: Tensor, pad: int) -> list[list[int]] | None:
+                     max_new_tokens: int, stop_ids: Tensor | None, pad: int) -> list[list[int]] | None:
     "Greedy generated tokens of `rows` with a KV cache (left-padded batch), up to and including a stop token; None where this path does not apply."
     m = re.fullmatch(r'blocks\.(\d+)\.hook_resid_pre', hp)
     if m is None: return None
@@ -160,7 +161,8 @@ def _generate_cached(cc: CrossCoder, models: list, rows: list[list[int]], e: Edi
                 try: plains[i](**kw, **{_cache_kw(plains[i]): caches[i]})
                 except _Halt: pass
             nxt = plains[t](**kw, **{_cache_kw(plains[t]): caches[t]}).logits[:, -1].argmax(-1).cpu()
-            gen.append(torch.where(done, pad, nxt)); done |= stop_ids[nxt]
+            gen.append(torch.where(done, pad, nxt))
+            if stop_ids is not None: done |= stop_ids[nxt]
             if done.all(): break
             cur, st['editable'] = nxt[:, None], torch.ones(B, 1, dtype=torch.bool)
             mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.long)], 1)
@@ -168,7 +170,7 @@ def _generate_cached(cc: CrossCoder, models: list, rows: list[list[int]], e: Edi
         for h in hooks: h.remove()
     out = []
     for row in torch.stack(gen, 1).tolist():
-        hit = next((j for j, tk in enumerate(row) if stop_ids[tk]), None)
+        hit = next((j for j, tk in enumerate(row) if stop_ids is not None and stop_ids[tk]), None)
         out.append(row if hit is None else row[:hit + 1])
     return out
 
@@ -179,35 +181,10 @@ def generate(cc: CrossCoder, models: list, prompts: list[str], e: Edit, hp: str,
             ) -> list[str]:
     "Greedy completions of `prompts` by model `e.target` under the edit, each cut at the first `stop`."
     e.check(cc)
-    model = models[e.target]
-    tok = model.tokenizer
-    stop_ids = torch.zeros(max(model.cfg.d_vocab, len(tok)), dtype=torch.bool)   # ids past the tokenizer's (padded vocabulary) never stop
-    stop_ids[:len(tok)] = torch.tensor([stop in tok.decode([i]) for i in range(len(tok))])
-    pad, out = tok.pad_token_id if tok.pad_token_id is not None else 0, []
-    for b in range(0, len(prompts), batch_size):
-        rows = [model.to_tokens(p, prepend_bos=True)[0].tolist() for p in prompts[b:b + batch_size]]
-        if max(map(len, rows)) + max_new_tokens > model.cfg.n_ctx:
-            raise ValueError(f"A prompt of {max(map(len, rows))} tokens plus {max_new_tokens} new ones exceeds the context ({model.cfg.n_ctx}).")
-        gen = _generate_cached(cc, models, rows, e, hp, s, max_new_tokens, stop_ids, pad) if cache else None
-        if gen is None: gen = _generate_hooked(cc, models, rows, e, hp, s, max_new_tokens, stop_ids, pad)
-        out += [tok.decode(g).split(stop)[0] for g in gen]
-    return out
-
-def _generate_hooked(cc: CrossCoder, models: list, rows: list[list[int]], e: Edit, hp: str, s: Tensor,
-                     max_new_tokens: int, stop_ids: Tensor, pad: int) -> list[list[int]]:
-    "Greedy generated tokens of `rows` through the bridge's hooks, the whole sequence at each step (no cache)."
-    lens = torch.tensor([len(r) for r in rows])
-    toks = torch.full((len(rows), int(lens.max()) + max_new_tokens), pad, dtype=torch.long)
-    for i, r in enumerate(rows): toks[i, :len(r)] = torch.tensor(r)
-    done, ar = torch.zeros(len(rows), dtype=torch.bool), torch.arange(len(rows))
-    for _ in range(max_new_tokens):
-        logits = edited_logits(cc, models, toks[:, :int(lens.max())], e, hp, s)
-        nxt, active = logits[ar, lens - 1].argmax(-1).cpu(), ~done
-        toks[ar[active], lens[active]] = nxt[active]
-        lens = lens + active.long()
-        done |= active & stop_ids[nxt]
-        if done.all(): break
-    return [toks[i, len(r):int(lens[i])].tolist() for i, r in enumerate(rows)]
+    def rows_fn(rows, n, stop_ids, pad):
+        gen = _generate_cached(cc, models, rows, e, hp, s, n, stop_ids, pad) if cache else None
+        return gen if gen is not None else greedy_rows(lambda t: edited_logits(cc, models, t, e, hp, s), rows, n, stop_ids, pad)
+    return greedy_complete(models[e.target], prompts, max_new_tokens, stop, batch_size, generate_rows=rows_fn)
 
 @torch.no_grad()
 def edited_loss(cc: CrossCoder, models: list, tokens: Int[Tensor, "n seq"], e: Edit, hp: str, s: Tensor, batch_size: int = 16) -> float:

@@ -6,10 +6,12 @@
 from __future__ import annotations
 import importlib.resources, os, pathlib
 import torch
+from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
 # %% auto 0
-__all__ = ['ORGANISMS', 'assets_dir', 'resolve_model', 'default_device', 'load_model', 'greedy_complete']
+__all__ = ['ORGANISMS', 'assets_dir', 'resolve_model', 'default_device', 'load_model', 'stop_token_mask', 'greedy_rows',
+           'greedy_complete']
 
 # %% ../nbs/00_models.ipynb
 ORGANISMS = {'organism-base': 'organisms/base', 'organism-chat': 'organisms/chat'}  # alias -> folder under assets/
@@ -60,34 +62,49 @@ def load_model(name: str | os.PathLike,  # organism alias, local HF directory or
     return model
 
 # %% ../nbs/00_models.ipynb
+def stop_token_mask(model: TransformerBridge, stop: str) -> Tensor | None:
+    "Which token ids contain `stop` (ids past the tokenizer's, in a padded vocabulary, never stop); None for no `stop`."
+    if not stop: return None
+    tok = model.tokenizer
+    mask = torch.zeros(max(model.cfg.d_vocab, len(tok)), dtype=torch.bool)
+    mask[:len(tok)] = torch.tensor([stop in tok.decode([i]) for i in range(len(tok))])
+    return mask
+
+@torch.no_grad()
+def greedy_rows(logits_fn,  # token rows [batch, seq] -> logits [batch, seq, d_vocab]
+                rows: list[list[int]], max_new_tokens: int, stop_ids: Tensor | None, pad: int) -> list[list[int]]:
+    "The tokens `logits_fn` generates greedily after each of `rows`, a row ending at its first stop token (kept)."
+    lens = torch.tensor([len(r) for r in rows])
+    toks = torch.full((len(rows), int(lens.max()) + max_new_tokens), pad, dtype=torch.long)
+    for i, r in enumerate(rows): toks[i, :len(r)] = torch.tensor(r)
+    done, ar = torch.zeros(len(rows), dtype=torch.bool), torch.arange(len(rows))
+    for _ in range(max_new_tokens):
+        nxt, active = logits_fn(toks[:, :int(lens.max())])[ar, lens - 1].argmax(-1).cpu(), ~done
+        toks[ar[active], lens[active]] = nxt[active]
+        lens = lens + active.long()
+        if stop_ids is not None: done |= active & stop_ids[nxt]
+        if done.all(): break
+    return [toks[i, len(r):int(lens[i])].tolist() for i, r in enumerate(rows)]
+
 @torch.no_grad()
 def greedy_complete(model: TransformerBridge,  # a loaded model
                     prompts: list[str],
                     max_new_tokens: int = 48,
                     stop: str = '\n',  # stop a row once it emits a token containing this string
                     batch_size: int = 64,
+                    generate_rows=None,  # (rows, max_new_tokens, stop_ids, pad) -> generated ids; default `greedy_rows` on the model
                    ) -> list[str]:
     "Greedy continuations of `prompts` (BOS prepended), each cut at the first `stop`."
-    tok = model.tokenizer
-    stop_ids = torch.tensor([stop in tok.decode([i]) for i in range(len(tok))]) if stop else None
+    tok, stop_ids = model.tokenizer, stop_token_mask(model, stop)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    generate_rows = generate_rows or (lambda rows, *a: greedy_rows(lambda t: model(t.to(model.cfg.device)), rows, *a))
     out = []
     for b in range(0, len(prompts), batch_size):
         rows = [model.to_tokens(p, prepend_bos=True)[0].tolist() for p in prompts[b:b + batch_size]]
-        lens = torch.tensor([len(r) for r in rows])
-        if lens.max() + max_new_tokens > model.cfg.n_ctx:
-            raise ValueError(f"A prompt of {lens.max()} tokens plus {max_new_tokens} new ones exceeds the context ({model.cfg.n_ctx}).")
-        toks = torch.full((len(rows), int(lens.max()) + max_new_tokens), pad, dtype=torch.long)
-        for i, r in enumerate(rows): toks[i, :len(r)] = torch.tensor(r)
-        done, ar = torch.zeros(len(rows), dtype=torch.bool), torch.arange(len(rows))
-        for _ in range(max_new_tokens):
-            logits = model(toks[:, :int(lens.max())].to(model.cfg.device))
-            nxt, active = logits[ar, lens - 1].argmax(-1).cpu(), ~done
-            toks[ar[active], lens[active]] = nxt[active]
-            lens = lens + active.long()
-            if stop_ids is not None: done |= active & stop_ids[nxt]
-            if done.all(): break
-        for i, r in enumerate(rows):
-            text = tok.decode(toks[i, len(r):int(lens[i])].tolist())
+        if max(map(len, rows)) + max_new_tokens > model.cfg.n_ctx:
+            raise ValueError(f"A prompt of {max(map(len, rows))} tokens plus {max_new_tokens} new ones exceeds the context ({model.cfg.n_ctx}).")
+        for g in generate_rows(rows, max_new_tokens, stop_ids, pad):
+            text = tok.decode(g)
             out.append(text.split(stop)[0] if stop else text)
     return out
+
