@@ -14,7 +14,7 @@ from transformers import DynamicCache
 from .crosscoder import CrossCoder
 from .buffer import harvest
 from .models import greedy_complete, greedy_rows
-from .evals import as_model_list, cc_device, check_eval_models, check_tokens, resolve_norm_factors, ce_sum
+from .evals import as_model_list, cc_device, check_eval_models, check_tokens, resolve_norm_factors, ce_sum, harvest_rows
 from .scaling import check_latents
 
 # %% auto 0
@@ -280,7 +280,7 @@ def _latents_on(cc: CrossCoder, models: list, tokens: Tensor, lengths: Tensor, h
     "The latents at every real (non-BOS, non-padding) position of right-padded rows."
     dev = cc_device(cc)
     with torch.no_grad():
-        x = torch.stack([harvest(m, tokens.to(m.cfg.device), hp).to(dev, torch.float32) for m in models], 2) * s.to(dev)[:, None]
+        x = harvest_rows(models, tokens, hp, dev) * s.to(dev)[:, None]
         real = (torch.arange(tokens.shape[1])[None] < lengths[:, None]) & (torch.arange(tokens.shape[1])[None] > 0)
         return cc.encode(x[real.to(dev)]).float()
 
