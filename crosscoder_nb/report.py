@@ -14,8 +14,7 @@ from .pipeline import check_out_dir
 
 # %% auto 0
 __all__ = ['METRICS_FILE', 'REPORT_FILE', 'DASHBOARD_DIR', 'eval_table', 'html_table', 'render_report', 'check_models_match',
-           'arch_label', 'comparison_table', 'latent_scaling_run', 'behaviours_table', 'report_run', 'demo_configs',
-           'demo']
+           'arch_label', 'comparison_table', 'behaviours_table', 'report_run', 'demo_configs', 'demo']
 
 # %% ../nbs/10_report.ipynb
 def _fmt(v, pct=False) -> str:
@@ -135,18 +134,13 @@ def comparison_table(runs: dict[str, dict]) -> str:
     return f'<table class="compare">{head}{body}</table>' + (f'<p>Full reports: {", ".join(links)}.</p>' if links else '')
 
 # %% ../nbs/10_report.ipynb
-def latent_scaling_run(cc, models, tokens, freqs, th, progress: bool, norm_factors=None):
-    "Latent Scaling of every live model-specific latent on the eval tokens."
-    from crosscoder_nb.scaling import latent_scaling
-    return latent_scaling(cc, models, tokens, thresholds=th, frequencies=freqs, norm_factors=norm_factors, progress=progress)
-
 def _add_scaling_columns(metrics: dict, ls):
     "The top-latent tables gain nu_eps, nu_r and the verdict of the latents Latent Scaling tested."
     by = {r['latent']: r for r in ls.rows()}
     for key in ('top_chat_specific', 'top_base_specific'):
         for row in metrics.get(key, []):
-            r = by.get(row['latent'])
-            row.update(nu_eps=None if r is None else r['nu_eps'], nu_r=None if r is None else r['nu_r'], verdict=None if r is None else r['verdict'])
+            r = by.get(row['latent'], {})
+            row.update({k: r.get(k) for k in ('nu_eps', 'nu_r', 'verdict')})
 
 def _scaling_section(ls) -> str:
     if not ls.latents: return '<p>No live latent is model-specific at the thresholds, so there is nothing for Latent Scaling to test.</p>'
@@ -228,7 +222,7 @@ def report_run(run_dir: str | Path,  # a folder holding a crosscoder checkpoint 
     from crosscoder_nb.evals import evaluate, eval_tokens, frequency_histogram
     from crosscoder_nb.data import organisms_mix, pile_lmsys_mix
     from crosscoder_nb.diffing import DiffThresholds, diff_summary, planted_recovery, relative_norms
-    from crosscoder_nb.scaling import scaling_figure
+    from crosscoder_nb.scaling import latent_scaling as run_latent_scaling, scaling_figure
     from crosscoder_nb.pipeline import is_organism
     t0, run_dir = time.time(), Path(run_dir)
     out = check_out_dir(Path(out) if out is not None else run_dir / 'report', overwrite)
@@ -254,7 +248,8 @@ def report_run(run_dir: str | Path,  # a folder holding a crosscoder checkpoint 
     diff = pairs[(0, 1)]
     planted_res = planted_recovery(cc, models, thresholds=th, progress=progress) if (organisms if planted is None else planted) else None
     s_eval = ev['norm_factors']   # the checkpoint's factors, or the ones estimated for the evals: one scale everywhere
-    ls = latent_scaling_run(cc, models, tokens, freqs, th, progress, s_eval) if latent_scaling and cc.cfg.n_models == 2 else None
+    ls = (run_latent_scaling(cc, models, tokens, thresholds=th, frequencies=freqs, norm_factors=s_eval, progress=progress)
+          if latent_scaling and cc.cfg.n_models == 2 else None)   # every live model-specific latent, on the eval tokens
     causal = (organisms if causal is None else causal) and cc.cfg.n_models == 2   # the planted checks compare a base and a chat model
     behaviours = _behaviours(cc, models, freqs, th, ls, n_validation, n_test, progress, s_eval) if causal else None
     links, lat_links, dash = {}, {}, None
