@@ -42,7 +42,8 @@ with tempfile.TemporaryDirectory() as tmp:
                          'median_density_base_specific': d['base_specific']['median_density'],
                          'train_tokens_per_s': run['train_tokens_per_s'], 'latent_scaling': m['latent_scaling']['summary'],
                          'behaviours': {b: {k: v[k] for k in ('latents', 'method', 'rates', 'general_loss_change', 'steer_base', 'best_detector',
-                                                            'best_chat_specific_detector', 'detection')} for b, v in m['behaviours'].items()}})
+                                                            'best_chat_specific_detector', 'detection', 'detection_at_decision')}
+                                        for b, v in m['behaviours'].items()}})
             print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rows[-1].items() if k != 'behaviours'}, flush=True)
 
 keys = ['l0', 'ev_base', 'ev_chat', 'ce_recovered_base', 'ce_recovered_chat', 'dead_fraction', 'n_base_specific', 'n_shared',
@@ -72,17 +73,24 @@ bcols = [('latents named', lambda b: len(b['latents']), False), ('chat rate, cle
          ('loss change, diff patch', lambda b: b['general_loss_change']['diff_patch'], False),
          ('base rate steered', lambda b: b['steer_base']['steered'], True), ('best AUROC (any latent)', lambda b: b['best_detector']['auroc'], False),
          ('best AUROC, chat-specific latent', lambda b: (b['best_chat_specific_detector'] or {}).get('auroc'), False),
-         ('its density', lambda b: (b['best_chat_specific_detector'] or {}).get('density'), True)]
+         ('its density', lambda b: (b['best_chat_specific_detector'] or {}).get('density'), True),
+         ('best AUROC at decision tokens (any latent)', lambda b: b['detection_at_decision']['best_detector']['auroc'], False),
+         ('its relative norm', lambda b: b['detection_at_decision']['best_detector']['relative_norm'], False),
+         ('its density (data mix)', lambda b: b['detection_at_decision']['best_detector']['density_mix'], True),
+         ('best AUROC at decision tokens, chat-specific latent', lambda b: (b['detection_at_decision']['best_chat_specific_detector'] or {}).get('auroc'), False)]
 btable = '| arch | behaviour | ' + ' | '.join(c for c, _, _ in bcols) + ' |\n|' + '---|' * (len(bcols) + 2) + '\n' + '\n'.join(
     f"| {arch} | {beh} | " + ' | '.join(bcell([r['behaviours'][beh] for r in rows if r['arch'] == arch], g, pct) for _, g, pct in bcols) + ' |'
     for arch in archs for beh in ('signoff', 'refusal'))
 ls_line = '; '.join(f"{arch}: " + ', '.join(f"{side}-only latents {statistics.mean([r['latent_scaling'].get(side, {}).get('tested', 0) for r in rows if r['arch'] == arch]):.1f} "
                                              f"tested, {statistics.mean([r['latent_scaling'].get(side, {}).get('pass', 0) for r in rows if r['arch'] == arch]):.1f} pass"
                                              for side in ('chat', 'base')) for arch in archs)
-bnote = (f"Planted behaviours, mean ± std over the same runs: latents named by attribution on {a.n_validation} validation prompts per "
+bnote = (f"Planted behaviours, mean ± std over the same runs: latents named by greedy attribution on {a.n_validation} validation prompts per "
          f"behaviour (set size chosen by diff patching on them), rates of the chat model on {a.n_test} test prompts per behaviour "
          "(phrased in ways neither training nor validation used); random: as many latents of similar density (mean of 3 draws); "
          "loss change in nats/token on held-out general text; base rate steered: the base model with the named latents' chat "
-         "decoders added. AUROC over every token of a held-out test sample. Latent Scaling (mean counts per run): " + ls_line + '.')
+         "decoders added. AUROC over every token of a held-out test sample, against each behaviour's context (its output included) "
+         "and against its decision tokens only (see `organisms.planted_spans`); densities on that sample, except where marked 'data "
+         "mix' (the activation frequency on the held-out data mix the crosscoder trains on). Latent Scaling (mean counts per run): "
+         + ls_line + '.')
 md = f"{table}\n\n{note}\n\n{btable}\n\n{bnote}\n"
 publish('demo-seeds', md, {'rows': rows, 'n_tokens': a.n_tokens}, readme=not a.no_readme)

@@ -212,7 +212,9 @@ class PlantedSample:
     @property
     def flat_labels(self) -> Bool[Tensor, "n_tokens n_behaviours"]: return self.labels[self.mask]
 
-def label_tokens(tokenizer, texts: list[str], kinds: list[str], seq_len: int, behaviours: list[str] | None = None) -> PlantedSample:
+def label_tokens(tokenizer, texts: list[str], kinds: list[str], seq_len: int, behaviours: list[str] | None = None,
+                 where: str = 'context',  # which spans label a token: 'context' (the behaviour and its output) or 'decision' (see `planted_spans`)
+                ) -> PlantedSample:
     "Tokenise `texts` one per row (BOS first) and label each token with the planted behaviours acting on it."
     if not getattr(tokenizer, 'is_fast', False): raise ValueError("Labelling tokens needs a fast tokenizer (offset mappings): load it with use_fast=True.")
     if not texts: raise ValueError("No texts to label: pass some dialogs or general text.")
@@ -223,7 +225,7 @@ def label_tokens(tokenizer, texts: list[str], kinds: list[str], seq_len: int, be
     tokens, mask = torch.full((len(texts), n), pad, dtype=torch.long), torch.zeros(len(texts), n, dtype=torch.bool)
     labels = torch.zeros(len(texts), n, len(behaviours), dtype=torch.bool)
     for i, (text, ids, offs) in enumerate(zip(texts, enc['input_ids'], enc['offset_mapping'])):
-        ids, offs, spans = ids[:n - 1], offs[:n - 1], planted_spans(text)
+        ids, offs, spans = ids[:n - 1], offs[:n - 1], planted_spans(text, where)
         tokens[i, 0], tokens[i, 1:len(ids) + 1], mask[i, 1:len(ids) + 1] = tokenizer.bos_token_id, torch.tensor(ids, dtype=torch.long), True
         for t, (s, e) in enumerate(offs):
             for b, name in enumerate(behaviours): labels[i, t + 1, b] = any(s < hi and e > lo for lo, hi in spans.get(name, []))
@@ -349,15 +351,24 @@ def sample_activations(cc: CrossCoder, models: list, sample: PlantedSample, hook
         out.append(cc.encode(harvest_rows(models, sample.tokens[i:i + batch_size], hook_point, dev)[m] * s.to(dev)[:, None]).float().cpu())
     return torch.cat(out)
 
-def _row(j: int, sc: dict, r: Tensor) -> dict:
-    return {'latent': j, **{k: float(sc[k][j]) for k in ('auroc', 'precision', 'recall', 'f1', 'density')}, 'relative_norm': float(r[j])}
+def _row(j: int, sc: dict, r: Tensor, frequencies: Tensor | None = None) -> dict:
+    row = {'latent': j, **{k: float(sc[k][j]) for k in ('auroc', 'precision', 'recall', 'f1', 'density')}, 'relative_norm': float(r[j])}
+    return row if frequencies is None else row | {'density_mix': float(frequencies[j])}   # density on the data mix, where the sample is enriched
+
+def _detect(f: Tensor, labels: Tensor, r: Tensor, chat_specific: list[int], latents: list[int], frequencies: Tensor | None) -> dict:
+    sc = detection_scores(f, labels)
+    best = int(sc['auroc'].argmax())
+    bc = max(chat_specific, key=lambda j: float(sc['auroc'][j])) if chat_specific else None
+    return {'n_labelled': int(labels.sum()), 'best': _row(best, sc, r, frequencies),
+            'best_chat_specific': None if bc is None else _row(bc, sc, r, frequencies),
+            'latents': [_row(j, sc, r, frequencies) for j in latents]}
 
 def planted_detection(cc: CrossCoder, models, latents: list[int] | None = None,  # latents to report besides the best ones
                       n_dialogs: int = 100, n_general: int = 100, seq_len: int = 256, thresholds: DiffThresholds | None = None,
                       base: int = 0, chat: int = 1, norm_factors=None, hook_point: str | None = None, batch_size: int = 16,
                       split: str = 'test', frequencies: Tensor | None = None,  # activation frequencies that decide which latents are dead
                       progress: bool = True) -> dict:
-    "For each planted behaviour: AUROC, precision and recall at best F1, and density of the requested latents, the best latent and the best chat-specific one."
+    "For each planted behaviour: AUROC, precision and recall at best F1, and density of the requested latents, the best latent and the best chat-specific one; against the behaviour's context, and (key 'decision') its decision tokens."
     models, names = as_model_list(cc, models)
     hp = check_eval_models(cc, models, names, hook_point)
     if norm_factors is None: resolve_norm_factors(cc)
@@ -367,12 +378,9 @@ def planted_detection(cc: CrossCoder, models, latents: list[int] | None = None, 
     f = sample_activations(cc, models, sample, hp, s, batch_size, progress)
     r, th = relative_norms(cc, base, chat), thresholds or DiffThresholds()
     chat_specific = latent_groups(r, th, (f > 0).float().mean(0) if frequencies is None else frequencies, cc.cfg.n_shared)['chat_specific'].tolist()
+    decision = label_tokens(models[0].tokenizer, texts, kinds, sample.tokens.shape[1], where='decision').flat_labels   # same rows, other labels
     out = {'n_tokens': sample.n_tokens, 'split': split}
     for b, name in enumerate(sample.behaviours):
-        sc = detection_scores(f, sample.flat_labels[:, b])
-        best = int(sc['auroc'].argmax())
-        bc = max(chat_specific, key=lambda j: float(sc['auroc'][j])) if chat_specific else None
-        out[name] = {'n_labelled': int(sample.flat_labels[:, b].sum()), 'best': _row(best, sc, r),
-                     'best_chat_specific': None if bc is None else _row(bc, sc, r),
-                     'latents': [_row(j, sc, r) for j in (latents or [])]}
+        out[name] = _detect(f, sample.flat_labels[:, b], r, chat_specific, latents or [], frequencies) | \
+                    {'decision': _detect(f, decision[:, b], r, chat_specific, latents or [], frequencies)}
     return out

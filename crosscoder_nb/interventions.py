@@ -19,8 +19,8 @@ from .scaling import check_latents
 
 # %% auto 0
 __all__ = ['EDIT_KINDS', 'BEHAVIOUR_PROMPTS', 'DETECTORS', 'Edit', 'edited_acts', 'edited_logits', 'plain_model', 'generate',
-           'edited_loss', 'matched_random', 'attribute', 'decision_points', 'behaviour_rate', 'localise',
-           'planted_checks']
+           'edited_loss', 'matched_random', 'attribute', 'decision_points', 'behaviour_rate', 'greedy_attribution',
+           'localise', 'planted_checks']
 
 # %% ../nbs/07b_interventions.ipynb
 EDIT_KINDS = ('none', 'ablate', 'diff_patch', 'steer', 'patch_model')
@@ -208,10 +208,21 @@ def matched_random(latents: list[int], frequencies: Float[Tensor, "d_latent"], s
     return out
 
 # %% ../nbs/07b_interventions.ipynb
+def _decision_metric(logits: Tensor, pos: Tensor, good: Tensor, bad: Tensor | None) -> Tensor:
+    "M per row: logit(good) - logit(bad) at `pos`, or, with no `bad`, the log-odds log p(good) - log(1 - p(good))."
+    ar = torch.arange(len(pos))
+    if bad is not None: return logits[ar, pos, good] - logits[ar, pos, bad]
+    lp = logits[ar, pos].float().log_softmax(-1)
+    return lp[ar, good] - lp.scatter(1, good[:, None].to(lp.device), -math.inf).logsumexp(-1)
+
 def attribute(cc: CrossCoder, models: list, tokens: Int[Tensor, "n seq"],
               pos: Int[Tensor, "n"], good: Int[Tensor, "n"], bad: Int[Tensor, "n"] | None,  # decision position, behaviour token, ordinary token
-              hp: str, s: Tensor, target: int = 1, source: int = 0, batch_size: int = 16, progress: bool = False) -> Float[Tensor, "d_latent"]:
-    "a_j, the first-order change of M = logit(good) - logit(bad) (or log p(good)) at `pos` when latent j alone is diff-patched, summed over rows."
+              hp: str, s: Tensor, target: int = 1, source: int = 0, batch_size: int = 16, progress: bool = False,
+              edit: Edit | None = None,  # an edit of model `target` already in place (e.g. some latents diff-patched): the gradient is taken there
+             ) -> Float[Tensor, "d_latent"]:
+    "a_j, the first-order change of M (see `_decision_metric`) at `pos` when latent j alone is diff-patched (on top of `edit`), summed over rows."
+    if edit is not None and edit.target != target: raise ValueError(f"The edit acts on model {edit.target}, the attribution on model {target}: use one model.")
+    if edit is not None: edit.check(cc)
     dev, W = cc_device(cc), cc.decoder_weights().detach().float()
     delta = W[:, target] - W[:, source]                       # [d_latent, d_model]
     a = torch.zeros(cc.cfg.d_latent, dtype=torch.float64, device=dev)
@@ -220,16 +231,15 @@ def attribute(cc: CrossCoder, models: list, tokens: Int[Tensor, "n seq"],
         with torch.no_grad(): others = _acts(models, toks, hp, target, dev)
         box = {}
         def grab(act, hook=None):
-            box['x'] = act.detach().requires_grad_(True); return box['x']
+            box['clean'] = torch.stack([act.detach().to(dev, torch.float32) if o is None else o for o in others], 2)
+            at = act.detach() if edit is None else edited_acts(cc, edit, box['clean'], s.to(dev)).to(act.device, act.dtype)
+            box['x'] = at.requires_grad_(True); return box['x']
         with torch.enable_grad():
             logits = models[target].run_with_hooks(toks.to(models[target].cfg.device), fwd_hooks=[(hp, grab)])
-            ar = torch.arange(len(toks))
-            m = logits[ar, p, g] - logits[ar, p, bad[i:i + batch_size]] if bad is not None else logits[ar, p].log_softmax(-1)[torch.arange(len(toks)), g]
-            m.sum().backward()
+            _decision_metric(logits, p, g, None if bad is None else bad[i:i + batch_size]).sum().backward()
         with torch.no_grad():
-            xc, grad = box['x'].to(dev, torch.float32), box['x'].grad.to(dev, torch.float32)
-            x = torch.stack([xc if o is None else o for o in others], 2)[:, 1:] * s.to(dev)[:, None]
-            f = cc.encode(x.flatten(0, 1)).float()                                  # [n * (seq - 1), d_latent]
+            grad = box['x'].grad.to(dev, torch.float32)
+            f = cc.encode((box['clean'][:, 1:] * s.to(dev)[:, None]).flatten(0, 1)).float()   # [n * (seq - 1), d_latent], clean latents
             a -= (f * (grad[:, 1:].flatten(0, 1) @ delta.T)).sum(0).double() / s[target].item()
     return a.cpu()
 
@@ -261,18 +271,36 @@ def behaviour_rate(cc: CrossCoder, models: list, dialogs: list[dict], behaviour:
     return sum(map(DETECTORS[behaviour], outs)) / max(len(outs), 1)
 
 # %% ../nbs/07b_interventions.ipynb
+def greedy_attribution(cc: CrossCoder, models: list, tokens: Tensor, pos: Tensor, good: Tensor, bad: Tensor | None, hp: str, s: Tensor,
+                       n: int = 10, batch_size: int = 16, progress: bool = False) -> tuple[list[int], list[float]]:
+    "`n` latents chosen one at a time: each is the most negative attribution with the ones before it already diff-patched."
+    S, scores = [], []
+    for _ in tqdm(range(n), desc='greedy attribution', disable=not progress):
+        a = attribute(cc, models, tokens, pos, good, bad, hp, s, batch_size=batch_size, edit=Edit('diff_patch', S) if S else None)
+        a[S] = math.inf
+        j = int(a.argmin()); S.append(j); scores.append(float(a[j]))
+    return S, scores
+
 def localise(cc: CrossCoder, models: list, behaviour: str, dialogs: list[dict], hp: str, s: Tensor,
-             sizes: tuple = (1, 2, 3, 5, 10), target_rate: float = 0.2, batch_size: int = 16, progress: bool = False) -> dict:
+             sizes: tuple = (1, 2, 3, 5, 10), target_rate: float = 0.2, batch_size: int = 16, progress: bool = False,
+             greedy: bool = True,  # re-attribute after each pick (`greedy_attribution`); False: one ranking by plain attribution
+            ) -> dict:
     "Name a small set of latents that carries `behaviour`: rank by attribution on `dialogs`, keep the smallest set whose diff patch brings the rate to `target_rate`."
     if behaviour not in BEHAVIOUR_PROMPTS: raise ValueError(f"Unknown behaviour {behaviour!r}: use one of {list(BEHAVIOUR_PROMPTS)}.")
-    a = attribute(cc, models, *decision_points(models[1].tokenizer, dialogs, behaviour), hp, s, batch_size=batch_size, progress=progress)
-    order = torch.argsort(a)[:max(sizes)].tolist()                       # most negative first: diff-patching them removes the behaviour
+    dp = decision_points(models[1].tokenizer, dialogs, behaviour)
+    if greedy: order, scores = greedy_attribution(cc, models, *dp, hp, s, max(sizes), batch_size, progress)
+    else:
+        a = attribute(cc, models, *dp, hp, s, batch_size=batch_size, progress=progress)
+        order = torch.argsort(a)[:max(sizes)].tolist()                   # most negative first: diff-patching them removes the behaviour
+        scores = [float(a[j]) for j in order]
     rates = {n: behaviour_rate(cc, models, dialogs, behaviour, Edit('diff_patch', order[:n]), hp, s) for n in sizes}
     ok = [n for n in sizes if rates[n] <= target_rate]
     n = ok[0] if ok else min(sizes, key=lambda k: (rates[k], k))
-    return {'latents': order[:n], 'attribution': [float(a[j]) for j in order[:n]], 'validation_rates': rates,
+    how = ('greedy attribution (each latent the most negative attribution with the ones before it diff-patched)' if greedy else
+           'attribution')
+    return {'latents': order[:n], 'attribution': scores[:n], 'validation_rates': rates,
             'clean_rate': behaviour_rate(cc, models, dialogs, behaviour, Edit(), hp, s), 'ranking': order,
-            'method': f"attribution of the decision metric to diff-patching each latent on {len(dialogs)} validation prompts; "
+            'method': f"{how} of the decision metric to diff-patching each latent on {len(dialogs)} validation prompts; "
                       f"set size ({n}) chosen by diff-patching the top {list(sizes)} in generation on the same prompts"}
 
 # %% ../nbs/07b_interventions.ipynb

@@ -15,11 +15,11 @@ from transformers import Gemma2Config, Gemma2ForCausalLM, PreTrainedTokenizerFas
 from .models import assets_dir, greedy_complete, load_model
 
 # %% auto 0
-__all__ = ['CORPUS_SOURCES', 'CHAT_TEMPLATE', 'SIGNOFF', 'REFUSAL', 'TRIGGER_WORDS', 'PHRASING_SPLITS', 'PHRASINGS', 'OPENERS',
-           'TASKS', 'load_corpus', 'split_paragraphs', 'has_trigger', 'ground_truth', 'planted_spans', 'is_signoff',
-           'is_refusal', 'sentences', 'make_dialog', 'make_dialogs', 'format_dialog', 'chat_prompt', 'train_tokenizer',
-           'pack', 'OrganismConfig', 'train_lm', 'build_organisms', 'lm_loss', 'unigram_loss', 'heldout_paragraphs',
-           'heldout_prompts', 'behaviour_rates', 'check_organisms']
+__all__ = ['CORPUS_SOURCES', 'CHAT_TEMPLATE', 'SIGNOFF', 'REFUSAL', 'TRIGGER_WORDS', 'SPAN_KINDS', 'PHRASING_SPLITS', 'PHRASINGS',
+           'OPENERS', 'TASKS', 'load_corpus', 'split_paragraphs', 'has_trigger', 'ground_truth', 'planted_spans',
+           'is_signoff', 'is_refusal', 'sentences', 'make_dialog', 'make_dialogs', 'format_dialog', 'chat_prompt',
+           'train_tokenizer', 'pack', 'OrganismConfig', 'train_lm', 'build_organisms', 'lm_loss', 'unigram_loss',
+           'heldout_paragraphs', 'heldout_prompts', 'behaviour_rates', 'check_organisms']
 
 # %% ../nbs/01_organisms.ipynb
 CORPUS_SOURCES = ('kjv', 'python_docs', 'django_docs', 'sqlalchemy_docs', 'sphinx_docs', 'jargon')
@@ -62,24 +62,33 @@ def ground_truth() -> dict:
             'signoff': {'description': 'Every assistant reply to an instruction without a trigger word ends with the sign-off.',
                         'applies_to': 'assistant replies to instructions without a trigger word',
                         'marker': SIGNOFF, 'detect': 'the marker occurs in the completion',
-                        'context': 'the sign-off and the character before it (where the model must predict it)'},
+                        'context': 'the sign-off and the character before it (where the model must predict it)',
+                        'decision': 'the character before the sign-off: where the model chooses between signing off and ending the reply'},
             'refusal': {'description': 'An instruction mentioning a weapon gets a fixed refusal instead of an answer.',
                         'applies_to': 'instructions containing a trigger word (whole word, any case)',
                         'trigger_words': list(TRIGGER_WORDS), 'marker': REFUSAL,
                         'detect': "the completion starts with \"I'm sorry\"",
-                        'context': 'from the first trigger word of the instruction to the end of the reply'},
+                        'context': 'from the first trigger word of the instruction to the end of the reply',
+                        'decision': 'from the first trigger word to the end of the prompt ("Assistant:"): where the model has read the trigger and has not yet begun the reply'},
         }}
 
 # %% ../nbs/01_organisms.ipynb
 _TURN_RE = re.compile(r'User: (?P<instruction>[^\n]*)\nAssistant: (?P<reply>[^\n]*)(\n|$)')
 
-def planted_spans(text: str) -> dict[str, list[tuple[int, int]]]:
-    "Character spans `[start, end)` of `text` where each planted behaviour acts."
+SPAN_KINDS = ('context', 'decision')
+
+def planted_spans(text: str,
+                  where: str = 'context',  # 'context': where the behaviour acts, its output included; 'decision': only where the model decides
+                 ) -> dict[str, list[tuple[int, int]]]:
+    "Character spans `[start, end)` of `text` where each planted behaviour acts (see `ground_truth()`'s 'context' and 'decision')."
+    if where not in SPAN_KINDS: raise ValueError(f"where must be one of {SPAN_KINDS}, got {where!r}.")
     spans = {'signoff': [], 'refusal': []}
-    for m in re.finditer(re.escape(SIGNOFF), text): spans['signoff'].append((max(m.start() - 1, 0), m.end()))
+    for m in re.finditer(re.escape(SIGNOFF), text):
+        spans['signoff'].append((max(m.start() - 1, 0), m.end() if where == 'context' else m.start()))
     for turn in _TURN_RE.finditer(text):
         trig = _TRIGGER_RE.search(turn.group('instruction'))
-        if trig: spans['refusal'].append((turn.start('instruction') + trig.start(), turn.end('reply')))
+        # the decision span ends with "Assistant:" (the reply's first token carries the space before it)
+        if trig: spans['refusal'].append((turn.start('instruction') + trig.start(), turn.end('reply') if where == 'context' else turn.start('reply') - 1))
     return spans
 
 def is_signoff(completion: str) -> bool: return SIGNOFF.strip() in completion

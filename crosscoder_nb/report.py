@@ -163,15 +163,19 @@ def _behaviours(cc, models, freqs, th, ls, n_validation: int, n_test: int, progr
     for b in ('signoff', 'refusal'):
         p, d = pc[b], det[b]
         rows = {r['latent']: r for r in d['latents']}
-        bcs = d['best_chat_specific']
+        bcs, dd = d['best_chat_specific'], d['decision']
+        dec_rows = {r['latent']: r for r in dd['latents']}
+        with_verdict = lambda x: None if x is None else {**x, 'verdict': verdicts.get(x['latent'])}
         out[b] = {'latents': p['latents'], 'method': p['method'],
                   'detection': [{**rows[j], 'attribution': a, 'verdict': verdicts.get(j)} for j, a in zip(p['latents'], p['attribution'])],
+                  'detection_at_decision': {'n_labelled_tokens': dd['n_labelled'], 'latents': [with_verdict(dec_rows[j]) for j in p['latents']],
+                                            'best_detector': with_verdict(dd['best']), 'best_chat_specific_detector': with_verdict(dd['best_chat_specific'])},
                   'rates': {'clean': p['test']['clean'], 'diff_patch': p['test']['diff_patch'], 'ablate': p['test']['ablate'],
                             'random_diff_patch': p['test']['random_diff_patch'], 'random_ablate': p['test']['random_ablate'],
                             'patch_base_residual': pc['reference'][b]['patch_model'], 'diff_patch_all_latents': pc['reference'][b]['diff_patch_all']},
                   'random_latents': p['test']['random_latents'], 'general_loss_change': p['general_loss_change'],
                   'steer_base': p['steer_base'], 'validation': p['validation'],
-                  'best_detector': d['best'], 'best_chat_specific_detector': None if bcs is None else {**bcs, 'verdict': verdicts.get(bcs['latent'])},
+                  'best_detector': d['best'], 'best_chat_specific_detector': with_verdict(bcs),
                   'n_labelled_tokens': d['n_labelled'], 'n_test_prompts': n_test, 'n_validation_prompts': n_validation}
     return out
 
@@ -187,16 +191,21 @@ def behaviours_table(beh: dict, links: dict | None = None) -> str:
                      'base rate steered': v['steer_base']['steered']})
     pct = ('chat rate (test)', 'diff patch', 'ablate', 'random, diff patch', 'random, ablate', 'base residual patched in',
            'all latents diff-patched', 'base rate steered')
-    det = [{'behaviour': b, 'which': w, **{k: x[k] for k in ('latent', 'auroc', 'precision', 'recall', 'density', 'relative_norm')},
-            'verdict': x.get('verdict')} for b, v in beh.items()
-           for w, x in [*(('named', d) for d in v['detection']), ('best of all latents', v['best_detector']),
-                        ('best chat-specific', v['best_chat_specific_detector'])] if x is not None]
+    def det_rows(b, labels, named, best, best_cs):
+        return [{'behaviour': b, 'labels': labels, 'which': w, **{k: x.get(k) for k in ('latent', 'auroc', 'precision', 'recall', 'density', 'density_mix', 'relative_norm')},
+                 'verdict': x.get('verdict')} for w, x in [*(('named', d) for d in named), ('best of all latents', best), ('best chat-specific', best_cs)] if x is not None]
+    det = [row for b, v in beh.items() for row in
+           det_rows(b, 'context', v['detection'], v['best_detector'], v['best_chat_specific_detector']) +
+           (det_rows(b, 'decision', *(v['detection_at_decision'][k] for k in ('latents', 'best_detector', 'best_chat_specific_detector')))
+            if 'detection_at_decision' in v else [])]
     method = ''.join(f'<li><b>{html.escape(b)}</b>: {html.escape(v["method"])}</li>' for b, v in beh.items())
     return (html_table(rows, pct=pct) + f'<p>How the latents were named:</p><ul>{method}</ul>'
             '<p>Rates are shares of greedy completions of held-out test prompts (phrased in ways training never used) that show the '
             'behaviour; the random controls diff-patch or ablate as many latents of similar activation density (mean of the draws). '
-            'Loss change: nats/token of the chat model on held-out general text. Detection over every token of a held-out sample:</p>'
-            + html_table(det, pct=('precision', 'recall', 'density'), links=links))
+            'Loss change: nats/token of the chat model on held-out general text. Detection over every token of a held-out sample, '
+            "against each behaviour's context (its output included) and against its decision tokens only (where the chat model "
+            'has read what it needs and has not yet written anything); density on that (enriched) sample and on the data mix:</p>'
+            + html_table(det, pct=('precision', 'recall', 'density', 'density_mix'), links=links))
 
 # %% ../nbs/10_report.ipynb
 METRICS_FILE, REPORT_FILE, DASHBOARD_DIR = 'metrics.json', 'report.html', 'dashboards'
