@@ -6,7 +6,7 @@
 from __future__ import annotations
 import argparse, json, sys
 from pathlib import Path
-from .models import resolve_model
+from .models import MODEL_DTYPES, HubError, resolve_model
 
 # %% auto 0
 __all__ = ['CLIError', 'format_check', 'cmd_organisms', 'cmd_compare', 'cmd_train', 'cmd_demo', 'cmd_report', 'cmd_dashboards',
@@ -91,6 +91,8 @@ def _run_config(args):
     flags = {'crosscoder.d_latent': args.d_latent, 'train.lr': args.lr, 'train.n_tokens': args.n_tokens,
              'train.l1_coeff': args.l1_coeff, 'crosscoder.l1_coeff': args.l1_coeff, 'train.seed': args.seed, 'data.seq_len': args.seq_len}
     settings.update({k: v for k, v in flags.items() if v is not None})
+    if args.model_dtype is not None: settings['model_dtype'] = None if args.model_dtype == 'auto' else args.model_dtype
+    if args.model_device is not None: settings['model_device'] = args.model_device
     if args.batch_size is not None: settings.update({'train.batch_size': args.batch_size, 'buffer.batch_size': args.batch_size})
     settings.update(_settings(args.set))
     return set_fields(cfg, settings)
@@ -106,7 +108,7 @@ def cmd_train(args) -> int:
     ev = ', '.join(f'{n} {e:.1%}' for n, e in zip(['base', 'chat'] + [f'model{i}' for i in range(2, 9)], f.get('explained_variance', [])))
     print(f"trained {res['steps']} steps on {res['tokens']:,} activations in {res['wall_seconds'] / 60:.1f} min: "
           f"L0 {f.get('l0', float('nan')):.1f}, explained variance {ev}")
-    print(f"harvesting {res['harvest_tokens_per_s']:,.0f} tokens/s, training {res['train_tokens_per_s']:,.0f} tokens/s")
+    print(f"harvesting {res['harvest_tokens_per_s']:,.0f} tokens/s (models in {res['model_dtype']}), training {res['train_tokens_per_s']:,.0f} tokens/s")
     print(f"checkpoint: {Path(res['checkpoint']).resolve()}")
     if args.json: Path(args.json).write_text(json.dumps(res, indent=1))
     return 0
@@ -261,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('--seq-len', type=int, help='tokens per row of the data stream')
     t.add_argument('--seed', type=int, help='training seed')
     t.add_argument('--device', help='torch device (default: cuda if available, else cpu)')
+    t.add_argument('--model-dtype', choices=['auto', *MODEL_DTYPES], help="the models' dtype (auto: bfloat16 on a GPU, float32 elsewhere; the crosscoder's is --set crosscoder.dtype=...)")
+    t.add_argument('--model-device', help='torch device for the models (default: --device)')
     t.add_argument('--config', help='a JSON file holding a RunConfig (as --show-config prints), or part of one')
     t.add_argument('--set', action='append', metavar='SECTION.FIELD=VALUE', help='set any config field, e.g. --set buffer.dtype=float32 (repeatable)')
     t.add_argument('--show-config', action='store_true', help='print the full config and exit')
@@ -274,6 +278,6 @@ def main(argv: list[str] | None = None) -> int:
     "Run `crosscoder-diff`; returns the exit status (2 for a user error, with the reason on stderr)."
     args = build_parser().parse_args(argv)
     try: return args.func(args)
-    except (CLIError, ValueError, FileNotFoundError) as e:
+    except (CLIError, ValueError, FileNotFoundError, HubError) as e:
         print(f'crosscoder-diff {args.command}: error: {e}', file=sys.stderr)
         return 2

@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_crosscoder.ipynb 3
 from __future__ import annotations
-import json, math, os, tempfile, uuid, warnings
+import json, math, os, pickle, re, tempfile, uuid, warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Iterable
@@ -18,9 +18,10 @@ from safetensors.torch import save_file
 
 # %% auto 0
 __all__ = ['ACTIVATIONS', 'SPARSITIES', 'DTYPES', 'TOPK_ACTIVATIONS', 'CHECKPOINT_FORMAT', 'WEIGHTS_FILE', 'CONFIG_FILE',
-           'SEED_WEIGHTS_FILE', 'SEED_CONFIG_FILE', 'OPTIONAL_STATE', 'register_activation', 'register_sparsity',
-           'ReLUActivation', 'DecoderNormL1', 'CrossCoderConfig', 'CrossCoder', 'sparse_decode', 'LossOutput',
-           'latent_groups_of', 'TopK', 'batch_topk', 'BatchTopK', 'atomic_write']
+           'SEED_WEIGHTS_FILE', 'SEED_CONFIG_FILE', 'OPTIONAL_STATE', 'HUB_FILES', 'register_activation',
+           'register_sparsity', 'ReLUActivation', 'DecoderNormL1', 'CrossCoderConfig', 'CrossCoder', 'sparse_decode',
+           'LossOutput', 'latent_groups_of', 'TopK', 'batch_topk', 'BatchTopK', 'atomic_write', 'load_pt', 'eval_table',
+           'find_metrics', 'model_card']
 
 # %% ../nbs/04_crosscoder.ipynb
 ACTIVATIONS: dict[str, Callable] = {}  # name -> activation module class, built as cls(cfg)
@@ -508,15 +509,27 @@ def _load_native(cls, path: Path) -> CrossCoder:
 # %% ../nbs/04_crosscoder.ipynb
 _SEED_DTYPES = {'fp32': 'float32', 'fp16': 'float16', 'bf16': 'bfloat16'}
 
+def load_pt(path: Path) -> dict[str, Tensor]:
+    "A `.pt` state dict that holds tensors only; a pickled object of any other kind is refused unread (it could run code)."
+    try: sd = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        obj = re.search(r'GLOBAL (\S+)', str(e))
+        if obj: raise ValueError(f"{path} holds a pickled Python object ({obj.group(1)}), not only tensors: it was refused unread, since loading it "
+                                 "could run code. A crosscoder .pt must be a dict of tensors; get the file from its release again.") from None
+        raise ValueError(f"{path} could not be read as a torch state dict ({str(e).split(chr(10))[0][:120]}...): it is damaged. Re-download it.") from None
+    except Exception as e: raise ValueError(f"{path} could not be read as a torch state dict ({type(e).__name__}: {e}). Re-download it.") from None
+    bad = sorted(str(k) for k, v in sd.items() if not isinstance(v, Tensor)) if isinstance(sd, dict) else ['(the whole file)']
+    if bad: raise ValueError(f"{path} is not a dict of tensors (not tensors: {bad[:5]}): a crosscoder .pt holds W_enc, W_dec, b_enc, b_dec only.")
+    return sd
+
 def _load_seed(cls, path: Path) -> CrossCoder:
     wpath, cpath = path / SEED_WEIGHTS_FILE, path / SEED_CONFIG_FILE
     if not cpath.exists(): raise FileNotFoundError(f"{cpath} is missing: the seed-format weights {wpath} need their cfg.json. Download it from the same folder of the release.")
     raw = _read_json(cpath)
     missing = [k for k in ('d_in', 'dict_size') if k not in raw]
     if missing: raise ValueError(f"{cpath} lacks {missing}: it is not a seed crosscoder config.")
-    try: sd = torch.load(wpath, map_location='cpu', weights_only=True)
-    except Exception as e: raise ValueError(f"{wpath} could not be read as a torch state dict ({type(e).__name__}: {e}). Re-download it.") from None
-    if not isinstance(sd, dict) or 'W_enc' not in sd: raise ValueError(f"{wpath} is not a crosscoder state dict (expected W_enc, W_dec, b_enc, b_dec).")
+    sd = load_pt(wpath)
+    if 'W_enc' not in sd: raise ValueError(f"{wpath} is not a crosscoder state dict (expected W_enc, W_dec, b_enc, b_dec).")
     cfg = CrossCoderConfig(d_model=raw['d_in'], d_latent=raw['dict_size'], n_models=sd['W_enc'].shape[0],
                            dec_init_norm=raw.get('dec_init_norm', 0.08), l1_coeff=raw.get('l1_coeff', 2.0), seed=raw.get('seed', 0),
                            dtype=_SEED_DTYPES.get(raw.get('enc_dtype'), 'float32'), hook_point=raw.get('hook_point'))
@@ -527,3 +540,95 @@ def _load_seed(cls, path: Path) -> CrossCoder:
     warnings.warn(f"{path} is a seed-format checkpoint without normalisation factors: cfg.norm_factors is None. "
                   "Estimate them on your activations (s_m = sqrt(d_model) / mean ||x_m||) before normalize() or splicing.")
     return cc
+
+# %% ../nbs/04_crosscoder.ipynb
+HUB_FILES = (CONFIG_FILE, WEIGHTS_FILE, SEED_CONFIG_FILE, SEED_WEIGHTS_FILE)   # what from_pretrained fetches of a checkpoint folder
+
+def _hub_folder(repo_id: str, subfolder: str | None, revision: str | None, **hub_kwargs) -> Path:
+    "The local folder holding the checkpoint `repo_id`/`subfolder`, downloaded (or found in the cache) with only its files."
+    import huggingface_hub
+    from crosscoder_nb.models import HubError, _hub_offline, hub_errors
+    sub = (subfolder or '').strip('/')
+    with hub_errors(repo_id, 'crosscoder'):
+        root = huggingface_hub.snapshot_download(repo_id, revision=revision, allow_patterns=[f'{sub}/{f}' if sub else f for f in HUB_FILES], **hub_kwargs)
+    path = Path(root) / sub
+    if not any((path / f).exists() for f in (WEIGHTS_FILE, SEED_WEIGHTS_FILE)):
+        where = f'subfolder {sub!r}' if sub else 'its root'
+        cached = ' in the local cache (and the hub cannot be reached: go online to fetch it)' if _hub_offline() or hub_kwargs.get('local_files_only') else ''
+        raise HubError(f"The crosscoder repo {repo_id} has no checkpoint ({WEIGHTS_FILE} or {SEED_WEIGHTS_FILE}) in {where}{cached}: "
+                       "check the subfolder, e.g. subfolder='blocks.14.hook_resid_pre' for the seed's release.")
+    return path
+
+@patch(cls_method=True)
+def from_pretrained(cls: CrossCoder, repo_id_or_dir: str | Path,  # a local checkpoint folder, or a hub repo id (org/name)
+                    subfolder: str | None = None,  # the folder inside it that holds the checkpoint, e.g. 'blocks.14.hook_resid_pre'
+                    revision: str | None = None,  # hub branch, tag or commit (default: main)
+                    device: str | torch.device | None = None,
+                    **hub_kwargs,  # passed on to `huggingface_hub.snapshot_download`: cache_dir, token, local_files_only, ...
+                   ) -> CrossCoder:
+    "Load a crosscoder from a local folder or a Hugging Face hub repo, in this package's format or the seed's."
+    local = Path(repo_id_or_dir).expanduser()
+    if local.exists(): return cls.load(local / subfolder if subfolder else local, device=device)
+    if str(repo_id_or_dir).startswith(('.', '/', '~')) or str(repo_id_or_dir).count('/') != 1:
+        raise FileNotFoundError(f"Checkpoint folder {local} does not exist, and it is no hub repo id (org/name): check the path.")
+    return cls.load(_hub_folder(str(repo_id_or_dir), subfolder, revision, **hub_kwargs), device=device)
+
+# %% ../nbs/04_crosscoder.ipynb
+def _fmt(v) -> str: return '' if v is None else f'{v:.4g}' if isinstance(v, float) else str(v)
+
+def eval_table(metrics: dict) -> list[str]:
+    "Markdown table lines of the numbers in `metrics`: per-model figures one column per model, then single figures."
+    num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    per_model = {k: v for k, v in metrics.items() if isinstance(v, dict) and v and all(num(x) for x in v.values())}
+    single = {k: v for k, v in metrics.items() if num(v)}
+    names = list(dict.fromkeys(n for v in per_model.values() for n in v))
+    lines = ['| metric | ' + ' | '.join(names) + ' |', '|---' * (len(names) + 1) + '|'] if per_model else []
+    lines += [f'| {k} | ' + ' | '.join(_fmt(v.get(n)) for n in names) + ' |' for k, v in per_model.items()]
+    return lines + (([''] if lines else []) + ['| metric | value |', '|---|---|'] + [f'| {k} | {_fmt(v)} |' for k, v in single.items()] if single else [])
+
+def find_metrics(run_dir: str | Path | None) -> dict | None:
+    "The metrics.json of a run folder (or of its report/), if there is one."
+    for p in ([Path(run_dir) / 'metrics.json', Path(run_dir) / 'report' / 'metrics.json'] if run_dir else []):
+        if p.exists(): return _read_json(p)
+    return None
+
+# %% ../nbs/04_crosscoder.ipynb
+def model_card(cc: CrossCoder, repo_id: str, subfolder: str | None = None, metrics: dict | None = None) -> str:
+    "A Hugging Face model card (README.md) for `cc`: models, hook point, architecture, tokens trained, evals."
+    c, names = cc.cfg, cc.cfg.model_names or [f'model {i}' for i in range(cc.cfg.n_models)]
+    hub_ids = [n for n in names if re.fullmatch(r'[\w.-]+/[\w.-]+', n)]
+    tokens = (cc.extra or {}).get('tokens') or (cc.train_config or {}).get('num_tokens')
+    arch = c.activation + (f', k = {c.k}' if c.is_topk else f', L1 coefficient {c.l1_default}') + (f', {c.n_shared} designated shared latents' if c.n_shared else '')
+    lines = ['---', 'library_name: crosscoder_nb', 'tags:', '- crosscoder', '- sparse-autoencoder', '- model-diffing']
+    lines += (['base_model:'] + [f'- {n}' for n in hub_ids] if hub_ids else []) + ['---', '', f"# Crosscoder: {' vs '.join(names)}", '',
+              f"A crosscoder (one dictionary of sparse latents read from several models at once) trained with "
+              f"[crosscoder_nb](https://github.com/crosscoder-nb/crosscoder_nb).", '', '| | |', '|---|---|',
+              f"| models (in the order of the n_models axis) | {', '.join(f'`{n}`' for n in names)} |", f'| hook point | `{c.hook_point}` |',
+              f'| d_model, d_latent | {c.d_model}, {c.d_latent} |', f'| activation | {arch} |',
+              f"| tokens trained | {f'{tokens:,}' if isinstance(tokens, int) else 'unknown'} |",
+              f"| normalisation factors | {c.norm_factors if c.norm_factors else 'none stored: estimate them on your activations'} |"]
+    if metrics: lines += ['', '## Evaluation', ''] + eval_table(metrics)
+    load = f"CrossCoder.from_pretrained('{repo_id}'" + (f", subfolder='{subfolder}')" if subfolder else ')')
+    return '\n'.join(lines + ['', '## Use', '', '```python', 'from crosscoder_nb.crosscoder import CrossCoder', f'cc = {load}', '```', ''])
+
+# %% ../nbs/04_crosscoder.ipynb
+@patch
+def push_to_hub(self: CrossCoder, repo_id: str,  # the model repo, created if needed, e.g. 'me/crosscoder-gemma-2-2b-l14'
+                subfolder: str | None = None,  # write the checkpoint into this folder of the repo (e.g. its hook point); default the root
+                metrics: dict | None = None,  # eval figures for the model card; default: `find_metrics(run_dir)`
+                run_dir: str | Path | None = None,  # the run folder this crosscoder comes from, searched for metrics.json
+                private: bool = False, token: str | None = None, revision: str | None = None,
+                commit_message: str = 'Upload crosscoder',
+               ) -> str:
+    "Upload the checkpoint (safetensors + JSON) and a generated model card README.md in one commit; returns the commit's URL."
+    import huggingface_hub
+    from crosscoder_nb.models import hub_errors
+    metrics = metrics if metrics is not None else find_metrics(run_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = self.save(Path(tmp) / (subfolder or ''), train_config=self.train_config, extra=self.extra)
+        if metrics: (folder / 'metrics.json').write_text(json.dumps(metrics, indent=1, default=float))
+        (Path(tmp) / 'README.md').write_text(model_card(self, repo_id, subfolder, metrics))
+        with hub_errors(repo_id, 'crosscoder repo'):
+            huggingface_hub.create_repo(repo_id, private=private, token=token, exist_ok=True)
+            info = huggingface_hub.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message, token=token, revision=revision)
+    return str(getattr(info, 'commit_url', info))

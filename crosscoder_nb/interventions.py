@@ -272,23 +272,27 @@ def behaviour_rate(cc: CrossCoder, models: list, dialogs: list[dict], behaviour:
 
 # %% ../nbs/07b_interventions.ipynb
 def greedy_attribution(cc: CrossCoder, models: list, tokens: Tensor, pos: Tensor, good: Tensor, bad: Tensor | None, hp: str, s: Tensor,
-                       n: int = 10, batch_size: int = 16, progress: bool = False) -> tuple[list[int], list[float]]:
-    "`n` latents chosen one at a time: each is the most negative attribution with the ones before it already diff-patched."
+                       n: int = 10, batch_size: int = 16, progress: bool = False,
+                       n_greedy: int | None = None,  # picks made one at a time (default all `n`); the rest in the order of one more attribution
+                      ) -> tuple[list[int], list[float]]:
+    "`n` latents: each of the first `n_greedy` is the most negative attribution with the ones before it already diff-patched."
+    n_greedy = n if n_greedy is None else min(n_greedy, n)
     S, scores = [], []
-    for _ in tqdm(range(n), desc='greedy attribution', disable=not progress):
+    for step in tqdm(range(n_greedy + (n > n_greedy)), desc='greedy attribution', disable=not progress):
         a = attribute(cc, models, tokens, pos, good, bad, hp, s, batch_size=batch_size, edit=Edit('diff_patch', S) if S else None)
         a[S] = math.inf
-        j = int(a.argmin()); S.append(j); scores.append(float(a[j]))
+        take = torch.argsort(a)[:1 if step < n_greedy else n - n_greedy].tolist()
+        S += take; scores += [float(a[j]) for j in take]
     return S, scores
 
 def localise(cc: CrossCoder, models: list, behaviour: str, dialogs: list[dict], hp: str, s: Tensor,
-             sizes: tuple = (1, 2, 3, 5, 10), target_rate: float = 0.2, batch_size: int = 16, progress: bool = False,
-             greedy: bool = True,  # re-attribute after each pick (`greedy_attribution`); False: one ranking by plain attribution
+             sizes: tuple = (1, 2, 3, 5, 10, 20, 40), target_rate: float = 0.2, batch_size: int = 16, progress: bool = False,
+             greedy: int = 10,  # latents picked one at a time, re-attributing after each (`greedy_attribution`); 0: one ranking by plain attribution
             ) -> dict:
     "Name a small set of latents that carries `behaviour`: rank by attribution on `dialogs`, keep the smallest set whose diff patch brings the rate to `target_rate`."
     if behaviour not in BEHAVIOUR_PROMPTS: raise ValueError(f"Unknown behaviour {behaviour!r}: use one of {list(BEHAVIOUR_PROMPTS)}.")
     dp = decision_points(models[1].tokenizer, dialogs, behaviour)
-    if greedy: order, scores = greedy_attribution(cc, models, *dp, hp, s, max(sizes), batch_size, progress)
+    if greedy: order, scores = greedy_attribution(cc, models, *dp, hp, s, max(sizes), batch_size, progress, n_greedy=greedy)
     else:
         a = attribute(cc, models, *dp, hp, s, batch_size=batch_size, progress=progress)
         order = torch.argsort(a)[:max(sizes)].tolist()                   # most negative first: diff-patching them removes the behaviour
@@ -296,8 +300,8 @@ def localise(cc: CrossCoder, models: list, behaviour: str, dialogs: list[dict], 
     rates = {n: behaviour_rate(cc, models, dialogs, behaviour, Edit('diff_patch', order[:n]), hp, s) for n in sizes}
     ok = [n for n in sizes if rates[n] <= target_rate]
     n = ok[0] if ok else min(sizes, key=lambda k: (rates[k], k))
-    how = ('greedy attribution (each latent the most negative attribution with the ones before it diff-patched)' if greedy else
-           'attribution')
+    how = (f'greedy attribution (each of the first {greedy} latents the most negative attribution with the ones before it '
+           'diff-patched, the rest ranked by one more attribution with those patched)' if greedy else 'attribution')
     return {'latents': order[:n], 'attribution': scores[:n], 'validation_rates': rates,
             'clean_rate': behaviour_rate(cc, models, dialogs, behaviour, Edit(), hp, s), 'ranking': order,
             'method': f"{how} of the decision metric to diff-patching each latent on {len(dialogs)} validation prompts; "

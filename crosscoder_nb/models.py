@@ -4,14 +4,14 @@
 
 # %% ../nbs/00_models.ipynb 3
 from __future__ import annotations
-import importlib.resources, os, pathlib
+import contextlib, importlib.resources, os, pathlib
 import torch
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
 # %% auto 0
-__all__ = ['ORGANISMS', 'assets_dir', 'resolve_model', 'default_device', 'load_model', 'stop_token_mask', 'greedy_rows',
-           'greedy_complete']
+__all__ = ['ORGANISMS', 'MODEL_DTYPES', 'assets_dir', 'resolve_model', 'default_device', 'resolve_dtype', 'HubError', 'hub_error',
+           'hub_errors', 'load_model', 'stop_token_mask', 'greedy_rows', 'greedy_complete']
 
 # %% ../nbs/00_models.ipynb
 ORGANISMS = {'organism-base': 'organisms/base', 'organism-chat': 'organisms/chat'}  # alias -> folder under assets/
@@ -51,12 +51,66 @@ def default_device() -> str:
     if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available(): return 'mps'
     return 'cpu'
 
+MODEL_DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16, 'float64': torch.float64}
+
+def resolve_dtype(dtype: str | torch.dtype | None,  # a torch dtype, a name in MODEL_DTYPES, or None / 'auto'
+                  device: str | torch.device | None = None,  # where the model runs; default `default_device()`
+                 ) -> torch.dtype:
+    "The dtype to run a model in: `dtype` itself, or for None / 'auto' bfloat16 on a GPU and float32 elsewhere."
+    if isinstance(dtype, torch.dtype): return dtype
+    if dtype is None or dtype == 'auto': return torch.bfloat16 if torch.device(device or default_device()).type == 'cuda' else torch.float32
+    if dtype not in MODEL_DTYPES: raise ValueError(f"Unknown model dtype {dtype!r}: use one of {['auto', *MODEL_DTYPES]}.")
+    return MODEL_DTYPES[dtype]
+
+# %% ../nbs/00_models.ipynb
+class HubError(OSError):
+    "A model or crosscoder the Hugging Face hub cannot provide here; the message names the fix."
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get('HF_HUB_OFFLINE', '').upper() in ('1', 'ON', 'YES', 'TRUE')
+
+def hub_error(e: BaseException,  # what transformers or huggingface_hub raised
+              name: str,  # the repo id that was asked for
+              what: str = 'model',  # what was being fetched, for the message
+             ) -> HubError | None:
+    "The one-line `HubError` that explains `e` and its causes, or None when `e` is no hub failure."
+    from huggingface_hub import errors as E
+    chain, x = [], e
+    while x is not None and x not in chain: chain.append(x); x = x.__cause__ or x.__context__
+    has = lambda *types: any(isinstance(c, types) for c in chain)
+    if has(E.GatedRepoError) or {getattr(getattr(c, 'response', None), 'status_code', None) for c in chain} & {401, 403}:
+        return HubError(f"The hub refused access to the {what} {name} (gated, private, or no token): log in with `huggingface-cli login` "
+                        f"(or set HF_TOKEN) and accept the licence on https://huggingface.co/{name}, then run again.")
+    if has(E.RevisionNotFoundError): return HubError(f"The {what} {name} has no such revision on the hub: check the branch, tag or commit.")
+    if has(E.RepositoryNotFoundError): return HubError(f"The {what} {name} does not exist on the Hugging Face hub, nor as a local folder: check the name (org/name) or the path.")
+    if any(k.__name__ in ('LocalEntryNotFoundError', 'OfflineModeIsEnabled', 'ConnectionError', 'TransportError', 'TimeoutError')
+           for c in chain for k in type(c).__mro__) or any("couldn't connect" in str(c) for c in chain):
+        why = 'HF_HUB_OFFLINE is set' if _hub_offline() else 'no network'
+        return HubError(f"The {what} {name} is not in the local Hugging Face cache and the hub cannot be reached ({why}): pass a local folder "
+                        f"instead, or go online{' (unset HF_HUB_OFFLINE)' if _hub_offline() else ''} to download it once.")
+    if has(E.EntryNotFoundError): return HubError(f"The {what} {name} lacks a file on the hub ({str(e).splitlines()[0][:200]}): check the subfolder or file name.")
+    return None
+
+@contextlib.contextmanager
+def hub_errors(name: str, what: str = 'model'):
+    "Inside the block, a hub failure becomes the `HubError` that names the fix; other errors pass unchanged."
+    try: yield
+    except HubError: raise
+    except Exception as e:
+        h = hub_error(e, str(name), what)
+        if h is None: raise
+        raise h from e
+
+# %% ../nbs/00_models.ipynb
 def load_model(name: str | os.PathLike,  # organism alias, local HF directory or hub name
                device: str | torch.device | None = None,  # defaults to `default_device()`
-               dtype: torch.dtype = torch.float32,
+               dtype: torch.dtype | str | None = torch.float32,  # a torch dtype or a name in MODEL_DTYPES; None or 'auto': `resolve_dtype`'s choice
               ) -> TransformerBridge:
     "Load a causal LM as a TransformerLens `TransformerBridge`, in eval mode with gradients off."
-    model = TransformerBridge.boot_transformers(resolve_model(name), device=device or default_device(), dtype=dtype)
+    path, device = resolve_model(name), device or default_device()
+    with hub_errors(name):
+        model = TransformerBridge.boot_transformers(path, device=device, dtype=resolve_dtype(dtype, device))
     model.eval()
     for p in model.parameters(): p.requires_grad_(False)
     return model

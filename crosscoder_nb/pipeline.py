@@ -4,20 +4,20 @@
 
 # %% ../nbs/09_pipeline.ipynb 3
 from __future__ import annotations
-import json, time
-from dataclasses import asdict, dataclass, field, fields
+import dataclasses, functools, json, time, types, typing
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 import torch
 from fastcore.basics import patch
-from .models import ORGANISMS, default_device, load_model, resolve_model
+from .models import MODEL_DTYPES, ORGANISMS, default_device, load_model, resolve_dtype, resolve_model
 from .data import DataConfig, organisms_mix, pile_lmsys_mix
 from .buffer import ActivationBuffer, BufferConfig, HarvestedActivations
 from .crosscoder import CrossCoder, CrossCoderConfig, WEIGHTS_FILE, atomic_write
 from .trainer import Trainer, TrainConfig, tensor_batches
 
 # %% auto 0
-__all__ = ['ARCHS', 'RUN_CONFIG_FILE', 'RunConfig', 'set_fields', 'set_field', 'seed_config', 'organisms_config', 'is_organism',
-           'default_config', 'check_out_dir', 'train_run']
+__all__ = ['ARCHS', 'RUN_CONFIG_FILE', 'RunConfig', 'set_fields', 'set_field', 'typed_value', 'seed_config', 'organisms_config',
+           'is_organism', 'default_config', 'check_out_dir', 'train_run']
 
 # %% ../nbs/09_pipeline.ipynb
 _FROM_MODELS = ('d_model', 'n_models', 'hook_point', 'model_names', 'norm_factors')
@@ -29,6 +29,8 @@ class RunConfig:
     buffer: BufferConfig = field(default_factory=BufferConfig) # layer, hook point, batch size, storage
     crosscoder: dict = field(default_factory=dict)             # CrossCoderConfig fields other than those read off the models
     train: TrainConfig = field(default_factory=TrainConfig)    # the optimisation schedule
+    model_dtype: str | None = None   # the models' dtype, a name in MODEL_DTYPES; None ('auto'): bfloat16 on a GPU, float32 elsewhere
+    model_device: str | None = None  # where the models run; None: where the crosscoder trains
 
     def __post_init__(self):
         if isinstance(self.data, dict): self.data = DataConfig.from_dict(self.data)
@@ -58,6 +60,8 @@ def validate(self: RunConfig):
     unknown = set(self.crosscoder) - _cc_fields()
     if unknown: raise ValueError(f"Unknown crosscoder fields {sorted(unknown)}; settable ones: {sorted(_cc_fields())}.")
     CrossCoderConfig(d_model=1, n_models=len(self.models), **self.crosscoder)   # checks the values themselves
+    if self.model_dtype not in (None, 'auto', *MODEL_DTYPES):
+        raise ValueError(f"model_dtype must be one of {['auto', *MODEL_DTYPES]} (auto: bfloat16 on a GPU, float32 elsewhere), got {self.model_dtype!r}.")
     if self.buffer.batch_size != self.train.batch_size:
         raise ValueError(f"buffer.batch_size ({self.buffer.batch_size}) and train.batch_size ({self.train.batch_size}) differ: "
                          "set both to the same value (the trainer counts steps in the buffer's batches).")
@@ -69,19 +73,60 @@ def _parse(value):
     except json.JSONDecodeError: return value
 
 def set_fields(cfg: RunConfig, settings: dict) -> RunConfig:
-    "A copy of `cfg` with fields changed: `{'train.lr': '1e-4', 'buffer.layer': 3}` (strings are parsed as JSON when they parse)."
+    "A copy of `cfg` with fields changed: `{'train.lr': '1e-4', 'buffer.layer': 3}` (strings are read as JSON when the field wants it)."
     d = cfg.to_dict()
     for path, value in settings.items():
         section, _, name = path.partition('.')
         if section not in d: raise ValueError(f"Unknown setting {path!r}: the sections are {list(d)} (e.g. train.lr=1e-4).")
-        if not name: d[section] = _parse(value)
-        elif section == 'crosscoder' or name in d[section]: d[section][name] = _parse(value)
+        if not name: d[section] = typed_value(path, value, cfg)
+        elif section == 'crosscoder' or name in d[section]: d[section][name] = typed_value(path, value, cfg)
         else: raise ValueError(f"Unknown setting {path!r}: {section} fields are {list(d[section])}.")
     return RunConfig.from_dict(d)   # validated once, after all changes
 
 def set_field(cfg: RunConfig, path: str, value) -> RunConfig:
     "A copy of `cfg` with one field changed."
     return set_fields(cfg, {path: value})
+
+# %% ../nbs/09_pipeline.ipynb
+_SECTION_TYPES = {'data': DataConfig, 'buffer': BufferConfig, 'crosscoder': CrossCoderConfig, 'train': TrainConfig}
+_TYPE_NAMES = {int: 'an int', float: 'a float', bool: 'true or false', str: 'a string', type(None): 'null', list: 'a list', dict: 'a JSON object'}
+
+def _alternatives(tp) -> tuple: return typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+
+def _fits(value, tp) -> bool:
+    "Whether a JSON value suits a dataclass field of type `tp`."
+    if len(_alternatives(tp)) > 1: return any(_fits(value, a) for a in _alternatives(tp))
+    base, args = typing.get_origin(tp) or tp, typing.get_args(tp)
+    if tp is type(None): return value is None
+    if tp in (int, float): return isinstance(value, (int, float) if tp is float else int) and not isinstance(value, bool)
+    if base in (bool, str, dict): return isinstance(value, base)
+    if base is list: return isinstance(value, list) and all(_fits(v, args[0]) for v in value) if args else isinstance(value, list)
+    if dataclasses.is_dataclass(tp): return isinstance(value, (dict, tp))
+    return True
+
+def _field_type(path: str):
+    "The declared type of the setting `path` ('train.lr', 'model_dtype'), or None for an unknown one."
+    section, _, name = path.partition('.')
+    hints = typing.get_type_hints(_SECTION_TYPES[section] if name and section in _SECTION_TYPES else RunConfig)
+    return hints.get(name or section)
+
+# %% ../nbs/09_pipeline.ipynb
+def typed_value(path: str,  # the setting, e.g. 'train.lr'
+                value,  # what the user gave: a string is read as JSON when that suits the field
+                cfg: RunConfig | None = None,  # its current value there makes the example in the error
+               ):
+    "`value` as the field at `path` wants it, or a `ValueError` naming the field, the value and the type it wants."
+    tp = _field_type(path)
+    if tp is None: return _parse(value)   # an unknown field: validation names it
+    for v in [_parse(value), value] if isinstance(value, str) else [value]:
+        if _fits(v, tp):
+            if isinstance(v, dict) and dataclasses.is_dataclass(tp):   # a whole section: each field it sets
+                for n, x in v.items(): typed_value(f'{path}.{n}', x, cfg)
+            return v
+    want = ' or '.join(dict.fromkeys(_TYPE_NAMES.get(typing.get_origin(a) or a, getattr(a, '__name__', str(a))) for a in _alternatives(tp)))
+    now = functools.reduce(lambda o, k: o.get(k) if isinstance(o, dict) else None, path.split('.'), cfg.to_dict()) if cfg is not None else None
+    eg = f" (e.g. {path}={now if isinstance(now, str) else json.dumps(now)})" if isinstance(now, (int, float, str)) and _fits(now, tp) else ''
+    raise ValueError(f"{path} wants {want}, got {value!r}{eg}.")
 
 # %% ../nbs/09_pipeline.ipynb
 ARCHS = ('batchtopk', 'l1')   # crosscoder recipes the configs below know
@@ -105,7 +150,8 @@ def organisms_config(base: str = 'organism-base', chat: str = 'organism-chat', l
           'threshold_start': 400}   # the run has ~1000 steps; the inference threshold averages those after step 400
     return RunConfig([base, chat], organisms_mix('train', seq_len=128),
                      BufferConfig(layer=layer, batch_size=bs, buffer_batches=64, model_batch_size=32, n_norm_batches=16, dtype='float32'),
-                     cc, TrainConfig(lr=1e-3, batch_size=bs, n_tokens=1_000_000, l1_coeff=0.2 if arch == 'l1' else None, log_every=50))
+                     cc, TrainConfig(lr=1e-3, batch_size=bs, n_tokens=1_000_000, l1_coeff=0.2 if arch == 'l1' else None, log_every=50),
+                     model_dtype='float32')   # tiny models: float32 everywhere, so a GPU run matches the CPU one
 
 def is_organism(name: str) -> bool:
     "Whether `name` is a model organism: a bundled one (alias or folder), or one regenerated by `build_organisms`."
@@ -165,20 +211,25 @@ def train_run(cfg: RunConfig, out: str | Path,  # the run directory: checkpoint,
               overwrite: bool = False,  # start afresh in a non-empty folder
               resume: bool = False,  # continue the checkpoint in `out`
               device: str | None = None,  # default: train.device, else cuda when available, else cpu
+              model_dtype: str | None = None,  # overrides cfg.model_dtype (and is recorded in run_config.json)
               progress: bool = True, models: list | None = None,  # already-loaded models (skips loading)
               activations: HarvestedActivations | None = None,  # harvested once (`harvest_activations`): train on these, shuffled
              ) -> dict:
     "Train a crosscoder as `cfg` says; returns a summary with the timings and the final metrics."
     out, t0 = Path(out), time.time()
+    if model_dtype is not None: cfg = replace(cfg, model_dtype=model_dtype)
     _check_out(out, overwrite, resume)
     if resume:
         saved = json.loads((out / RUN_CONFIG_FILE).read_text()) if (out / RUN_CONFIG_FILE).exists() else None
         if saved is not None and saved['models'] != cfg.models:
             raise ValueError(f"{out} was trained on {saved['models']}, not {cfg.models}: resume with the same models.")
     device = device or cfg.train.device or default_device()
+    model_device = cfg.model_device or device
+    dtype = resolve_dtype(cfg.model_dtype, model_device)
     if activations is not None: batches, factors, d_model, n_models = _from_harvest(cfg, activations, resume and CrossCoder.load(out))
     else:
-        models = models or [load_model(m, device=device) for m in cfg.models]
+        models = models or [load_model(m, device=model_device, dtype=dtype) for m in cfg.models]   # before anything is written
+        dtype = next(models[0].parameters()).dtype
         buf = ActivationBuffer(models, cfg.data, cfg.buffer, norm_factors=CrossCoder.load(out).cfg.norm_factors if resume else None, progress=progress)
         batches, d_model, n_models = _Timed(buf), buf.d_model, len(models)
         t = time.perf_counter(); factors = buf.norm_factors; batches.seconds += time.perf_counter() - t
@@ -195,4 +246,4 @@ def train_run(cfg: RunConfig, out: str | Path,  # the run directory: checkpoint,
     train_s = max(res['seconds'] - seconds0 - (0 if activations is not None else batches.seconds), 1e-9)   # less the time spent harvesting
     return {**res, 'harvest_tokens': harvested, 'harvest_seconds': round(harvest_s, 3), 'harvest_tokens_per_s': harvested / max(harvest_s, 1e-9),
             'train_tokens_per_s': (res['tokens'] - tokens0) / train_s, 'wall_seconds': round(time.time() - t0, 3),
-            'norm_factors': factors.tolist()}
+            'norm_factors': factors.tolist(), 'model_dtype': None if activations is not None else str(dtype).removeprefix('torch.')}

@@ -264,7 +264,8 @@ def test_seed_format_refuses_pickled_code(tmp_path):
     class Evil:
         def __reduce__(self): return (os.system, ('echo pwned',))
     torch.save({'W_enc': Evil()}, tmp_path / 'cc_weights.pt')
-    with pytest.raises(ValueError, match='could not be read'): CrossCoder.load(tmp_path)
+    with pytest.raises(ValueError, match=r'holds a pickled Python object \((posix|nt)\.system\), not only tensors: it was refused unread'):
+        CrossCoder.load(tmp_path)
 
 
 # ---------------------------------------------------------------- sparse crosscoders (BatchTopK, TopK, AuxK, designated shared)

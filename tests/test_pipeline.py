@@ -77,3 +77,97 @@ def test_resume_refuses_other_models_and_keeps_checkpoint(tmp_path):
     with pytest.raises(ValueError, match='trained on'): train_run(other, tmp_path / 'run', resume=True, device='cpu', progress=False)
     res = train_run(cfg, tmp_path / 'run', resume=True, device='cpu', progress=False)   # finished: nothing more to do
     assert res['steps'] == 30 and (tmp_path / 'run' / 'crosscoder.safetensors').read_bytes() == before
+
+
+# ---------------------------------------------------------------- the models' dtype and device (issue 10)
+
+class Loaded(Exception): "Raised by the stand-in loader once it has recorded its arguments."
+
+def record_loads(monkeypatch, calls):
+    import crosscoder_nb.pipeline as pl
+    def fake_load(name, device=None, dtype=None): calls.append((name, str(device), dtype)); raise Loaded()
+    monkeypatch.setattr(pl, 'load_model', fake_load)
+
+@pytest.mark.parametrize('cfg_fn, kw, want', [
+    (seed_config, {'device': 'cuda'}, torch.bfloat16),                           # the seed's Gemma config: bf16 models on a GPU
+    (seed_config, {'device': 'cpu'}, torch.float32),                             # ... and float32 on a CPU
+    (seed_config, {'device': 'cuda', 'model_dtype': 'float16'}, torch.float16),  # train_run's argument wins
+    (organisms_config, {'device': 'cuda'}, torch.float32)])                      # the organisms always run in float32
+def test_train_run_loads_models_in_the_configs_dtype_before_writing(tmp_path, monkeypatch, cfg_fn, kw, want):
+    calls = []; record_loads(monkeypatch, calls)
+    with pytest.raises(Loaded): train_run(cfg_fn(), tmp_path / 'run', progress=False, **kw)
+    assert calls == [(cfg_fn().models[0], kw['device'], want)] and not (tmp_path / 'run').exists()
+
+def test_model_device_separate_from_training_device(tmp_path, monkeypatch):
+    calls = []; record_loads(monkeypatch, calls)
+    cfg = set_fields(seed_config(), {'model_device': 'cuda:1', 'model_dtype': 'auto'})
+    with pytest.raises(Loaded): train_run(cfg, tmp_path / 'run', device='cpu', progress=False)
+    assert calls[0][1:] == ('cuda:1', torch.bfloat16)
+
+def test_cli_model_dtype_flags_reach_the_config(tmp_path):
+    code, out = run('train', '--base', 'google/gemma-2-2b', '--chat', 'google/gemma-2-2b-it', '--model-dtype', 'float16', '--model-device', 'cuda:1', '--show-config')
+    d = json.loads(out)
+    assert code == 0 and (d['model_dtype'], d['model_device'], d['crosscoder'].get('dtype', 'float32')) == ('float16', 'cuda:1', 'float32')
+    assert json.loads(run('train', '--base', 'google/gemma-2-2b', '--chat', 'google/gemma-2-2b-it', '--show-config')[1])['model_dtype'] is None
+    code, out = run('train', '--model-dtype', 'int8', '--show-config')
+    assert code == 2 and 'invalid choice' in out
+
+def test_old_run_config_without_the_new_fields_loads(tmp_path):
+    d = organisms_config().to_dict(); del d['model_dtype'], d['model_device']
+    cfg = RunConfig.from_dict(json.loads(json.dumps(d)))
+    assert (cfg.model_dtype, cfg.model_device) == (None, None) and cfg.models == ['organism-base', 'organism-chat']
+
+def test_small_run_records_its_model_dtype(tmp_path):
+    res = train_run(set_fields(organisms_config(), SMALL), tmp_path / 'run', device='cpu', progress=False)
+    assert res['model_dtype'] == 'float32'
+    assert json.loads((tmp_path / 'run' / RUN_CONFIG_FILE).read_text())['model_dtype'] == 'float32'
+
+
+# ---------------------------------------------------------------- --set values of the wrong type (issue 10)
+
+@pytest.mark.parametrize('setting, msg', [
+    ('train.lr=abc', "train.lr wants a float, got 'abc' (e.g. train.lr=0.001)."),
+    ('buffer.layer=two', "buffer.layer wants an int, got 'two' (e.g. buffer.layer=3)."),
+    ('train.batch_size=1.5', "train.batch_size wants an int, got '1.5'"),
+    ('crosscoder.k=lots', "crosscoder.k wants an int or null, got 'lots'"),
+    ('buffer.normalize=maybe', "buffer.normalize wants true or false, got 'maybe'"),
+    ('train.l1_coeff=[1]', "train.l1_coeff wants a float or null, got '[1]'"),
+    ('data.seq_len=null', "data.seq_len wants an int, got 'null'"),
+    ('models=organism-base', "models wants a list, got 'organism-base'"),
+    ('train={"lr": "fast"}', "train.lr wants a float, got 'fast'")])
+def test_set_with_a_wrong_type_is_one_line_exit_2_nothing_written(tmp_path, setting, msg):
+    code, out = run('train', '--set', setting, '--out', tmp_path / 'r')
+    assert code == 2 and msg in out and len(out.strip().splitlines()) == 1 and 'Traceback' not in out, out
+    assert not (tmp_path / 'r').exists()
+
+def test_set_values_of_the_right_type_still_parse():
+    cfg = set_fields(organisms_config(), {'train.lr': '1e-4', 'train.l1_coeff': 'null', 'buffer.normalize': 'false', 'train.wandb_project': '42',
+                                          'crosscoder.k': '16', 'train.beta1': '0', 'model_dtype': 'bfloat16'})
+    assert (cfg.train.lr, cfg.train.l1_coeff, cfg.buffer.normalize, cfg.train.wandb_project, cfg.crosscoder['k'], cfg.train.beta1, cfg.model_dtype) == \
+           (1e-4, None, False, '42', 16, 0, 'bfloat16')
+
+
+# ---------------------------------------------------------------- hub models that cannot be had (issue 10)
+
+def test_train_hub_model_offline_is_one_clear_line(tmp_path):
+    # conftest sets HF_HUB_OFFLINE=1 and nothing of Gemma is cached here: the hub is unreachable, deterministically
+    code, out = run('train', '--base', 'google/gemma-2-2b', '--chat', 'google/gemma-2-2b-it', '--out', tmp_path / 'gemma')
+    assert code == 2 and len(out.strip().splitlines()) == 1 and 'Traceback' not in out, out
+    assert 'google/gemma-2-2b is not in the local Hugging Face cache and the hub cannot be reached (HF_HUB_OFFLINE is set)' in out
+    assert 'pass a local folder' in out and not (tmp_path / 'gemma').exists()
+
+@pytest.mark.parametrize('cause, msg', [
+    ('gated', 'log in with `huggingface-cli login` (or set HF_TOKEN) and accept the licence on https://huggingface.co/google/gemma-2-2b'),
+    ('missing', 'google/gemma-2-2b does not exist on the Hugging Face hub'),
+    ('revision', 'has no such revision')])
+def test_train_gated_or_missing_hub_model(tmp_path, monkeypatch, cause, msg):
+    from types import SimpleNamespace
+    from huggingface_hub import errors as E
+    from transformer_lens.model_bridge import TransformerBridge
+    r = SimpleNamespace(status_code=401 if cause == 'gated' else 404, headers={}, request=None)
+    exc = {'gated': E.GatedRepoError, 'missing': E.RepositoryNotFoundError, 'revision': E.RevisionNotFoundError}[cause]('hub says no', response=r)
+    def boot(*a, **kw): raise OSError('transformers: cannot load') from exc   # as transformers wraps the hub's error
+    monkeypatch.setattr(TransformerBridge, 'boot_transformers', staticmethod(boot))
+    code, out = run('train', '--base', 'google/gemma-2-2b', '--chat', 'google/gemma-2-2b-it', '--out', tmp_path / 'gemma')
+    assert code == 2 and msg in out and len(out.strip().splitlines()) == 1, out
+    assert not (tmp_path / 'gemma').exists()
