@@ -164,7 +164,7 @@ def cmd_report(args) -> int:
                    norm_factors='estimate' if args.estimate_norm_factors else None, n_eval_seqs=args.n_eval_seqs,
                    dashboards=not args.no_dashboards, dashboard_tokens=args.dashboard_tokens, n_top=args.n_top,
                    latent_scaling=not args.no_latent_scaling, causal=False if args.no_causal else None, n_test=args.n_test_prompts,
-                   n_validation=args.n_validation_prompts)
+                   n_validation=args.n_validation_prompts, model_dtype=args.model_dtype)
     print(_summary(m)); print(f"report: {(out / 'report.html').resolve()}")
     return 0
 
@@ -236,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--n-test-prompts', type=int, default=60, help='test prompts per behaviour for the causal checks')
     r.add_argument('--n-validation-prompts', type=int, default=40, help='validation prompts per behaviour, on which the causal checks name latents')
     r.add_argument('--device', default=None, help='torch device')
+    r.add_argument('--model-dtype', choices=['auto', *MODEL_DTYPES], help="the models' dtype (default: the run's, else auto: bfloat16 on a GPU, float32 elsewhere)")
     r.set_defaults(func=cmd_report)
     b = sub.add_parser('dashboards', help='dashboards of chosen latents of a trained run')
     b.add_argument('run_dir', help='the run folder (holds the crosscoder checkpoint)')

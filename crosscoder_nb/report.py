@@ -226,6 +226,7 @@ def report_run(run_dir: str | Path,  # a folder holding a crosscoder checkpoint 
                latent_scaling: bool = True,  # Latent Scaling of every model-specific latent
                causal: bool | None = None,  # causal checks of the planted behaviours; default: on the organisms
                n_validation: int = 40, n_test: int = 60,  # prompts per behaviour for choosing latents / for the reported rates
+               model_dtype: str | None = None,  # the models' dtype; None: the run's run_config.json, else 'auto' (bfloat16 on a GPU, float32 elsewhere)
               ) -> dict:
     "Evals, diffing, planted recovery and dashboards of a trained crosscoder: writes report.html and metrics.json; returns the metrics."
     from crosscoder_nb.evals import evaluate, eval_tokens, frequency_histogram
@@ -244,7 +245,9 @@ def report_run(run_dir: str | Path,  # a folder holding a crosscoder checkpoint 
     if cc.cfg.norm_factors is None and norm_factors != 'estimate':
         raise ValueError(f"The crosscoder in {run_dir} has no normalisation factors, so its reconstructions cannot be spliced back: "
                          "pass norm_factors='estimate' (--estimate-norm-factors) to estimate them on the eval tokens.")
-    models = models if loaded else [load_model(n, device=device) for n in names]
+    if model_dtype is None and (run_dir / 'run_config.json').exists():   # the dtype the run harvested in
+        model_dtype = json.loads((run_dir / 'run_config.json').read_text()).get('model_dtype')
+    models = models if loaded else [load_model(n, device=device, dtype=model_dtype or 'auto') for n in names]
     organisms = all(is_organism(n) for n in names)
     th = thresholds or DiffThresholds()
     tokens = eval_tokens(models[0], organisms_mix('test', seq_len=128, seed=1) if organisms else pile_lmsys_mix(seq_len=1024, seed=1),
