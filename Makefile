@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo_out
 
-.PHONY: venv demo test export clean-nbs lab browser
+.PHONY: venv demo test export notebooks lab browser
 
 venv: $(STAMP)
 
@@ -29,6 +29,12 @@ test: $(STAMP)
 # regenerate the package from the notebooks, and clean the notebooks' metadata
 export: $(STAMP)
 	$(BIN)/nbdev_export && $(BIN)/nbdev_clean
+
+# execute every notebook on the organisms (CPU) and store its outputs (tables, PNG figures) for readers on GitHub
+notebooks: $(STAMP) browser
+	$(BIN)/python -m pip install -q -e ".[docs]"
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python tools/run_notebooks.py
+	$(BIN)/nbdev_clean
 
 lab: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[lab]" && $(BIN)/jupyter lab nbs

@@ -18,8 +18,9 @@ from .models import load_model, resolve_model
 
 # %% auto 0
 __all__ = ['model_names', 'as_model_list', 'check_eval_models', 'is_organism_tokenizer', 'eval_tokens', 'check_tokens',
-           'cc_device', 'harvest_rows', 'resolve_norm_factors', 'sample_positions', 'reconstruction_metrics',
-           'splice_hook', 'ce_sum', 'spliced_loss', 'frequency_histogram', 'EvalResult', 'evaluate']
+           'cc_device', 'harvest_rows', 'norm_factor_estimate', 'resolve_norm_factors', 'sample_positions',
+           'reconstruction_metrics', 'splice_hook', 'ce_sum', 'spliced_loss', 'frequency_histogram', 'EvalResult',
+           'evaluate']
 
 # %% ../nbs/06_evals.ipynb
 def model_names(cc: CrossCoder, names: list[str] | None = None) -> list[str]:
@@ -107,6 +108,20 @@ def harvest_rows(models: list, tokens: Int[Tensor, "batch seq"], hook_point: str
     return torch.stack([a.to(device, torch.float32) for a in acts], 2)
 
 # %% ../nbs/06_evals.ipynb
+def norm_factor_estimate(models: list,  # in the crosscoder's order
+                         tokens: Int[Tensor, "n_seqs seq"],  # rows starting with BOS
+                         hook_point: str,
+                         batch_size: int = 8,  # rows per forward pass
+                         mask: Tensor | None = None,  # [n_seqs, seq] positions to estimate on; default all but BOS
+                        ) -> Float[Tensor, "n_models"]:
+    "s_m = sqrt(d_model) / mean ||x_m|| over the non-BOS positions of `tokens` (the buffer's estimate)."
+    def batches():
+        for i in range(0, len(tokens), batch_size):
+            a = harvest_rows(models, tokens[i:i + batch_size], hook_point)
+            yield a[:, 1:].flatten(0, 1) if mask is None else a[mask[i:i + batch_size]]
+    return estimate_norm_factors(batches()).float()
+
+# %% ../nbs/06_evals.ipynb
 def resolve_norm_factors(cc: CrossCoder, norm_factors=None,  # None: the checkpoint's; 'estimate'; or one number per model
                          models: list | None = None, tokens: Tensor | None = None, hook_point: str | None = None,  # for 'estimate'
                          batch_size: int = 8,
@@ -116,11 +131,7 @@ def resolve_norm_factors(cc: CrossCoder, norm_factors=None,  # None: the checkpo
     n = cc.cfg.n_models
     if isinstance(norm_factors, str):
         if norm_factors != 'estimate': raise ValueError(f"norm_factors={norm_factors!r}: use None (the checkpoint's), 'estimate', or one number per model.")
-        def batches():
-            for i in range(0, len(tokens), batch_size):
-                a = harvest_rows(models, tokens[i:i + batch_size], hook_point)
-                yield a[:, 1:].flatten(0, 1) if mask is None else a[mask[i:i + batch_size]]
-        return estimate_norm_factors(batches()).float(), 'estimated'
+        return norm_factor_estimate(models, tokens, hook_point, batch_size, mask), 'estimated'
     if norm_factors is not None:
         s = torch.as_tensor(norm_factors, dtype=torch.float32).flatten()
         if len(s) != n or not (torch.isfinite(s) & (s > 0)).all(): raise ValueError(f"norm_factors must be {n} finite numbers > 0, got {norm_factors!r}.")
@@ -128,7 +139,7 @@ def resolve_norm_factors(cc: CrossCoder, norm_factors=None,  # None: the checkpo
     if cc.cfg.norm_factors is None:
         raise ValueError("This crosscoder has no normalisation factors (cfg.norm_factors is None), so its reconstructions cannot be spliced "
                          "back into the models. Pass norm_factors='estimate' to estimate s_m = sqrt(d_model) / mean ||x_m|| on the eval "
-                         "tokens, or set cc.cfg.norm_factors to the factors it was trained with (ActivationBuffer.norm_factors).")
+                         "tokens (norm_factor_estimate), or set cc.cfg.norm_factors to the factors it was trained with (ActivationBuffer.norm_factors).")
     return torch.tensor(cc.cfg.norm_factors, dtype=torch.float32), 'checkpoint'
 
 # %% ../nbs/06_evals.ipynb
