@@ -23,7 +23,8 @@ from .models import load_model
 __all__ = ['CSS', 'SORT_JS', 'DashboardConfig', 'check_latents', 'select_latents', 'ExampleTracker', 'logit_effects',
            'top_logit_effects', 'Examples', 'Interval', 'LogitEffect', 'LatentDashboard', 'DashboardData',
            'dashboard_pass', 'compute_dashboards', 'render_examples', 'render_histogram', 'render_logits',
-           'render_latent', 'latent_file', 'render_index', 'write_dashboards', 'load_run', 'token_sample']
+           'render_latent', 'SelfContained', 'token_view', 'latent_file', 'render_index', 'write_dashboards',
+           'load_run', 'token_sample']
 
 # %% ../nbs/08_dashboards.ipynb
 @dataclass
@@ -493,6 +494,24 @@ def render_latent(d: LatentDashboard, index_link: str | None = None) -> str:
 
 @patch
 def _repr_html_(self: LatentDashboard) -> str: return render_latent(self)
+
+# %% ../nbs/08_dashboards.ipynb
+class SelfContained:
+    "HTML that carries its own scripts (nothing fetched from a CDN); displays itself in a notebook."
+    def __init__(self, html: str): self.html = html
+    def _repr_html_(self) -> str: return self.html
+
+def token_view(d: LatentDashboard, n: int = 5,  # how many of the top examples
+              ) -> SelfContained:
+    "A latent's top examples as one circuitsvis token view, each token coloured by the latent's activation on it."
+    import circuitsvis as cv
+    if len(d.top) == 0: raise ValueError(f"Latent {d.latent} has no examples to show: it never fired on the sample.")
+    toks, vals = [], []
+    for ids, acts in zip(d.top.tokens[:n], d.top.window_acts[:n]):
+        keep = ids >= 0
+        toks += [d.token_strs.get(int(t), f'<{int(t)}>') for t in ids[keep]] + ['\n']
+        vals += [float(a) for a in acts[keep]] + [0.0]
+    return SelfContained(cv.tokens.colored_tokens(toks, vals, min_value=0.0, max_value=max(d.max_act, 1e-9)).local_src)
 
 # %% ../nbs/08_dashboards.ipynb
 SORT_JS = """<script>
