@@ -18,6 +18,7 @@ def _test_flags() -> set[str]:
 
 SKIP = _test_flags()                                # cells nbdev_test skips (slow, gpu)
 FIG = {'width': 720, 'height': 400, 'scale': 1}   # pixels of each stored figure: small PNGs keep the notebooks light
+MAX_HTML = 200_000                                 # larger HTML outputs are replaced by a note
 
 
 def directives(source: str) -> dict:
@@ -65,8 +66,14 @@ def run(path: Path) -> float:
         shell.run(PRELUDE)
         shell.run_all(nb, exc_stop=True, preproc=skipped)
     finally: os.chdir(cwd)
-    for c in nb.cells:   # a figure shown by the PNG renderer leaves an empty result behind
-        if c.cell_type == 'code': c.outputs = [o for o in c.outputs if o.get('output_type') != 'execute_result' or o.get('data')]
+    for c in nb.cells:
+        if c.cell_type != 'code': continue
+        # a figure shown by the PNG renderer leaves an empty result behind
+        c.outputs = [o for o in c.outputs if o.get('output_type') != 'execute_result' or o.get('data')]
+        for o in c.outputs:   # a view that carries its own scripts (circuitsvis) is about a megabyte, and GitHub runs no scripts
+            html = ''.join((o.get('data') or {}).get('text/html', ''))
+            if len(html) > MAX_HTML:
+                o['data'] = {'text/plain': f'[an interactive view of {len(html) // 1000} kB, not stored: run the notebook to see it]'}
     write_nb(nb, path)
     return time.time() - t0
 
