@@ -211,7 +211,7 @@ def matched_random(latents: list[int], frequencies: Float[Tensor, "d_latent"], s
 def _decision_metric(logits: Tensor, pos: Tensor, good: Tensor, bad: Tensor | None) -> Tensor:
     "M per row: logit(good) - logit(bad) at `pos`, or, with no `bad`, the log-odds log p(good) - log(1 - p(good))."
     ar = torch.arange(len(pos))
-    if bad is not None: return logits[ar, pos, good] - logits[ar, pos, bad]
+    if bad is not None: return logits[ar, pos, good].float() - logits[ar, pos, bad].float()
     lp = logits[ar, pos].float().log_softmax(-1)
     return lp[ar, good] - lp.scatter(1, good[:, None].to(lp.device), -math.inf).logsumexp(-1)
 

@@ -79,11 +79,17 @@ def hub_error(e: BaseException,  # what transformers or huggingface_hub raised
     chain, x = [], e
     while x is not None and x not in chain: chain.append(x); x = x.__cause__ or x.__context__
     has = lambda *types: any(isinstance(c, types) for c in chain)
-    if has(E.GatedRepoError) or {getattr(getattr(c, 'response', None), 'status_code', None) for c in chain} & {401, 403}:
-        return HubError(f"The hub refused access to the {what} {name} (gated, private, or no token): log in with `huggingface-cli login` "
-                        f"(or set HF_TOKEN) and accept the licence on https://huggingface.co/{name}, then run again.")
+    login = "log in with `hf auth login` (or set HF_TOKEN)"
+    if has(E.GatedRepoError):
+        return HubError(f"The hub refused access to the gated {what} {name}: {login} and accept the licence on "
+                        f"https://huggingface.co/{name}, then run again.")
     if has(E.RevisionNotFoundError): return HubError(f"The {what} {name} has no such revision on the hub: check the branch, tag or commit.")
-    if has(E.RepositoryNotFoundError): return HubError(f"The {what} {name} does not exist on the Hugging Face hub, nor as a local folder: check the name (org/name) or the path.")
+    # the hub answers an anonymous request for a missing repo with 401, as it does for a private one: say both
+    if has(E.RepositoryNotFoundError): return HubError(f"The {what} {name} does not exist on the Hugging Face hub (or is private: {login}), "
+                                                       "nor as a local folder: check the name (org/name) or the path.")
+    if {getattr(getattr(c, 'response', None), 'status_code', None) for c in chain} & {401, 403}:
+        return HubError(f"The hub refused access to the {what} {name} (private, gated, or no token): {login} and accept the licence on "
+                        f"https://huggingface.co/{name} if it has one, then run again.")
     if any(k.__name__ in ('LocalEntryNotFoundError', 'OfflineModeIsEnabled', 'ConnectionError', 'TransportError', 'TimeoutError')
            for c in chain for k in type(c).__mro__) or any("couldn't connect" in str(c) for c in chain):
         why = 'HF_HUB_OFFLINE is set' if _hub_offline() else 'no network'

@@ -239,6 +239,7 @@ def train_run(cfg: RunConfig, out: str | Path,  # the run directory: checkpoint,
                                          model_names=cfg.models, norm_factors=factors.tolist(), **cfg.crosscoder), device=device)
         trainer = Trainer(cc, batches, cfg.train, out, overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
+    if activations is None: cfg = replace(cfg, model_dtype=str(dtype).removeprefix('torch.'))   # the dtype used, not 'auto'
     atomic_write(out / RUN_CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=1)))
     tokens0, seconds0 = trainer.tokens, trainer._t_train
     res = trainer.train(progress=progress)

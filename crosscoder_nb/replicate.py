@@ -127,10 +127,11 @@ def replicate(cc: CrossCoder, models,  # base then chat (a list or a dict), as t
               latents: list[int], out_dir: str | Path,
               batch_size: int = 4,  # rows per forward pass
               dash_cfg: DashboardConfig | None = None, progress: bool = True) -> Replication:
-    "Estimate the normalisation factors once, store them in `cc`, then run the evals and the dashboards of `latents` with them."
+    "Estimate the normalisation factors once (if the checkpoint has none), store them in `cc`, then run the evals and the dashboards of `latents` with them."
     models, names = as_model_list(cc, models)
     hp = check_eval_models(cc, models, names)   # before any forward pass
-    cc.cfg.norm_factors = norm_factor_estimate(models, eval_rows, hp, batch_size).tolist()
+    if cc.cfg.norm_factors is None:   # the seed's release stores none; factors a checkpoint was trained with are kept
+        cc.cfg.norm_factors = norm_factor_estimate(models, eval_rows, hp, batch_size).tolist()
     res = evaluate(cc, models, eval_rows, batch_size=batch_size, progress=progress)
     data = compute_dashboards(cc, models, dash_rows, latents, dash_cfg or DashboardConfig(batch_rows=batch_size), progress=progress)
     return Replication(cc.cfg.norm_factors, res, data, write_dashboards(data, out_dir))
@@ -191,7 +192,7 @@ def training_hours(cfg: RunConfig, gpu: GPU, model: ModelShape = GEMMA_2_2B, uti
     tokens = (cfg.train.n_steps * cfg.train.batch_size if cfg.train.n_steps else cfg.train.n_tokens) * seq / (seq - 1)   # BOS is harvested, then dropped
     per_token = 2 * (model.n_params - model.d_vocab * d) * cfg.buffer.layer / model.n_layers + 4 * seq * d * cfg.buffer.layer
     model_tflops = gpu.bf16_tflops if _bytes(cfg.model_dtype) == 2 else gpu.fp32_tflops
-    seconds = n * tokens * per_token / (model_tflops * 1e12 * utilisation) + cfg.train.n_tokens * 6 * (2 * n * d * L) / (gpu.fp32_tflops * 1e12 * utilisation)
+    seconds = n * tokens * per_token / (model_tflops * 1e12 * utilisation) + tokens * 6 * (2 * n * d * L) / (gpu.fp32_tflops * 1e12 * utilisation)
     return seconds / 3600
 
 def cost_table(configs: dict[str, RunConfig], gpus: list[GPU] = GPUS, **kw) -> list[dict]:

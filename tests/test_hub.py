@@ -83,8 +83,10 @@ def test_from_pretrained_missing_subfolder_or_repo_is_one_clear_error(tmp_path, 
 
 
 @pytest.mark.parametrize('exc, msg', [
-    (E.GatedRepoError('401 Client Error', response=resp(401)), r'huggingface-cli login.*HF_TOKEN.*accept the licence on https://huggingface\.co/org/cc'),
-    (E.HfHubHTTPError('401 Unauthorized', response=resp(401)), 'huggingface-cli login'),
+    (E.GatedRepoError('401 Client Error', response=resp(401)), r'gated crosscoder org/cc: log in with `hf auth login`.*HF_TOKEN.*accept the licence on https://huggingface\.co/org/cc'),
+    (E.HfHubHTTPError('401 Unauthorized', response=resp(401)), 'private, gated, or no token.*hf auth login'),
+    # the hub's answer to an anonymous request for a repo that does not exist: a RepositoryNotFoundError with a 401
+    (E.RepositoryNotFoundError('401 Client Error', response=resp(401)), r'org/cc does not exist on the Hugging Face hub \(or is private: log in'),
     (E.RepositoryNotFoundError('404 Client Error', response=resp(404)), 'org/cc does not exist on the Hugging Face hub'),
     (E.RevisionNotFoundError('404 Client Error', response=resp(404)), 'has no such revision'),
     (E.RemoteEntryNotFoundError('404 Client Error: cfg.json', response=resp(404)), 'lacks a file on the hub'),
@@ -98,7 +100,7 @@ def test_hub_failures_of_the_download_are_mapped(monkeypatch, tmp_path, exc, msg
 
 def test_hub_error_reads_the_cause_chain_and_ignores_other_errors():
     try: raise OSError('You are trying to access a gated repo.') from E.GatedRepoError('401', response=resp(401))
-    except OSError as wrapped: assert 'huggingface-cli login' in str(hub_error(wrapped, 'google/gemma-2-2b'))
+    except OSError as wrapped: assert 'hf auth login' in str(hub_error(wrapped, 'google/gemma-2-2b'))
     assert hub_error(ValueError('our own bug'), 'x') is None and hub_error(KeyError('W_enc'), 'x') is None
     with pytest.raises(KeyError):
         with hub_errors('x'): raise KeyError('W_enc')
@@ -150,7 +152,7 @@ def test_push_to_hub_finds_metrics_in_the_run_folder(tmp_path, fake_hub):
 def test_push_to_hub_without_login_names_the_fix(monkeypatch):
     def create_repo(repo_id, **kw): raise E.HfHubHTTPError('401 Client Error: Unauthorized', response=resp(401))
     monkeypatch.setattr(huggingface_hub, 'create_repo', create_repo)
-    with pytest.raises(HubError, match='huggingface-cli login'): small().push_to_hub('me/cc')
+    with pytest.raises(HubError, match='hf auth login'): small().push_to_hub('me/cc')
 
 
 def test_model_card_of_a_seed_checkpoint_and_eval_table(tmp_path, quiet):

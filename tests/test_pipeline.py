@@ -117,10 +117,14 @@ def test_old_run_config_without_the_new_fields_loads(tmp_path):
     cfg = RunConfig.from_dict(json.loads(json.dumps(d)))
     assert (cfg.model_dtype, cfg.model_device) == (None, None) and cfg.models == ['organism-base', 'organism-chat']
 
-def test_small_run_records_its_model_dtype(tmp_path):
-    res = train_run(set_fields(organisms_config(), SMALL), tmp_path / 'run', device='cpu', progress=False)
+def test_small_run_records_the_model_dtype_it_used(tmp_path):
+    # 'auto' in the config: run_config.json records what it resolved to (float32 on a CPU), so a report elsewhere reads the same
+    cfg = set_fields(organisms_config(), {**SMALL, 'model_dtype': None})
+    res = train_run(cfg, tmp_path / 'run', device='cpu', progress=False)
     assert res['model_dtype'] == 'float32'
     assert json.loads((tmp_path / 'run' / RUN_CONFIG_FILE).read_text())['model_dtype'] == 'float32'
+    res = train_run(cfg, tmp_path / 'bf16', device='cpu', model_dtype='bfloat16', progress=False)
+    assert res['model_dtype'] == 'bfloat16' and json.loads((tmp_path / 'bf16' / RUN_CONFIG_FILE).read_text())['model_dtype'] == 'bfloat16'
 
 
 # ---------------------------------------------------------------- --set values of the wrong type (issue 10)
@@ -157,7 +161,7 @@ def test_train_hub_model_offline_is_one_clear_line(tmp_path):
     assert 'pass a local folder' in out and not (tmp_path / 'gemma').exists()
 
 @pytest.mark.parametrize('cause, msg', [
-    ('gated', 'log in with `huggingface-cli login` (or set HF_TOKEN) and accept the licence on https://huggingface.co/google/gemma-2-2b'),
+    ('gated', 'log in with `hf auth login` (or set HF_TOKEN) and accept the licence on https://huggingface.co/google/gemma-2-2b'),
     ('missing', 'google/gemma-2-2b does not exist on the Hugging Face hub'),
     ('revision', 'has no such revision')])
 def test_train_gated_or_missing_hub_model(tmp_path, monkeypatch, cause, msg):
