@@ -191,9 +191,10 @@ def behaviours_table(beh: dict, links: dict | None = None) -> str:
                      'base rate steered': v['steer_base']['steered']})
     pct = ('chat rate (test)', 'diff patch', 'ablate', 'random, diff patch', 'random, ablate', 'base residual patched in',
            'all latents diff-patched', 'base rate steered')
-    def det_rows(b, labels, named, best, best_cs):
+    def det_rows(b, labels, named, best, best_cs, n_named: int = 10):   # the first n_named named latents (metrics.json has all)
         return [{'behaviour': b, 'labels': labels, 'which': w, **{k: x.get(k) for k in ('latent', 'auroc', 'precision', 'recall', 'density', 'density_mix', 'relative_norm')},
-                 'verdict': x.get('verdict')} for w, x in [*(('named', d) for d in named), ('best of all latents', best), ('best chat-specific', best_cs)] if x is not None]
+                 'verdict': x.get('verdict')} for w, x in [*((f'named ({i + 1} of {len(named)})', d) for i, d in enumerate(named[:n_named])),
+                                                           ('best of all latents', best), ('best chat-specific', best_cs)] if x is not None]
     det = [row for b, v in beh.items() for row in
            det_rows(b, 'context', v['detection'], v['best_detector'], v['best_chat_specific_detector']) +
            (det_rows(b, 'decision', *(v['detection_at_decision'][k] for k in ('latents', 'best_detector', 'best_chat_specific_detector')))
