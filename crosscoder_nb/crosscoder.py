@@ -57,7 +57,8 @@ class DecoderNormL1(nn.Module):
         return einsum(acts.float(), w, 'batch d_latent, d_latent -> batch').mean()
 
 # %% ../nbs/04_crosscoder.ipynb
-DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16, 'float64': torch.float64}
+from .models import MODEL_DTYPES
+DTYPES = MODEL_DTYPES   # parameter dtypes by name: the same names the models' dtypes take
 
 @dataclass
 class CrossCoderConfig:
