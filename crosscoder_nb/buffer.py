@@ -36,6 +36,8 @@ class BufferConfig:
     n_norm_batches: int = 100      # forward passes the factors s_m are estimated on
     seed: int = 0                  # shuffling
     device: str | None = None      # where the buffer lives; default the first model's device
+    save_buffer: bool = True       # checkpoints hold the buffer's contents, so that a resumed run is bit-identical
+                                   # (n_activations x n_models x d_model in `dtype`); False: only the stream position
 
     def __post_init__(self): self.validate()
     @property
@@ -221,8 +223,10 @@ def __next__(self: ActivationBuffer) -> Float[Tensor, "batch n_models d_model"]:
 
 # %% ../nbs/03_buffer.ipynb
 @patch
-def state_dict(self: ActivationBuffer, include_buffer: bool = False) -> dict:
+def state_dict(self: ActivationBuffer, include_buffer: bool | None = None,  # default: the config's `save_buffer`
+              ) -> dict:
     "Token-stream position, shuffling RNG and factors; with `include_buffer`, the buffer too (for an exact resume)."
+    if include_buffer is None: include_buffer = self.cfg.save_buffer
     sd = {'data': self.data.state_dict() if hasattr(self.data, 'state_dict') else None, 'rng': self.gen.get_state(),
           'norm_factors': self._factors, 'tokens_harvested': self.tokens_harvested, 'n_refills': self.n_refills}
     if include_buffer: sd.update(buffer=None if self.buffer is None else self.buffer.clone(), pointer=self.pointer, pending=list(self._pending))

@@ -175,3 +175,47 @@ def test_train_gated_or_missing_hub_model(tmp_path, monkeypatch, cause, msg):
     code, out = run('train', '--base', 'google/gemma-2-2b', '--chat', 'google/gemma-2-2b-it', '--out', tmp_path / 'gemma')
     assert code == 2 and msg in out and len(out.strip().splitlines()) == 1, out
     assert not (tmp_path / 'gemma').exists()
+
+
+
+KILL_RUN = ['--n-tokens', str(512 * 240), '--d-latent', '256', '--batch-size', '512', '--device', 'cpu',
+            '--set', 'train.save_every=40', '--set', 'buffer.buffer_batches=16', '--set', 'buffer.n_norm_batches=2', '--set', 'train.log_every=40']
+
+def _train(out, *extra, kill_after: int | None = None) -> int:
+    """`crosscoder-diff train` in a subprocess of its own, on one thread (so that two runs do the same float operations);
+    with `kill_after`, SIGKILLed as soon as a checkpoint of that step or later exists. Returns the step of the checkpoint left."""
+    import os, signal, subprocess, sys, time
+    from crosscoder_nb.trainer import STATE_PREFIX
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
+    p = subprocess.Popen([sys.executable, '-m', 'crosscoder_nb.cli', 'train', '--out', str(out), *KILL_RUN, *extra],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if kill_after is not None:
+        deadline = time.time() + 600
+        while time.time() < deadline and p.poll() is None:
+            steps = [int(f.stem.removeprefix(STATE_PREFIX)) for f in Path(out).glob(f'{STATE_PREFIX}*.pt')]
+            if len(steps) == 1 and steps[0] >= kill_after:   # a whole checkpoint: the weights are saved and the older state is gone
+                p.send_signal(signal.SIGKILL); break
+            time.sleep(0.002)
+    log, _ = p.communicate(timeout=600)
+    if kill_after is None: assert p.returncode == 0, log
+    else: assert p.returncode == -signal.SIGKILL, f'the run was not killed mid-run (status {p.returncode}): {log[-2000:]}'
+    return CrossCoder.load(out).extra['step']
+
+def _weights(run_dir):
+    from safetensors.torch import load_file
+    return load_file(Path(run_dir) / 'crosscoder.safetensors')
+
+def test_train_killed_mid_run_and_resumed_ends_bit_identical(tmp_path):
+    "SIGKILL a real `crosscoder-diff train` after its second checkpoint and `--resume` it: the weights equal an uninterrupted run's."
+    assert _train(tmp_path / 'full') == 240
+    assert 80 <= _train(tmp_path / 'killed', kill_after=80) < 240   # killed between checkpoints, before the end
+    assert _train(tmp_path / 'killed', '--resume') == 240
+    a, b = _weights(tmp_path / 'full'), _weights(tmp_path / 'killed')
+    assert a.keys() == b.keys()
+    for k in a: assert torch.equal(a[k], b[k]), k
+    # the control, that shows the test can fail: checkpoints without the buffer resume from the stream position, and differ
+    light = ('--set', 'buffer.save_buffer=false')
+    assert 80 <= _train(tmp_path / 'light', *light, kill_after=80) < 240
+    assert _train(tmp_path / 'light', '--resume', *light) == 240
+    c = _weights(tmp_path / 'light')
+    assert any(not torch.equal(a[k], c[k]) for k in a)
