@@ -185,21 +185,20 @@ def write_cache(models: list,  # loaded models, in the crosscoder's order (base,
                   'model_dtype': str(next(buf.models[0].parameters()).dtype).removeprefix('torch.'),
                   'norm_factors': factors.tolist(), 'normalize': cfg.normalize,
                   'data': buf.data.cfg.to_dict() if hasattr(buf.data.cfg, 'to_dict') else None, 'shards': [], 'stream': None, 'seconds': 0.0}
-    bar = tqdm(total=n_tokens, initial=man['n'], desc='harvesting to cache', unit='tok', disable=not progress)
-    while man['n'] < n_tokens:
-        rows, acts, got, want = [], [], 0, min(shard_tokens, n_tokens - man['n'])
-        while got < want:
-            r, a = pending.pop(0) if pending else (lambda r: (r, buf.activations(r)))(buf._next_tokens())
-            a = a[:n_tokens - man['n'] - got]        # only the last shard is cut short
-            rows.append(r); acts.append(a.to('cpu', DTYPES[dtype])); got += len(a); bar.update(len(a))
-        k = len(man['shards'])
-        what = (f"the {k} complete shards ({man['n']:,} activations) are kept. Free some space, then continue with "
-                f"`crosscoder-diff harvest --out {out} --resume` (the same flags), or write_cache(..., resume=True).")
-        _write_raw(out / f'acts_{k:05d}.bin', torch.cat(acts), what)
-        _write_raw(out / f'tokens_{k:05d}.bin', torch.cat(rows).to(torch.int32), what)
-        man['shards'].append({'acts': f'acts_{k:05d}.bin', 'tokens': f'tokens_{k:05d}.bin', 'n': got, 'rows': sum(len(r) for r in rows)})
-        man.update(n=man['n'] + got, stream=buf.data.state_dict(), seconds=round(time.perf_counter() - t0, 3))
-        _save_manifest(out, man)
-    bar.close()
+    with tqdm(total=n_tokens, initial=man['n'], desc='harvesting to cache', unit='tok', disable=not progress) as bar:
+        while man['n'] < n_tokens:
+            rows, acts, got, want = [], [], 0, min(shard_tokens, n_tokens - man['n'])
+            while got < want:
+                r, a = pending.pop(0) if pending else (lambda r: (r, buf.activations(r)))(buf._next_tokens())
+                a = a[:n_tokens - man['n'] - got]        # only the last shard is cut short
+                rows.append(r); acts.append(a.to('cpu', DTYPES[dtype])); got += len(a); bar.update(len(a))
+            k = len(man['shards'])
+            what = (f"the {k} complete shards ({man['n']:,} activations) are kept. Free some space, then continue with "
+                    f"`crosscoder-diff harvest --out {out} --resume` (the same flags), or write_cache(..., resume=True).")
+            _write_raw(out / f'acts_{k:05d}.bin', torch.cat(acts), what)
+            _write_raw(out / f'tokens_{k:05d}.bin', torch.cat(rows).to(torch.int32), what)
+            man['shards'].append({'acts': f'acts_{k:05d}.bin', 'tokens': f'tokens_{k:05d}.bin', 'n': got, 'rows': sum(len(r) for r in rows)})
+            man.update(n=man['n'] + got, stream=buf.data.state_dict(), seconds=round(time.perf_counter() - t0, 3))
+            _save_manifest(out, man)
     man.update(complete=True, seconds=round(time.perf_counter() - t0, 3)); _save_manifest(out, man)
     return ActivationCache.open(out)

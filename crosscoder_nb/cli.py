@@ -4,7 +4,7 @@
 
 # %% ../nbs/90_cli.ipynb 3
 from __future__ import annotations
-import argparse, json, sys
+import argparse, errno, json, sys
 from pathlib import Path
 from .models import MODEL_DTYPES, HubError, resolve_model
 from .cli_commands import *
@@ -19,6 +19,10 @@ def main(argv: list[str] | None = None) -> int:
     try: return args.func(args)
     except (CLIError, ValueError, FileNotFoundError, HubError) as e:
         print(f'crosscoder-diff {args.command}: error: {e}', file=sys.stderr)
+        return 2
+    except OSError as e:   # a full disk: the message says what was kept and how to continue
+        if e.errno != errno.ENOSPC: raise
+        print(f'crosscoder-diff {args.command}: error: {e.strerror}', file=sys.stderr)
         return 2
 
 # %% ../nbs/90_cli.ipynb

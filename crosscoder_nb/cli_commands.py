@@ -9,8 +9,8 @@ from pathlib import Path
 from .models import MODEL_DTYPES, HubError, resolve_model
 
 # %% auto 0
-__all__ = ['CLIError', 'format_check', 'cmd_organisms', 'cmd_compare', 'cmd_train', 'cmd_demo', 'cmd_report', 'cmd_dashboards',
-           'build_parser']
+__all__ = ['CLIError', 'format_check', 'cmd_organisms', 'cmd_compare', 'cmd_train', 'cmd_harvest', 'cmd_demo', 'cmd_report',
+           'cmd_dashboards', 'build_parser']
 
 # %% ../nbs/90a_cli_commands.ipynb
 class CLIError(Exception):
@@ -103,14 +103,35 @@ def cmd_train(args) -> int:
     cfg = _run_config(args)
     if args.show_config: print(json.dumps(cfg.to_dict(), indent=1)); return 0
     if args.out is None: raise CLIError("train: pass --out RUN_DIR, the folder for the checkpoint and metrics.")
-    res = train_run(cfg, args.out, overwrite=args.overwrite, resume=args.resume, device=args.device)
+    res = train_run(cfg, args.out, overwrite=args.overwrite, resume=args.resume, device=args.device, cache=args.cache)
     f = res['final'] or {}
     ev = ', '.join(f'{n} {e:.1%}' for n, e in zip(['base', 'chat'] + [f'model{i}' for i in range(2, 9)], f.get('explained_variance', [])))
     print(f"trained {res['steps']} steps on {res['tokens']:,} activations in {res['wall_seconds'] / 60:.1f} min: "
           f"L0 {f.get('l0', float('nan')):.1f}, explained variance {ev}")
-    print(f"harvesting {res['harvest_tokens_per_s']:,.0f} tokens/s (models in {res['model_dtype']}), training {res['train_tokens_per_s']:,.0f} tokens/s")
+    if res['cache']: print(f"read from the cache {res['cache']}, training {res['train_tokens_per_s']:,.0f} tokens/s")
+    else: print(f"harvesting {res['harvest_tokens_per_s']:,.0f} tokens/s (models in {res['model_dtype']}), training {res['train_tokens_per_s']:,.0f} tokens/s")
     print(f"checkpoint: {Path(res['checkpoint']).resolve()}")
     if args.json: Path(args.json).write_text(json.dumps(res, indent=1))
+    return 0
+
+def cmd_harvest(args) -> int:
+    from crosscoder_nb.cache import CACHE_FILE, write_cache
+    from crosscoder_nb.models import default_device, load_model, resolve_dtype
+    for m in (args.base, args.chat, *(args.model or [])): _model_arg(m)
+    cfg = _run_config(args)
+    if args.show_config: print(json.dumps(cfg.to_dict(), indent=1)); return 0
+    if args.out is None: raise CLIError("harvest: pass --out CACHE, the folder for the activation cache.")
+    out = Path(args.out)
+    if args.resume and not (out / CACHE_FILE).exists(): raise CLIError(f"harvest --resume: {out} holds no cache to continue ({CACHE_FILE}); start it without --resume.")
+    if not args.resume: _fresh_dir(out, args.overwrite)
+    device = args.device or default_device(); model_device = cfg.model_device or device
+    models = [load_model(m, device=model_device, dtype=resolve_dtype(cfg.model_dtype, model_device)) for m in cfg.models]
+    c = write_cache(models, cfg.models, cfg.data, cfg.buffer, cfg.train.n_tokens, out, shard_tokens=args.shard_tokens, dtype=args.dtype,
+                    resume=args.resume, overwrite=args.overwrite)
+    print(f"wrote {len(c.acts):,} activations of {c.model_names} at {c.hook_point} in {len(c.manifest['shards'])} shards "
+          f"({c.manifest['dtype']}), {c.seconds / 60:.1f} min ({c.tokens_per_s:,.0f} tokens/s)")
+    print(f"cache: {out.resolve()}  (train on it: crosscoder-diff train --cache {out} --out RUN_DIR)")
+    if args.json: Path(args.json).write_text(json.dumps({'cache': str(out.resolve()), 'n': len(c.acts), 'seconds': c.seconds, 'tokens_per_s': c.tokens_per_s}, indent=1))
     return 0
 
 # %% ../nbs/90a_cli_commands.ipynb
@@ -249,28 +270,37 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument('--overwrite', action='store_true', help='write into a non-empty --out')
     b.add_argument('--device', default=None, help='torch device')
     b.set_defaults(func=cmd_dashboards)
-    t = sub.add_parser('train', help='train a crosscoder on a base and a chat model')
-    t.add_argument('--base', default='organism-base', help='base model: organism alias, local HF folder or hub name')
-    t.add_argument('--chat', default='organism-chat', help='chat model: organism alias, local HF folder or hub name')
-    t.add_argument('--model', action='append', help='a further model read by the same crosscoder (repeatable)')
+    t = sub.add_parser('train', help='train a crosscoder on a base and a chat model (or on an activation cache: --cache)')
+    h = sub.add_parser('harvest', help="harvest the models' activations once into an on-disk cache (then: train --cache CACHE)")
+    for q in (t, h):   # what the run config is made of: the same flags for both
+        q.add_argument('--base', default='organism-base', help='base model: organism alias, local HF folder or hub name')
+        q.add_argument('--chat', default='organism-chat', help='chat model: organism alias, local HF folder or hub name')
+        q.add_argument('--model', action='append', help='a further model read by the same crosscoder (repeatable)')
+        q.add_argument('--layer', type=int, help='read blocks.LAYER.hook_resid_pre (default 3 for the organisms, 14 otherwise)')
+        q.add_argument('--n-tokens', type=int, help='activations to train on' if q is t else 'activations to write')
+        q.add_argument('--batch-size', type=int, help='activations per step (sets train and buffer batch size)')
+        q.add_argument('--seq-len', type=int, help='tokens per row of the data stream')
+        q.add_argument('--device', help='torch device (default: cuda if available, else cpu)')
+        q.add_argument('--model-dtype', choices=['auto', *MODEL_DTYPES], help="the models' dtype (auto: bfloat16 on a GPU, float32 elsewhere; the crosscoder's is --set crosscoder.dtype=...)")
+        q.add_argument('--model-device', help='torch device for the models (default: --device)')
+        q.add_argument('--config', help='a JSON file holding a RunConfig (as --show-config prints), or part of one')
+        q.add_argument('--set', action='append', metavar='SECTION.FIELD=VALUE', help='set any config field, e.g. --set buffer.dtype=float32 (repeatable)')
+        q.add_argument('--show-config', action='store_true', help='print the full config and exit')
+        q.add_argument('--json', help='also write the summary to this JSON file')
     t.add_argument('--out', help='run directory for the checkpoint, metrics.jsonl and run_config.json')
-    t.add_argument('--layer', type=int, help='read blocks.LAYER.hook_resid_pre (default 3 for the organisms, 14 otherwise)')
+    t.add_argument('--cache', help='train on the activations of this cache (crosscoder-diff harvest) instead of harvesting')
     t.add_argument('--arch', choices=['batchtopk', 'l1'], help='crosscoder recipe (default: batchtopk for the organisms, the seed\'s l1 otherwise)')
     t.add_argument('--d-latent', type=int, help='number of latents')
     t.add_argument('--lr', type=float, help='learning rate')
-    t.add_argument('--n-tokens', type=int, help='activations to train on')
-    t.add_argument('--batch-size', type=int, help='activations per step (sets train and buffer batch size)')
     t.add_argument('--l1-coeff', type=float, help='sparsity coefficient')
-    t.add_argument('--seq-len', type=int, help='tokens per row of the data stream')
     t.add_argument('--seed', type=int, help='training seed')
-    t.add_argument('--device', help='torch device (default: cuda if available, else cpu)')
-    t.add_argument('--model-dtype', choices=['auto', *MODEL_DTYPES], help="the models' dtype (auto: bfloat16 on a GPU, float32 elsewhere; the crosscoder's is --set crosscoder.dtype=...)")
-    t.add_argument('--model-device', help='torch device for the models (default: --device)')
-    t.add_argument('--config', help='a JSON file holding a RunConfig (as --show-config prints), or part of one')
-    t.add_argument('--set', action='append', metavar='SECTION.FIELD=VALUE', help='set any config field, e.g. --set buffer.dtype=float32 (repeatable)')
-    t.add_argument('--show-config', action='store_true', help='print the full config and exit')
     t.add_argument('--overwrite', action='store_true', help='start afresh in a non-empty run directory')
     t.add_argument('--resume', action='store_true', help='continue the checkpoint in the run directory')
-    t.add_argument('--json', help='also write the summary to this JSON file')
     t.set_defaults(func=cmd_train)
+    h.add_argument('--out', help='the cache folder (absent or empty, unless --resume)')
+    h.add_argument('--shard-tokens', type=int, default=1 << 20, help='activations per shard file')
+    h.add_argument('--dtype', default='bfloat16', choices=['bfloat16', 'float16', 'float32'], help='storage dtype of the activations')
+    h.add_argument('--overwrite', action='store_true', help='write into a non-empty folder')
+    h.add_argument('--resume', action='store_true', help='continue an interrupted harvest in --out (the same flags)')
+    h.set_defaults(func=cmd_harvest, arch=None, d_latent=None, lr=None, l1_coeff=None, seed=None)
     return p

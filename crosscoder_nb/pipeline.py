@@ -17,7 +17,7 @@ from .trainer import Trainer, TrainConfig, tensor_batches
 
 # %% auto 0
 __all__ = ['ARCHS', 'RUN_CONFIG_FILE', 'RunConfig', 'set_fields', 'set_field', 'typed_value', 'seed_config', 'organisms_config',
-           'is_organism', 'default_config', 'check_out_dir', 'train_run']
+           'is_organism', 'default_config', 'check_out_dir', 'open_cache_for', 'train_run']
 
 # %% ../nbs/09_pipeline.ipynb
 _FROM_MODELS = ('d_model', 'n_models', 'hook_point', 'model_names', 'norm_factors')
@@ -195,6 +195,22 @@ def _check_out(out: Path, overwrite: bool, resume: bool):
     check_out_dir(out, overwrite or resume, 'Run directory')   # resume=True (--resume) continues the checkpoint instead
 
 # %% ../nbs/09_pipeline.ipynb
+def open_cache_for(cfg: RunConfig, path: str | Path):
+    "The activation cache at `path`, checked against the run: its models, hook point and tokenizers, and enough activations."
+    from transformers import AutoTokenizer
+    from crosscoder_nb.cache import ActivationCache
+    c = ActivationCache.open(path)
+    toks = []
+    for m in cfg.models:   # a local model's tokenizer is read (no weights) to catch a folder that changed since the harvest
+        try: p = Path(resolve_model(m))
+        except (FileNotFoundError, OSError): p = None
+        toks.append(AutoTokenizer.from_pretrained(p) if p is not None and p.is_dir() else None)
+    c.check(cfg.models, cfg.buffer.hook_name, toks)
+    if len(c.acts) < cfg.train.n_tokens:
+        raise ValueError(f"The cache in {path} holds {len(c.acts):,} activations, fewer than train.n_tokens = {cfg.train.n_tokens:,}: "
+                         f"train on at most {len(c.acts):,} (--n-tokens), or harvest a larger cache.")
+    return c
+
 def _from_harvest(cfg: RunConfig, h: HarvestedActivations, saved: CrossCoder | None):
     "Batches from activations harvested once, after checking they are what `cfg` reads."
     if h.hook_point != cfg.buffer.hook_name:
@@ -214,10 +230,14 @@ def train_run(cfg: RunConfig, out: str | Path,  # the run directory: checkpoint,
               model_dtype: str | None = None,  # overrides cfg.model_dtype (and is recorded in run_config.json)
               progress: bool = True, models: list | None = None,  # already-loaded models (skips loading)
               activations: HarvestedActivations | None = None,  # harvested once (`harvest_activations`): train on these, shuffled
+              cache: str | Path | None = None,  # an activation cache folder (`write_cache`, `crosscoder-diff harvest`): train on it
              ) -> dict:
     "Train a crosscoder as `cfg` says; returns a summary with the timings and the final metrics."
     out, t0 = Path(out), time.time()
     if model_dtype is not None: cfg = replace(cfg, model_dtype=model_dtype)
+    if cache is not None:
+        if activations is not None: raise ValueError("Pass activations or a cache, not both.")
+        activations = open_cache_for(cfg, cache)   # refused by name before anything is written
     _check_out(out, overwrite, resume)
     if resume:
         saved = json.loads((out / RUN_CONFIG_FILE).read_text()) if (out / RUN_CONFIG_FILE).exists() else None
@@ -247,4 +267,5 @@ def train_run(cfg: RunConfig, out: str | Path,  # the run directory: checkpoint,
     train_s = max(res['seconds'] - seconds0 - (0 if activations is not None else batches.seconds), 1e-9)   # less the time spent harvesting
     return {**res, 'harvest_tokens': harvested, 'harvest_seconds': round(harvest_s, 3), 'harvest_tokens_per_s': harvested / max(harvest_s, 1e-9),
             'train_tokens_per_s': (res['tokens'] - tokens0) / train_s, 'wall_seconds': round(time.time() - t0, 3),
-            'norm_factors': factors.tolist(), 'model_dtype': None if activations is not None else str(dtype).removeprefix('torch.')}
+            'norm_factors': factors.tolist(), 'model_dtype': None if activations is not None else str(dtype).removeprefix('torch.'),
+            'cache': None if cache is None else str(Path(cache).resolve())}

@@ -81,14 +81,16 @@ def test_report_page_in_a_browser(report):
 
 def test_demo_harvests_once_and_compares_two_architectures(tmp_path, monkeypatch):
     "The demo's layout and metrics: one harvest, a BatchTopK and an L1 crosscoder on it, a comparison in the headline report."
-    import crosscoder_nb.buffer as bufmod
-    calls = []
-    real = bufmod.harvest_activations
-    monkeypatch.setattr(bufmod, 'harvest_activations', lambda *a, **k: calls.append(1) or real(*a, **k))
+    import crosscoder_nb.cache as cachemod, crosscoder_nb.pipeline as pipemod
+    calls, trained_on = [], []
+    real_write, real_train = cachemod.write_cache, pipemod.train_run
+    monkeypatch.setattr(cachemod, 'write_cache', lambda *a, **k: calls.append(1) or real_write(*a, **k))
+    monkeypatch.setattr(pipemod, 'train_run', lambda *a, **k: trained_on.append(k.get('cache')) or real_train(*a, **k))
     settings = {**TINY, 'crosscoder.k': 8, 'crosscoder.threshold_start': 10}
     m = demo(tmp_path / 'd', settings=settings, **FAST)
-    assert len(calls) == 1
     out = tmp_path / 'd'
+    assert len(calls) == 1 and trained_on == [out / 'cache'] * 2   # one harvest, into the cache both crosscoders train on
+    assert json.loads((out / 'cache' / 'cache.json').read_text())['complete']
     for f in ('report.html', 'metrics.json', 'dashboards/index.html', 'batchtopk/crosscoder.safetensors', 'l1/crosscoder.safetensors',
               'l1/report/report.html', 'l1/report/metrics.json'):
         assert (out / f).exists(), f
