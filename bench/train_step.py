@@ -1,28 +1,108 @@
-"""Crosscoder training speed on synthetic activations (no models): tokens/s of `Trainer` steps for a few widths.
+"""A crosscoder training step, this project's against a straightforward implementation, side by side in one run on the same
+shapes and data (forward, loss, backward, clip, Adam):
 
-    python bench/train_step.py [--d-model 128] [--latents 1024,2048,4096] [--batch 1024] [--steps 50] [--device cpu] [--threads N]
+- plain: a plain float32 einsum crosscoder (the seed's formulation: ReLU, L2 summed over models and d_model, L1 weighted by
+  the summed decoder norms) that reads its metrics with `.item()` every step, as the seed's trainer does;
+- this project's `Trainer` step in float32 and in bfloat16 mixed precision (`TrainConfig.precision`);
+- the GEMM floor: the step's six matmuls alone (encoder and decoder, forward and backward), in float32 and in bfloat16.
+
+Also a quality check on the organisms (the demo's BatchTopK config on a harvest held in memory): final loss and explained
+variance of the bfloat16 run against the float32 run. Writes bench/results/train-step.{md,json} and README.md's block.
+
+    python bench/train_step.py [--d-model 256] [--latents 4096] [--batch 4096] [--steps 10] [--device cpu] [--threads N]
 """
-import argparse, tempfile, time
+import argparse, platform, tempfile, time
 import torch
+from einops import einsum
+from _results import publish
 from crosscoder_nb.crosscoder import CrossCoder, CrossCoderConfig
 from crosscoder_nb.trainer import Trainer, TrainConfig, synthetic_activations, tensor_batches
 
 p = argparse.ArgumentParser()
-p.add_argument('--d-model', type=int, default=128); p.add_argument('--latents', default='1024,2048,4096')
-p.add_argument('--batch', type=int, default=1024); p.add_argument('--steps', type=int, default=50)
-p.add_argument('--device', default='cpu'); p.add_argument('--threads', type=int)
+p.add_argument('--d-model', type=int, default=256); p.add_argument('--latents', default='4096'); p.add_argument('--batch', type=int, default=4096)
+p.add_argument('--steps', type=int, default=10); p.add_argument('--device', default='cpu'); p.add_argument('--threads', type=int)
+p.add_argument('--no-quality', action='store_true', help='skip the quality check on the organisms')
 a = p.parse_args()
 if a.threads: torch.set_num_threads(a.threads)
-x = synthetic_activations(a.batch * 8, d_model=a.d_model)
-print(f"d_model {a.d_model}, batch {a.batch}, {a.steps} steps, device {a.device}, {torch.get_num_threads()} threads")
+dev, D, B = torch.device(a.device), a.d_model, a.batch
+sync = (lambda: torch.cuda.synchronize()) if dev.type == 'cuda' else (lambda: None)
+
+def timed(fn, n=a.steps):
+    fn(); fn(); sync()   # warm-up
+    t = time.perf_counter()
+    for _ in range(n): fn()
+    sync(); return (time.perf_counter() - t) / n
+
+class Plain(torch.nn.Module):
+    "The straightforward crosscoder: float32 einsums, ReLU, the seed's L1 penalty."
+    def __init__(self, d_model, d_latent, n_models=2):
+        super().__init__()
+        self.W_enc = torch.nn.Parameter(torch.randn(n_models, d_model, d_latent) * 0.01)
+        self.W_dec = torch.nn.Parameter(torch.randn(d_latent, n_models, d_model) * 0.01)
+        self.b_enc, self.b_dec = torch.nn.Parameter(torch.zeros(d_latent)), torch.nn.Parameter(torch.zeros(n_models, d_model))
+    def losses(self, x):
+        f = torch.relu(einsum(x, self.W_enc, 'b m d, m d l -> b l') + self.b_enc)
+        recon = einsum(f, self.W_dec, 'b l, l m d -> b m d') + self.b_dec
+        l2 = (recon - x).pow(2).sum((-2, -1)).mean()
+        l1 = (f * self.W_dec.norm(dim=-1).sum(-1)).sum(-1).mean()
+        ev = 1 - (recon - x).pow(2).sum(-1).mean(0) / (x - x.mean(0)).pow(2).sum(-1).mean(0)
+        return l2, l1, (f > 0).float().sum(-1).mean(), ev
+
+rows, data = [], {'d_model': D, 'batch': B, 'device': str(dev), 'threads': torch.get_num_threads(), 'machine': platform.processor() or platform.machine(),
+                  'torch': torch.__version__, 'widths': {}}
+x = synthetic_activations(B * 4, d_model=D).to(dev)
 for L in [int(s) for s in a.latents.split(',')]:
-    cc = CrossCoder(CrossCoderConfig(d_model=a.d_model, d_latent=L), device=a.device)
-    cfg = TrainConfig(lr=1e-3, batch_size=a.batch, n_steps=a.steps + 5, log_every=10_000, device=a.device)
+    plain = Plain(D, L).to(dev); opt = torch.optim.Adam(plain.parameters(), 1e-4); it = iter(tensor_batches(x, B))
+    def plain_step():
+        l2, l1, l0, ev = plain.losses(next(it)); loss = l2 + 1.0 * l1
+        loss.backward(); torch.nn.utils.clip_grad_norm_(plain.parameters(), 1.0); opt.step(); opt.zero_grad()
+        return loss.item(), l2.item(), l1.item(), l0.item(), ev.tolist()   # the seed's trainer reads its metrics every step
+    t_plain = timed(plain_step)
+    ours = {}
+    for prec in ('float32', 'bfloat16'):
+        cc = CrossCoder(CrossCoderConfig(d_model=D, d_latent=L), device=dev)
+        with tempfile.TemporaryDirectory() as tmp:
+            t = Trainer(cc, tensor_batches(x, B), TrainConfig(lr=1e-4, batch_size=B, n_steps=10 ** 6, log_every=10 ** 6, precision=prec), tmp)
+            t._start_data()
+            ours[prec] = timed(lambda: t._train_step(t._next().to(dev)))
+    W1, W2 = torch.randn(B, 2 * D, device=dev), torch.randn(2 * D, L, device=dev)
+    def floor(dtype):
+        xb, we, f = W1.to(dtype), W2.to(dtype), torch.randn(B, L, device=dev, dtype=dtype)
+        def mm():
+            h = xb @ we; r = f @ we.T             # forward: encoder, decoder
+            _ = r @ we; _ = f.T @ xb             # backward of the decoder: grad of f, grad of W_dec
+            _ = h @ we.T; _ = xb.T @ f           # backward of the encoder: grad of x (not needed, the seed's autograd skips it) / W_enc
+        return timed(mm)
+    f32, f16 = floor(torch.float32), floor(torch.bfloat16)
+    data['widths'][L] = {'plain_fp32_ms': t_plain * 1e3, 'ours_fp32_ms': ours['float32'] * 1e3, 'ours_bf16_ms': ours['bfloat16'] * 1e3,
+                         'gemm_floor_fp32_ms': f32 * 1e3, 'gemm_floor_bf16_ms': f16 * 1e3,
+                         'speedup_fp32': t_plain / ours['float32'], 'speedup_bf16': t_plain / ours['bfloat16'],
+                         'step_over_floor_fp32': ours['float32'] / f32, 'step_over_floor_bf16': ours['bfloat16'] / f16}
+    rows.append(f"| {L} | {t_plain * 1e3:.0f} | {ours['float32'] * 1e3:.0f} ({t_plain / ours['float32']:.2f}x) | {ours['bfloat16'] * 1e3:.0f} "
+                f"({t_plain / ours['bfloat16']:.2f}x) | {f32 * 1e3:.0f} / {f16 * 1e3:.0f} | {ours['float32'] / f32:.2f} / {ours['bfloat16'] / f16:.2f} |")
+    print(rows[-1], flush=True)
+
+md = (f"Training step, ms (`python bench/train_step.py`, d_model {D} x 2 models, batch {B}, L1 crosscoder, {data['device']}, "
+      f"{data['threads']} threads, mean of {a.steps} steps):\n\n"
+      "| d_latent | plain fp32 (`.item()` every step) | this project, fp32 (speed-up) | this project, bf16 mixed (speed-up) | GEMM floor fp32 / bf16 | step / floor, fp32 / bf16 |\n"
+      "|---|---|---|---|---|---|\n" + '\n'.join(rows) + '\n')
+if not a.no_quality:   # the quality of bf16 training, on the organisms
+    from crosscoder_nb.buffer import harvest_activations
+    from crosscoder_nb.models import load_model
+    from crosscoder_nb.pipeline import organisms_config, set_fields, train_run
+    cfg = set_fields(organisms_config(), {'train.n_tokens': 300_000})
+    models = [load_model(m, device='cpu') for m in cfg.models]
+    h = harvest_activations(models, cfg.data, cfg.buffer, 300_000, dtype='bfloat16', progress=False)
+    q = {}
     with tempfile.TemporaryDirectory() as tmp:
-        t = Trainer(cc, tensor_batches(x.to(a.device), a.batch), cfg, tmp)
-        t.train(n_steps=5, progress=False)   # warm-up
-        if a.device.startswith('cuda'): torch.cuda.synchronize()
-        t0 = time.perf_counter(); t.train(progress=False)
-        if a.device.startswith('cuda'): torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-    print(f"  d_latent {L:6d}: {a.steps * a.batch / dt:10,.0f} tokens/s  ({dt / a.steps * 1e3:.1f} ms/step, incl. final checkpoint)")
+        for prec in ('float32', 'bfloat16'):
+            r = train_run(set_fields(cfg, {'train.precision': prec}), f'{tmp}/{prec}', device=a.device, progress=False, activations=h)
+            q[prec] = {'loss': r['final']['loss'], 'explained_variance': r['final']['explained_variance'], 'train_tokens_per_s': r['train_tokens_per_s']}
+    rel = lambda k: abs(q['bfloat16'][k] - q['float32'][k]) / abs(q['float32'][k])
+    ev_rel = max(abs(b - f) / f for b, f in zip(q['bfloat16']['explained_variance'], q['float32']['explained_variance']))
+    data['quality'] = {**q, 'loss_rel_diff': rel('loss'), 'ev_rel_diff': ev_rel}
+    md += (f"\nQuality on the organisms (the demo's BatchTopK config, 300,000 activations): final loss fp32 {q['float32']['loss']:.3f}, bf16 "
+           f"{q['bfloat16']['loss']:.3f} ({100 * rel('loss'):.1f}% apart); explained variance fp32 "
+           f"{', '.join(f'{v:.3f}' for v in q['float32']['explained_variance'])}, bf16 {', '.join(f'{v:.3f}' for v in q['bfloat16']['explained_variance'])} "
+           f"(at most {100 * ev_rel:.1f}% apart); training {q['float32']['train_tokens_per_s']:,.0f} vs {q['bfloat16']['train_tokens_per_s']:,.0f} tokens/s.\n")
+publish('train-step', md, data)

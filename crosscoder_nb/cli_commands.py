@@ -4,7 +4,7 @@
 
 # %% ../nbs/90a_cli_commands.ipynb 3
 from __future__ import annotations
-import argparse, json, sys
+import argparse, json, os, sys
 from pathlib import Path
 from .models import MODEL_DTYPES, HubError, resolve_model
 
@@ -103,7 +103,13 @@ def cmd_train(args) -> int:
     cfg = _run_config(args)
     if args.show_config: print(json.dumps(cfg.to_dict(), indent=1)); return 0
     if args.out is None: raise CLIError("train: pass --out RUN_DIR, the folder for the checkpoint and metrics.")
-    res = train_run(cfg, args.out, overwrite=args.overwrite, resume=args.resume, device=args.device, cache=args.cache)
+    from crosscoder_nb.distributed import check_global_batch, init_from_env, local_device
+    world = int(os.environ.get('WORLD_SIZE', '1'))   # under torchrun: data-parallel (05b_distributed)
+    if world > 1: check_global_batch(cfg.train.batch_size, world)   # before the process group or any model
+    rank, world = init_from_env(args.device)
+    res = train_run(cfg, args.out, overwrite=args.overwrite, resume=args.resume, device=local_device(args.device), cache=args.cache,
+                    progress=rank == 0)
+    if rank != 0: return 0   # rank 0 reports
     f = res['final'] or {}
     ev = ', '.join(f'{n} {e:.1%}' for n, e in zip(['base', 'chat'] + [f'model{i}' for i in range(2, 9)], f.get('explained_variance', [])))
     print(f"trained {res['steps']} steps on {res['tokens']:,} activations in {res['wall_seconds'] / 60:.1f} min: "

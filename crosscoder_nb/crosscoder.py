@@ -15,6 +15,7 @@ from jaxtyping import Bool, Float, Int
 from fastcore.basics import patch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+from .distributed import any_rank, global_cut, rank_world
 
 # %% auto 0
 __all__ = ['ACTIVATIONS', 'SPARSITIES', 'DTYPES', 'TOPK_ACTIVATIONS', 'CHECKPOINT_FORMAT', 'WEIGHTS_FILE', 'CONFIG_FILE',
@@ -321,8 +322,11 @@ class BatchTopK(nn.Module):
     def forward(self, pre_acts: Float[Tensor, "batch d_latent"], dec_norm_sum: Float[Tensor, "d_latent"]) -> Float[Tensor, "batch d_latent"]:
         h = F.relu(pre_acts); s = h * dec_norm_sum
         if not self.training: return torch.where(s > self.threshold_per_latent().to(s.dtype), h, 0)
-        keep, lows = [], []
+        keep, lows, world = [], [], rank_world()[1]
         for g, (lo, hi, k) in enumerate(self.groups):
+            if world > 1:   # data-parallel: the k * batch largest of the global batch (05b_distributed)
+                cut, low = global_cut(s[:, lo:hi], k * len(s) * world)
+                keep.append(s[:, lo:hi] >= cut); lows.append(low); continue
             idx, low = batch_topk(s[:, lo:hi], k * len(s), self.threshold[g])
             kg = torch.zeros(len(s) * (hi - lo), dtype=torch.bool, device=s.device); kg[idx] = True
             keep.append(kg.view(len(s), hi - lo)); lows.append(low)
@@ -357,8 +361,8 @@ def dead_mask(self: CrossCoder) -> Bool[Tensor, "d_latent"]:
 @patch
 def track_firing(self: CrossCoder, f: Float[Tensor, "batch d_latent"]):
     "Count, per latent, the training tokens since it last fired."
-    fired = (f > 0).any(0)
-    self.tokens_since_fired.copy_(torch.where(fired, 0, self.tokens_since_fired + len(f)))
+    fired = any_rank((f > 0).any(0))   # data-parallel: fired on any rank's shard of the batch
+    self.tokens_since_fired.copy_(torch.where(fired, 0, self.tokens_since_fired + len(f) * rank_world()[1]))
 
 @patch
 def aux_loss(self: CrossCoder, resid: Float[Tensor, "batch n_models d_model"],  # x - x_hat, detached

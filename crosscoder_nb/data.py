@@ -225,6 +225,7 @@ class TokenStream:
             raise ValueError("The tokenizer has no BOS token: rows start with BOS. Use the model's own tokenizer.")
         self.cfg, self.tok, self.batch_size = cfg, tokenizer, batch_size
         self.rows, self.packers, self._block = 0, None, (-1, None)
+        self._shard = (0, 1)   # (rank, world): data-parallel ranks each take every world-th row (`shard`)
         self._positions = [(0, 0)] * len(cfg.sources)
 
     def __iter__(self): return self
@@ -258,11 +259,20 @@ def check(self: TokenStream):
 
 @patch
 def take(self: TokenStream, n: int) -> Int[Tensor, "n seq"]:
-    "The next `n` rows of the stream."
+    "The next `n` rows of the stream (of this rank's share of it, when sharded)."
     self.check()
-    rows = [self.packers[s].next_row() for s in self.schedule(self.rows, n).tolist()]
-    self.rows += n
-    return torch.tensor(rows, dtype=torch.long).view(-1, self.cfg.seq_len)
+    rank, world = self._shard
+    rows = [self.packers[s].next_row() for s in self.schedule(self.rows, n * world).tolist()]
+    self.rows += n * world
+    out = torch.tensor(rows, dtype=torch.long).view(-1, self.cfg.seq_len)
+    return out if world == 1 else out[rank::world]
+
+@patch
+def shard(self: TokenStream, rank: int, world: int) -> TokenStream:
+    "Make this stream rank `rank`'s share of `world`: every rank reads the same stream and keeps rows rank, rank + world, ..."
+    if not (0 <= rank < world): raise ValueError(f"rank {rank} is not in 0..{world - 1}.")
+    self._shard = (rank, world)
+    return self
 
 # %% ../nbs/02_data.ipynb
 def organisms_mix(split: str = 'train',  # 'train', 'heldout', 'validation' or 'test' paragraphs of the organisms' corpus

@@ -14,6 +14,9 @@ from .data import DataConfig, organisms_mix, pile_lmsys_mix
 from .buffer import ActivationBuffer, BufferConfig, HarvestedActivations
 from .crosscoder import CrossCoder, CrossCoderConfig, WEIGHTS_FILE, atomic_write
 from .trainer import Trainer, TrainConfig, tensor_batches
+import torch.distributed as dist
+from .data import TokenStream
+from .distributed import check_global_batch, rank_world
 
 # %% auto 0
 __all__ = ['ARCHS', 'RUN_CONFIG_FILE', 'RunConfig', 'set_fields', 'set_field', 'typed_value', 'seed_config', 'organisms_config',
@@ -220,7 +223,9 @@ def _from_harvest(cfg: RunConfig, h: HarvestedActivations, saved: CrossCoder | N
     if n < cfg.train.batch_size: raise ValueError(f"{n} harvested activations do not fill one batch of {cfg.train.batch_size}: harvest more.")
     if saved and saved.cfg.norm_factors is not None and not torch.allclose(torch.tensor(saved.cfg.norm_factors), h.norm_factors.float().cpu()):
         raise ValueError("The harvested activations have other normalisation factors than the checkpoint: resume on the activations it was trained on.")
-    return tensor_batches(h.acts, cfg.train.batch_size, seed=cfg.train.seed, scale=h.norm_factors), h.norm_factors, d_model, n_models
+    rank, world = rank_world()
+    return (tensor_batches(h.acts, cfg.train.batch_size, seed=cfg.train.seed, scale=h.norm_factors, rank=rank, world=world),
+            h.norm_factors, d_model, n_models)
 
 # %% ../nbs/09_pipeline.ipynb
 def train_run(cfg: RunConfig, out: str | Path,  # the run directory: checkpoint, metrics.jsonl, run_config.json
@@ -238,7 +243,10 @@ def train_run(cfg: RunConfig, out: str | Path,  # the run directory: checkpoint,
     if cache is not None:
         if activations is not None: raise ValueError("Pass activations or a cache, not both.")
         activations = open_cache_for(cfg, cache)   # refused by name before anything is written
+    rank, world = rank_world()   # data-parallel under torchrun: each rank trains on its share of every global batch
+    if world > 1: check_global_batch(cfg.train.batch_size, world)
     _check_out(out, overwrite, resume)
+    if world > 1: dist.barrier()   # every rank has checked the folder before rank 0 writes to it
     if resume:
         saved = json.loads((out / RUN_CONFIG_FILE).read_text()) if (out / RUN_CONFIG_FILE).exists() else None
         if saved is not None and saved['models'] != cfg.models:
@@ -250,9 +258,15 @@ def train_run(cfg: RunConfig, out: str | Path,  # the run directory: checkpoint,
     else:
         models = models or [load_model(m, device=model_device, dtype=dtype) for m in cfg.models]   # before anything is written
         dtype = next(models[0].parameters()).dtype
-        buf = ActivationBuffer(models, cfg.data, cfg.buffer, norm_factors=CrossCoder.load(out).cfg.norm_factors if resume else None, progress=progress)
+        data, bcfg = cfg.data, cfg.buffer
+        if world > 1:   # each rank harvests its own rows, and serves batches of its share
+            data = TokenStream(cfg.data, models[0].tokenizer, cfg.buffer.model_batch_size).shard(rank, world)
+            bcfg = replace(cfg.buffer, batch_size=cfg.buffer.batch_size // world, save_buffer=False)   # rank 0 checkpoints: the position only
+        buf = ActivationBuffer(models, data, bcfg, norm_factors=CrossCoder.load(out).cfg.norm_factors if resume else None, progress=progress and rank == 0)
         batches, d_model, n_models = _Timed(buf), buf.d_model, len(models)
         t = time.perf_counter(); factors = buf.norm_factors; batches.seconds += time.perf_counter() - t
+        if world > 1 and not resume:   # one set of factors for every rank: the mean of the ranks' estimates
+            factors = factors.clone(); dist.all_reduce(factors); factors /= world; buf._factors = factors
     if resume: trainer = Trainer.resume(out, batches, device=device)
     else:
         cc = CrossCoder(CrossCoderConfig(d_model=d_model, n_models=n_models, hook_point=cfg.buffer.hook_name,
@@ -260,7 +274,7 @@ def train_run(cfg: RunConfig, out: str | Path,  # the run directory: checkpoint,
         trainer = Trainer(cc, batches, cfg.train, out, overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
     if activations is None: cfg = replace(cfg, model_dtype=str(dtype).removeprefix('torch.'))   # the dtype used, not 'auto'
-    atomic_write(out / RUN_CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=1)))
+    if rank == 0: atomic_write(out / RUN_CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=1)))
     tokens0, seconds0 = trainer.tokens, trainer._t_train
     res = trainer.train(progress=progress)
     harvest_s, harvested = (activations.seconds, len(activations.acts)) if activations is not None else (batches.seconds, buf.tokens_harvested)

@@ -17,12 +17,21 @@ from jaxtyping import Float
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 from .crosscoder import CrossCoder, CrossCoderConfig, WEIGHTS_FILE, atomic_write
+from .distributed import average_gradients, broadcast_state, check_global_batch, rank_world
 
 # %% auto 0
-__all__ = ['METRICS_FILE', 'STATE_PREFIX', 'TrainConfig', 'TensorBatches', 'tensor_batches', 'synthetic_activations',
-           'NonFiniteError', 'Trainer']
+__all__ = ['PRECISIONS', 'METRICS_FILE', 'STATE_PREFIX', 'compute_dtype', 'TrainConfig', 'TensorBatches', 'tensor_batches',
+           'synthetic_activations', 'NonFiniteError', 'Trainer']
 
 # %% ../nbs/05_trainer.ipynb
+PRECISIONS = ('auto', 'float32', 'bfloat16')
+
+def compute_dtype(precision: str, device) -> torch.dtype | None:
+    "The autocast dtype of a training step: bfloat16, or None for plain float32 ('auto': bfloat16 on a GPU that supports it)."
+    dev = torch.device(device)
+    if precision == 'auto': return torch.bfloat16 if dev.type == 'cuda' and torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if precision == 'bfloat16' else None
+
 @dataclass
 class TrainConfig:
     lr: float = 5e-5                 # Adam learning rate before the decay
@@ -39,6 +48,8 @@ class TrainConfig:
     save_every: int = 0              # steps between checkpoints (0: only at the end of `train`)
     seed: int = 0                    # seeds torch's global RNG when a fresh run starts
     device: str | None = None        # where to train; None: where the crosscoder already is
+    precision: str = 'auto'          # 'float32'; 'bfloat16': mixed precision (bf16 matmuls, fp32 weights, gradients and Adam
+                                     # state); 'auto': bfloat16 on a GPU that supports it, float32 elsewhere
     wandb: bool = False              # also log to Weights & Biases (when installed)
     wandb_project: str = 'crosscoder_nb'
     wandb_mode: str = 'online'       # 'online', 'offline' or 'disabled'
@@ -74,6 +85,7 @@ def validate(self: TrainConfig):
     if not self.grad_clip >= 0: bad(f"grad_clip must be >= 0 (0 disables clipping), got {self.grad_clip!r}")
     if not isinstance(self.save_every, int) or self.save_every < 0: bad(f"save_every must be an int >= 0 (0: only at the end), got {self.save_every!r}")
     if self.wandb_mode not in ('online', 'offline', 'disabled'): bad(f"wandb_mode must be 'online', 'offline' or 'disabled', got {self.wandb_mode!r}")
+    if self.precision not in PRECISIONS: bad(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
 # %% ../nbs/05_trainer.ipynb
 @patch
@@ -96,9 +108,11 @@ class TensorBatches:
     def __init__(self, x: Tensor, batch_size: int, seed: int = 0, shuffle: bool = True,
                  epochs: int | None = None,  # passes over `x`; None: forever
                  scale: Tensor | None = None,  # [n_models]: batches come out as float32 `x * scale[m]` (norm factors)
+                 rank: int = 0, world: int = 1,  # data-parallel: rank `rank` of `world` gets its share of each batch
                 ):
         if len(x) < batch_size: raise ValueError(f"{len(x)} rows do not fill one batch of {batch_size}: pass more data or a smaller batch_size.")
         self.x, self.batch_size, self.seed, self.shuffle, self.epochs = x, batch_size, seed, shuffle, epochs
+        self.rank, self.world, self.local = rank, world, batch_size // world
         self.scale = None if scale is None else torch.as_tensor(scale, dtype=torch.float32, device=x.device)[:, None]
         self.epoch, self.batch, self._perm = 0, 0, None
     def __iter__(self) -> Iterator: return self
@@ -111,7 +125,7 @@ class TensorBatches:
         if self.batch == len(self): self.epoch, self.batch, self._perm = self.epoch + 1, 0, None
         if self.epochs is not None and self.epoch >= self.epochs: raise StopIteration
         if self._perm is None: self._perm = self.order(self.epoch)
-        idx = self._perm[self.batch * self.batch_size:(self.batch + 1) * self.batch_size]
+        idx = self._perm[self.batch * self.batch_size:(self.batch + 1) * self.batch_size][self.rank * self.local:(self.rank + 1) * self.local]
         self.batch += 1
         return self.x[idx] if self.scale is None else self.x[idx].float() * self.scale
     def state_dict(self) -> dict: return {'epoch': self.epoch, 'batch': self.batch}
@@ -121,9 +135,10 @@ def tensor_batches(x: Float[Tensor, "n n_models d_model"],  # activations in mem
                    batch_size: int, seed: int = 0, shuffle: bool = True,
                    epochs: int | None = None,  # passes over `x`; None: forever
                    scale: Tensor | None = None,  # [n_models]: multiply model m's activations by scale[m], in float32
+                   rank: int = 0, world: int = 1,  # data-parallel: this rank's share of each global batch of `batch_size`
                   ) -> TensorBatches:
     "Deterministic batches of `batch_size` rows of `x`, with a resumable position."
-    return TensorBatches(x, batch_size, seed, shuffle, epochs, scale)
+    return TensorBatches(x, batch_size, seed, shuffle, epochs, scale, rank, world)
 
 # %% ../nbs/05_trainer.ipynb
 def synthetic_activations(n: int,  # number of examples
@@ -164,6 +179,9 @@ class Trainer:
         self.device = torch.device(cfg.device) if cfg.device else next(crosscoder.parameters()).device
         self.cc.to(self.device)
         self.opt = torch.optim.Adam(self.cc.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        self.amp = compute_dtype(cfg.precision, self.device)   # bfloat16 for the step's compute, or None (float32)
+        self.rank, self.world = rank_world()   # data-parallel under torchrun (05b_distributed): each rank gets batch_size / world
+        if self.world > 1: check_global_batch(cfg.batch_size, self.world); broadcast_state(self.cc)
         self.step, self.tokens, self.batches_used, self.saved_step, self.last_metrics = 0, 0, 0, None, None
         self._dev_step = torch.zeros((), dtype=torch.long, device=self.device)
         self._bad = torch.full((2,), -1, dtype=torch.long, device=self.device)  # first step with a non-finite loss / batch
@@ -178,7 +196,7 @@ def _check_batch(self: Trainer, x):
         raise ValueError(f"Batches must be float tensors of shape [batch, n_models={c.n_models}, d_model={c.d_model}] to match the crosscoder, got {got}"
                          f"{'' if not isinstance(x, Tensor) else ' ' + str(x.dtype)}. Check the models and hook point of the activation source, "
                          "or build the crosscoder with matching CrossCoderConfig(n_models=..., d_model=...).")
-    if x.shape[0] != self.cfg.batch_size:
+    if x.shape[0] * self.world != self.cfg.batch_size:
         warnings.warn(f"Batches hold {x.shape[0]} examples but TrainConfig.batch_size is {self.cfg.batch_size}; the number of steps "
                       f"({self.cfg.steps}) assumes batch_size. Set batch_size (or n_steps) to match.")
 
@@ -187,12 +205,14 @@ def _check_batch(self: Trainer, x):
 def _train_step(self: Trainer, x: Float[Tensor, "batch n_models d_model"]):
     lr, coeff = self.cfg.lr_at(self.step), self.cfg.l1_coeff_at(self.step, self.cc.cfg.l1_default)
     for g in self.opt.param_groups: g['lr'] = lr
-    out = self.cc.losses(x, l1_coeff=coeff)
+    with torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):   # fp32 weights either way
+        out = self.cc.losses(x, l1_coeff=coeff)
     out.loss.backward()
+    if self.world > 1: average_gradients(self.cc.parameters())   # the global batch's gradient, on every rank
     if self.cfg.grad_clip: clip_grad_norm_(self.cc.parameters(), self.cfg.grad_clip)
     self.opt.step()
     self.opt.zero_grad(set_to_none=True)
-    self.step, self.tokens, self._dev_step = self.step + 1, self.tokens + x.shape[0], self._dev_step + 1
+    self.step, self.tokens, self._dev_step = self.step + 1, self.tokens + x.shape[0] * self.world, self._dev_step + 1
     nonfinite = torch.stack([~torch.isfinite(out.loss.detach()), ~torch.isfinite(x).all()])
     self._bad = torch.where((self._bad < 0) & nonfinite, self._dev_step, self._bad)
     return out, lr, coeff
@@ -218,7 +238,8 @@ def _log(self: Trainer, out, lr: float, coeff: float, pbar=None):
     rec = {'step': self.step, 'tokens': self.tokens, **{k: m[k] for k in ('loss', 'l2', 'l1', 'l0', 'explained_variance', 'aux')},
            'dead_fraction': self.cc.dead_mask().float().mean().item(), 'threshold': None if thr is None else thr.tolist(),
            'lr': lr, 'l1_coeff': coeff, 'seconds': round(self._t_train + time.time() - self._t0, 3)}
-    with open(self.run_dir / METRICS_FILE, 'a') as fh: fh.write(json.dumps(rec) + '\n')
+    if self.rank == 0:   # one log, rank 0's
+        with open(self.run_dir / METRICS_FILE, 'a') as fh: fh.write(json.dumps(rec) + '\n')
     if pbar is not None: pbar.set_postfix(loss=f"{rec['loss']:.4g}", L0=f"{rec['l0']:.1f}", EV=f"{np.mean(rec['explained_variance']):.3f}", refresh=False)
     if self._wandb is not None:
         names = self.cc.cfg.model_names or [str(i) for i in range(self.cc.cfg.n_models)]
@@ -229,7 +250,7 @@ def _log(self: Trainer, out, lr: float, coeff: float, pbar=None):
 @patch
 def _wandb_start(self: Trainer):
     self._wandb = None
-    if not self.cfg.wandb: return
+    if not self.cfg.wandb or self.rank != 0: return
     try: import wandb
     except ImportError:
         warnings.warn("TrainConfig.wandb is True but wandb is not installed (pip install wandb): logging to metrics.jsonl only."); return
@@ -242,6 +263,7 @@ def _wandb_start(self: Trainer):
 def save(self: Trainer) -> Path:
     "Checkpoint the crosscoder and the trainer state into `run_dir` (atomically); returns `run_dir`."
     self._check_finite()
+    if self.rank != 0: self.saved_step = self.step; return self.run_dir   # data-parallel: rank 0 writes, once
     self.run_dir.mkdir(parents=True, exist_ok=True)
     name = f'{STATE_PREFIX}{self.step:09d}.pt'
     state = {'format_version': 1, 'step': self.step, 'tokens': self.tokens, 'batches_used': self.batches_used,
@@ -346,7 +368,7 @@ def _load_state(self: Trainer, state: dict):
     if state['data'] is not None and hasattr(self.batches, 'load_state_dict'): self.batches.load_state_dict(state['data'])
     else: self._skip = self.batches_used
     mpath = self.run_dir / METRICS_FILE
-    if mpath.exists():   # keep the lines up to the checkpoint (a line cut short by a crash is dropped too)
+    if mpath.exists() and self.rank == 0:   # keep the lines up to the checkpoint (a line cut short by a crash is dropped too)
         keep = [l for l in mpath.read_text().splitlines() if (r := _parse_line(l)) is not None and r['step'] <= self.step]
         atomic_write(mpath, lambda tmp: Path(tmp).write_text(''.join(l + '\n' for l in keep)))
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import Gemma2Config, Gemma2ForCausalLM
-from crosscoder_nb import dashboards as D
+from crosscoder_nb import dashboard_internals as D   # the pass (and its `harvest`) lives there
 from crosscoder_nb.buffer import estimate_norm_factors, harvest
 from crosscoder_nb.crosscoder import CrossCoder, CrossCoderConfig
 from crosscoder_nb.dashboards import (DashboardConfig, check_latents, compute_dashboards, latent_file, load_run, logit_effects,

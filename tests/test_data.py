@@ -178,3 +178,17 @@ def test_packer_position_is_exact_inside_long_documents(tok):
         r = p.next_row(); rows.append(r)
         assert q.next_row() == r, f'row {i}'
     assert all(r[0] == tok.bos_token_id and len(r) == 10 for r in rows)
+
+
+def test_sharded_streams_split_the_rows_between_ranks():
+    "Data-parallel ranks each keep every world-th row of the same stream: together, the unsharded stream, nothing twice."
+    from crosscoder_nb.data import TokenStream, organisms_mix
+    from crosscoder_nb.models import load_model
+    tok = load_model('organism-base', device='cpu').tokenizer
+    cfg = organisms_mix('train', seq_len=32, n_dialogs=200)
+    whole = TokenStream(cfg, tok).take(12)
+    ranks = [TokenStream(cfg, tok).shard(r, 3) for r in range(3)]
+    parts = [s.take(4) for s in ranks]
+    for r in range(3): assert torch.equal(parts[r], whole[r::3])
+    assert all(s.state_dict() == ranks[0].state_dict() for s in ranks)   # one position for every rank
+    with pytest.raises(ValueError, match='not in 0..2'): TokenStream(cfg, tok).shard(3, 3)

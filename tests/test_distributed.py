@@ -1,0 +1,64 @@
+"Data-parallel training through torchrun: 2 CPU processes with the gloo backend end where one process ends on the same global batches."
+import contextlib, io, os, subprocess, sys
+from pathlib import Path
+import pytest, torch
+from safetensors.torch import load_file
+from crosscoder_nb.cli import main
+
+N, B = 256 * 40, 256
+FLAGS = ['--n-tokens', str(N), '--batch-size', str(B), '--set', 'buffer.n_norm_batches=2', '--set', 'buffer.model_batch_size=8',
+         '--set', 'data.seq_len=64', '--device', 'cpu']
+TRAIN = ['--d-latent', '128', '--set', 'train.log_every=10', '--set', 'crosscoder.threshold_start=5']
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
+
+def run(*argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try: code = main([str(a) for a in argv])
+        except SystemExit as e: code = e.code
+    return code, out.getvalue() + err.getvalue()
+
+def train(out, *extra, nproc: int = 1):
+    launch = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(nproc)] if nproc > 1 else [sys.executable]
+    return subprocess.run([*launch, '-m', 'crosscoder_nb.cli', 'train', '--out', str(out), *FLAGS, *TRAIN, *extra],
+                          env=ENV, capture_output=True, text=True, timeout=900)
+
+@pytest.fixture(scope='module')
+def cache(tmp_path_factory):
+    out = tmp_path_factory.mktemp('d') / 'cache'
+    code, msg = run('harvest', '--out', out, *FLAGS)
+    assert code == 0, msg
+    return out
+
+@pytest.mark.parametrize('arch', ['l1', 'batchtopk'])
+def test_two_gloo_processes_equal_one_process_on_the_same_global_batches(cache, tmp_path, arch):
+    one = train(tmp_path / 'one', '--cache', cache, '--arch', arch)
+    assert one.returncode == 0, one.stdout + one.stderr
+    two = train(tmp_path / 'two', '--cache', cache, '--arch', arch, nproc=2)
+    assert two.returncode == 0, two.stdout + two.stderr
+    assert two.stdout.count('checkpoint:') == 1   # rank 0 reports and writes
+    a, b = load_file(tmp_path / 'one' / 'crosscoder.safetensors'), load_file(tmp_path / 'two' / 'crosscoder.safetensors')
+    for k in a: torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+    lines = (tmp_path / 'two' / 'metrics.jsonl').read_text().splitlines()
+    assert len(lines) == N // B // 10 and not list((tmp_path / 'two').glob('*.tmp'))   # one log, no partial files
+
+def test_the_runs_train(cache, tmp_path):
+    "The equality above is not of two untrained crosscoders: one step of data-parallel training moves the weights."
+    r = train(tmp_path / 'short', '--cache', cache, '--arch', 'l1', '--set', 'train.n_steps=1', nproc=2)
+    assert r.returncode == 0, r.stdout + r.stderr
+    full = train(tmp_path / 'long', '--cache', cache, '--arch', 'l1', nproc=2)
+    a, b = load_file(tmp_path / 'short' / 'crosscoder.safetensors'), load_file(tmp_path / 'long' / 'crosscoder.safetensors')
+    assert (a['W_enc'] - b['W_enc']).abs().max() > 1e-3
+
+def test_global_batch_not_divisible_by_the_world_is_refused(cache, tmp_path):
+    r = train(tmp_path / 'odd', '--cache', cache, '--batch-size', '255', nproc=2)
+    assert r.returncode != 0 and 'does not split over 2 processes' in r.stderr and '--batch-size 254' in r.stderr, r.stderr[-3000:]
+    assert not (tmp_path / 'odd').exists()
+
+def test_two_processes_harvesting_their_own_rows(tmp_path):
+    "Without a cache each rank harvests its share of the token stream; rank 0 writes one checkpoint with one set of norm factors."
+    r = train(tmp_path / 'live', '--arch', 'l1', '--n-tokens', str(B * 12), nproc=2)
+    assert r.returncode == 0, r.stdout + r.stderr
+    from crosscoder_nb.crosscoder import CrossCoder
+    cc = CrossCoder.load(tmp_path / 'live')
+    assert cc.extra['step'] == 12 and cc.extra['tokens'] == B * 12 and len(cc.cfg.norm_factors) == 2
