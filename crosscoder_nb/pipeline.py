@@ -153,7 +153,8 @@ def organisms_config(base: str = 'organism-base', chat: str = 'organism-chat', l
           'threshold_start': 400}   # the run has ~1000 steps; the inference threshold averages those after step 400
     return RunConfig([base, chat], organisms_mix('train', seq_len=128),
                      BufferConfig(layer=layer, batch_size=bs, buffer_batches=64, model_batch_size=32, n_norm_batches=16, dtype='float32'),
-                     cc, TrainConfig(lr=1e-3, batch_size=bs, n_tokens=1_000_000, l1_coeff=0.2 if arch == 'l1' else None, log_every=50),
+                     cc, TrainConfig(lr=1e-3, batch_size=bs, n_tokens=1_000_000, l1_coeff=0.2 if arch == 'l1' else None, log_every=50,
+                                 precision='float32'),
                      model_dtype='float32')   # tiny models: float32 everywhere, so a GPU run matches the CPU one
 
 def is_organism(name: str) -> bool:
