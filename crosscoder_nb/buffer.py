@@ -229,7 +229,9 @@ def state_dict(self: ActivationBuffer, include_buffer: bool | None = None,  # de
     if include_buffer is None: include_buffer = self.cfg.save_buffer
     sd = {'data': self.data.state_dict() if hasattr(self.data, 'state_dict') else None, 'rng': self.gen.get_state(),
           'norm_factors': self._factors, 'tokens_harvested': self.tokens_harvested, 'n_refills': self.n_refills}
-    if include_buffer: sd.update(buffer=None if self.buffer is None else self.buffer.clone(), pointer=self.pointer, pending=list(self._pending))
+    if include_buffer:   # copied to the CPU: a checkpoint never holds GPU memory
+        sd.update(buffer=None if self.buffer is None else self.buffer.to('cpu', copy=True), pointer=self.pointer,
+                  pending=[p.to('cpu', copy=True) for p in self._pending])
     return sd
 
 @patch
@@ -242,7 +244,7 @@ def load_state_dict(self: ActivationBuffer, sd: dict):
     self._factors = None if sd['norm_factors'] is None else sd['norm_factors'].to(self.device)
     self.tokens_harvested, self.n_refills = sd['tokens_harvested'], sd['n_refills']
     self.buffer, self.pointer, self._pending = None, 0, []
-    if sd.get('buffer') is not None:
+    if sd.get('buffer') is not None and self.cfg.save_buffer:   # save_buffer off (e.g. data-parallel ranks): refill from the position
         self.buffer, self.pointer = sd['buffer'].to(self.device, self.dtype), sd['pointer']
         self._pending = [p.to(self.device, self.dtype) for p in sd['pending']]
 

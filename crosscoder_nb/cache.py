@@ -4,7 +4,7 @@
 
 # %% ../nbs/03a_cache.ipynb 3
 from __future__ import annotations
-import errno, hashlib, json, os, time
+import errno, hashlib, json, math, os, shutil, time
 from pathlib import Path
 import numpy as np, torch
 from torch import Tensor
@@ -22,9 +22,9 @@ CACHE_FILE, CACHE_FORMAT = 'cache.json', 1
 _NP = {'bfloat16': np.int16, 'float16': np.float16, 'float32': np.float32}   # bfloat16 is stored as its 16 raw bits
 
 def tokenizer_hash(tok) -> str:
-    "A short hash of a tokenizer's vocabulary and special tokens: equal hashes, equal token ids."
-    vocab = sorted(tok.get_vocab().items())
-    return hashlib.sha256(json.dumps([vocab, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id]).encode()).hexdigest()[:16]
+    """A short hash of a tokenizer's vocabulary: equal hashes, equal token ids. (Special-token settings are left out: loaders such
+    as TransformerLens set a missing pad token, which changes no token id.)"""
+    return hashlib.sha256(json.dumps(sorted(tok.get_vocab().items())).encode()).hexdigest()[:16]
 
 def _resolved(name: str) -> str | None:
     try: p = Path(resolve_model(name))
@@ -125,19 +125,26 @@ class ActivationCache:
                                  f"changed since. Harvest it again.")
 
 # %% ../nbs/03a_cache.ipynb
-def _write_raw(path: Path, t: Tensor, what: str):
-    "Write a tensor's raw bytes to `path` through a temporary file; a failed write leaves no partial file behind."
-    tmp = path.with_name(path.name + '.tmp')
+def _append(tmp: Path, t: Tensor):
+    "Append a tensor's raw bytes to the file `tmp` (bfloat16 as its 16 raw bits)."
     a = (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).contiguous().numpy()
-    try:
-        with open(tmp, 'wb') as f: a.tofile(f); f.flush(); os.fsync(f.fileno())
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise OSError(e.errno, f"Writing {path} failed ({e.strerror or e}): {what}") from e
+    with open(tmp, 'ab') as f: a.tofile(f)
+
+def _commit(tmp: Path, path: Path):
+    "Flush `tmp` to disk and rename it to `path`: a shard file is whole or absent."
+    with open(tmp, 'rb+') as f: os.fsync(f.fileno())
     os.replace(tmp, path)
 
 def _save_manifest(out: Path, man: dict):
     atomic_write(out / CACHE_FILE, lambda tmp: Path(tmp).write_text(json.dumps(man, indent=1)))
+
+def _check_space(out: Path, n: int, n_models: int, d_model: int, dtype: str, resume_hint: str):
+    "A clear error before harvesting when the disk cannot hold the `n` activations still to write."
+    need = n * n_models * d_model * np.dtype(_NP[dtype]).itemsize
+    free = shutil.disk_usage(out).free
+    if free < need * 1.02:
+        raise OSError(errno.ENOSPC, f"The cache needs {need / 1e9:,.1f} GB more in {out}, and the disk has {free / 1e9:,.1f} GB free: "
+                                    f"free some space, pick a folder on a larger disk, or harvest fewer tokens (--n-tokens).{resume_hint}")
 
 def write_cache(models: list,  # loaded models, in the crosscoder's order (base, then chat)
                 model_names: list[str],  # their names or folders, as a run names them
@@ -159,45 +166,62 @@ def write_cache(models: list,  # loaded models, in the crosscoder's order (base,
     buf = ActivationBuffer(models, data, cfg, progress=False)   # the buffer's checks: models, hook point, tokenizer, rows
     if not isinstance(buf.data, TokenStream): raise ValueError("write_cache reads a DataConfig or a TokenStream (a stream it can resume).")
     idents = [model_identity(m, n) for m, n in zip(buf.models, model_names)]
+    settings = {'hook_point': cfg.hook_name, 'dtype': dtype, 'n_tokens': n_tokens, 'shard_tokens': shard_tokens, 'normalize': cfg.normalize,
+                'model_dtype': str(next(buf.models[0].parameters()).dtype).removeprefix('torch.'),
+                'data': buf.data.cfg.to_dict() if hasattr(buf.data.cfg, 'to_dict') else None}
+    settings = json.loads(json.dumps(settings))      # as the manifest stores them (lists, not tuples)
     man = json.loads((out / CACHE_FILE).read_text()) if resume and (out / CACHE_FILE).exists() else None
     if resume and man is None: raise ValueError(f"Nothing to resume in {out}: it holds no {CACHE_FILE}. Start the harvest without --resume.")
     if man is not None:
-        theirs = {k: man[k] for k in ('hook_point', 'dtype', 'n_tokens', 'shard_tokens')}
-        ours = {'hook_point': cfg.hook_name, 'dtype': dtype, 'n_tokens': n_tokens, 'shard_tokens': shard_tokens}
         if [i['tokenizer'] for i in idents] != [i['tokenizer'] for i in man['models']] or not all(_same(n, i) for n, i in zip(model_names, man['models'])):
             raise ValueError(f"{out} is a cache of {[i['name'] for i in man['models']]}, not {list(model_names)}: resume with the same models.")
-        if theirs != ours: raise ValueError(f"{out} was started with {theirs}, not {ours}: resume with the same settings.")
+        theirs = {k: man.get(k) for k in settings}
+        if theirs != settings:
+            diff = {k: (theirs[k], settings[k]) for k in settings if theirs[k] != settings[k]}
+            raise ValueError(f"{out} was started with other settings (started with, now): {diff}. Resume with the same flags.")
         if man['complete']: return ActivationCache.open(out)
-    else: check_out_dir(out, overwrite, 'Cache folder')
-    out.mkdir(parents=True, exist_ok=True)
+    else:
+        check_out_dir(out, overwrite, 'Cache folder')
+        out.mkdir(parents=True, exist_ok=True)
+        for f in [out / CACHE_FILE, *out.glob('acts_*.bin*'), *out.glob('tokens_*.bin*')]: f.unlink(missing_ok=True)   # no stale shard survives
+    hint = f" The {len(man['shards'])} complete shards are kept: continue with `crosscoder-diff harvest --out {out} --resume`." if man else ''
+    _check_space(out, n_tokens - (man['n'] if man else 0), len(models), buf.d_model, dtype, hint)
     t0 = time.perf_counter() - (man['seconds'] if man else 0.0)
-    pending = []                                     # (token rows, activations) read but not yet in a shard
-    if man and man['shards']:
-        buf.data.load_state_dict(man['stream']); factors = torch.tensor(man['norm_factors'])
+    pending = []                                     # (token rows, activations) read but not yet in a shard, on the CPU
+    if man and man['shards']: buf.data.load_state_dict(man['stream']); factors = torch.tensor(man['norm_factors'])
     else:                                            # a fresh start: the factors come from the first batches, which are kept
         man = None
-        if cfg.normalize:
-            for _ in range(cfg.n_norm_batches): r = buf._next_tokens(); pending.append((r, buf.activations(r)))
-            factors = estimate_norm_factors(a for _, a in pending).cpu()
+        if cfg.normalize:                            # estimate_norm_factors' sums, folded in batch by batch
+            total, n_est = 0.0, 0
+            for _ in range(cfg.n_norm_batches):
+                r = buf._next_tokens(); a = buf.activations(r)
+                total, n_est = total + a.float().norm(dim=-1).sum(0), n_est + len(a)
+                pending.append((r, a.to('cpu', DTYPES[dtype])))
+            factors = (math.sqrt(buf.d_model) / (total / n_est)).cpu()
         else: factors = torch.ones(len(models))
-    man = man or {'format': CACHE_FORMAT, 'complete': False, 'n_tokens': n_tokens, 'n': 0, 'shard_tokens': shard_tokens, 'dtype': dtype,
-                  'n_models': len(models), 'd_model': buf.d_model, 'hook_point': cfg.hook_name, 'models': idents,
-                  'model_dtype': str(next(buf.models[0].parameters()).dtype).removeprefix('torch.'),
-                  'norm_factors': factors.tolist(), 'normalize': cfg.normalize,
-                  'data': buf.data.cfg.to_dict() if hasattr(buf.data.cfg, 'to_dict') else None, 'shards': [], 'stream': None, 'seconds': 0.0}
+    man = man or {'format': CACHE_FORMAT, 'complete': False, 'n': 0, **settings, 'n_models': len(models), 'd_model': buf.d_model,
+                  'models': idents, 'norm_factors': factors.tolist(), 'shards': [], 'stream': None, 'seconds': 0.0}
+    _save_manifest(out, man)                         # from here on the folder is an (incomplete) cache, whatever happens
     with tqdm(total=n_tokens, initial=man['n'], desc='harvesting to cache', unit='tok', disable=not progress) as bar:
         while man['n'] < n_tokens:
-            rows, acts, got, want = [], [], 0, min(shard_tokens, n_tokens - man['n'])
-            while got < want:
-                r, a = pending.pop(0) if pending else (lambda r: (r, buf.activations(r)))(buf._next_tokens())
-                a = a[:n_tokens - man['n'] - got]        # only the last shard is cut short
-                rows.append(r); acts.append(a.to('cpu', DTYPES[dtype])); got += len(a); bar.update(len(a))
             k = len(man['shards'])
-            what = (f"the {k} complete shards ({man['n']:,} activations) are kept. Free some space, then continue with "
-                    f"`crosscoder-diff harvest --out {out} --resume` (the same flags), or write_cache(..., resume=True).")
-            _write_raw(out / f'acts_{k:05d}.bin', torch.cat(acts), what)
-            _write_raw(out / f'tokens_{k:05d}.bin', torch.cat(rows).to(torch.int32), what)
-            man['shards'].append({'acts': f'acts_{k:05d}.bin', 'tokens': f'tokens_{k:05d}.bin', 'n': got, 'rows': sum(len(r) for r in rows)})
+            paths = {w: out / f'{w}_{k:05d}.bin' for w in ('acts', 'tokens')}
+            tmps = {w: p.with_name(p.name + '.tmp') for w, p in paths.items()}
+            for t in tmps.values(): t.unlink(missing_ok=True)
+            got, n_rows, want = 0, 0, min(shard_tokens, n_tokens - man['n'])
+            try:
+                while (got < want or pending) and man['n'] + got < n_tokens:   # the norm-factor batches all go in the first shard
+                    r, a = pending.pop(0) if pending else (lambda r: (r, buf.activations(r).to('cpu', DTYPES[dtype])))(buf._next_tokens())
+                    a = a[:n_tokens - man['n'] - got]        # only the last shard is cut short
+                    _append(tmps['acts'], a); _append(tmps['tokens'], r.to(torch.int32))
+                    got, n_rows = got + len(a), n_rows + len(r); bar.update(len(a))
+                for w in paths: _commit(tmps[w], paths[w])
+            except OSError as e:
+                for t in tmps.values(): t.unlink(missing_ok=True)
+                raise OSError(e.errno, f"Writing shard {k} of the cache in {out} failed ({e.strerror or e}): the {k} complete shards "
+                                       f"({man['n']:,} activations) are kept. Free some space, then continue with "
+                                       f"`crosscoder-diff harvest --out {out} --resume` (the same flags), or write_cache(..., resume=True).") from e
+            man['shards'].append({'acts': paths['acts'].name, 'tokens': paths['tokens'].name, 'n': got, 'rows': n_rows})
             man.update(n=man['n'] + got, stream=buf.data.state_dict(), seconds=round(time.perf_counter() - t0, 3))
             _save_manifest(out, man)
     man.update(complete=True, seconds=round(time.perf_counter() - t0, 3)); _save_manifest(out, man)

@@ -8,9 +8,12 @@ import argparse, errno, json, sys
 from pathlib import Path
 from .models import MODEL_DTYPES, HubError, resolve_model
 from .cli_commands import *
+_all_ = ['CLIError', 'format_check', 'cmd_organisms', 'cmd_compare', 'cmd_train', 'cmd_harvest', 'cmd_demo',
+         'cmd_report', 'cmd_dashboards', 'build_parser']   # re-exported: `from crosscoder_nb.cli import *` gives them too
 
 # %% auto 0
-__all__ = ['main']
+__all__ = ['main', 'CLIError', 'format_check', 'cmd_organisms', 'cmd_compare', 'cmd_train', 'cmd_harvest', 'cmd_demo',
+           'cmd_report', 'cmd_dashboards', 'build_parser']
 
 # %% ../nbs/90_cli.ipynb
 def main(argv: list[str] | None = None) -> int:

@@ -127,6 +127,8 @@ def cmd_harvest(args) -> int:
     cfg = _run_config(args)
     if args.show_config: print(json.dumps(cfg.to_dict(), indent=1)); return 0
     if args.out is None: raise CLIError("harvest: pass --out CACHE, the folder for the activation cache.")
+    if int(os.environ.get('WORLD_SIZE', '1')) > 1:
+        raise CLIError("harvest writes one cache from one process: run it without torchrun (then train --cache CACHE under torchrun).")
     out = Path(args.out)
     if args.resume and not (out / CACHE_FILE).exists(): raise CLIError(f"harvest --resume: {out} holds no cache to continue ({CACHE_FILE}); start it without --resume.")
     if not args.resume: _fresh_dir(out, args.overwrite)

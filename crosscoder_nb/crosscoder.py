@@ -15,7 +15,7 @@ from jaxtyping import Bool, Float, Int
 from fastcore.basics import patch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-from .distributed import any_rank, global_cut, rank_world
+from .distributed import any_rank, global_cut, global_sq_dev, rank_world
 
 # %% auto 0
 __all__ = ['ACTIVATIONS', 'SPARSITIES', 'DTYPES', 'TOPK_ACTIVATIONS', 'CHECKPOINT_FORMAT', 'WEIGHTS_FILE', 'CONFIG_FILE',
@@ -270,9 +270,10 @@ def losses(self: CrossCoder, x: Float[Tensor, "batch n_models d_model"],
     f = self.activation(pre, dec_norms.sum(-1))
     x = x.float()
     resid = x - self.decode(f, W).float()
-    err = reduce(resid.pow(2), 'batch n_models d_model -> batch n_models', 'sum')
-    var = reduce((x - x.mean(0)).pow(2), 'batch n_models d_model -> batch n_models', 'sum')
-    l2, l1 = err.sum(-1).mean(), self.sparsity(f, dec_norms)
+    with torch.autocast(x.device.type, enabled=False):   # the losses in float32 (mixed precision runs only the matmuls above in bf16)
+        err = reduce(resid.pow(2), 'batch n_models d_model -> batch n_models', 'sum')
+        var = reduce((x - x.mean(0)).pow(2), 'batch n_models d_model -> batch n_models', 'sum')
+        l2, l1 = err.sum(-1).mean(), self.sparsity(f.float(), dec_norms.float())
     aux = self.aux_loss(resid.detach(), pre, dec_norms.sum(-1), W) if self.training else l2.new_zeros(())
     if self.training: self.track_firing(f)
     coeff = self.cfg.l1_default if l1_coeff is None else l1_coeff
@@ -375,7 +376,8 @@ def aux_loss(self: CrossCoder, resid: Float[Tensor, "batch n_models d_model"],  
     h = F.relu(pre)
     idx = torch.where(dead, h * dec_norm_sum, -1.0).topk(min(self.cfg.aux_k, n_dead), dim=1).indices
     e_hat = F.embedding_bag(idx, W.flatten(1), mode='sum', per_sample_weights=h.gather(1, idx).to(W.dtype)).view_as(resid)
-    return (resid - e_hat.float()).pow(2).sum() / (resid - resid.mean(0)).pow(2).sum().clamp_min(1e-12)
+    world = rank_world()[1]   # data-parallel: this rank's error over the global batch's variance, times the world (05b_distributed)
+    return world * (resid - e_hat.float()).pow(2).sum() / global_sq_dev(resid).clamp_min(1e-12)
 
 # %% ../nbs/04_crosscoder.ipynb
 @patch

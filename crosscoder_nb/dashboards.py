@@ -20,10 +20,15 @@ from .evals import check_eval_models, model_names
 from .models import load_model
 from .dashboard_internals import *
 from .dashboard_internals import _check_inputs, _examples, _page, _token_strs, _window_tokens
+_all_ = ['CSS', 'SORT_JS', 'DashboardConfig', 'ExampleTracker', 'logit_effects', 'top_logit_effects', 'Examples',
+         'Interval', 'LogitEffect', 'LatentDashboard', 'DashboardData', 'dashboard_pass', 'render_examples',
+         'render_histogram', 'render_logits', 'render_latent', 'latent_file', 'render_index']   # re-exported: `from crosscoder_nb.dashboards import *` gives them too
 
 # %% auto 0
 __all__ = ['check_latents', 'select_latents', 'compute_dashboards', 'SelfContained', 'token_view', 'write_dashboards', 'load_run',
-           'token_sample']
+           'token_sample', 'CSS', 'SORT_JS', 'DashboardConfig', 'ExampleTracker', 'logit_effects', 'top_logit_effects',
+           'Examples', 'Interval', 'LogitEffect', 'LatentDashboard', 'DashboardData', 'dashboard_pass',
+           'render_examples', 'render_histogram', 'render_logits', 'render_latent', 'latent_file', 'render_index']
 
 # %% ../nbs/08_dashboards.ipynb
 def check_latents(latents, d_latent: int) -> list[int]:

@@ -10,7 +10,7 @@ from torch import Tensor
 
 # %% auto 0
 __all__ = ['rank_world', 'is_main', 'init_from_env', 'local_device', 'check_global_batch', 'broadcast_state', 'average_gradients',
-           'any_rank', 'global_cut']
+           'global_sq_dev', 'any_rank', 'global_cut']
 
 # %% ../nbs/05b_distributed.ipynb
 def rank_world() -> tuple[int, int]:
@@ -55,6 +55,14 @@ def average_gradients(params):
     dist.all_reduce(flat); flat /= world
     i = 0
     for g in grads: g.copy_(flat[i:i + g.numel()].view_as(g)); i += g.numel()
+
+def global_sq_dev(x: Tensor) -> Tensor:
+    "The sum over the global batch of `(x - its mean)**2`, over every other dimension too; a constant (no gradient)."
+    x = x.detach().float()
+    if rank_world()[1] == 1: return (x - x.mean(0)).pow(2).sum()
+    s = torch.stack([x.sum(0), x.pow(2).sum(0)]); n = torch.tensor([float(len(x))], device=x.device)
+    dist.all_reduce(s); dist.all_reduce(n)
+    return (s[1] - s[0].pow(2) / n).sum()
 
 def any_rank(mask: Tensor) -> Tensor:
     "Elementwise OR of a boolean tensor over the ranks."

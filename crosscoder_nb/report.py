@@ -13,9 +13,12 @@ from .crosscoder import CrossCoder, CrossCoderConfig, WEIGHTS_FILE, atomic_write
 from .pipeline import check_out_dir
 from .report_internals import *
 from .report_internals import _add_scaling_columns, _behaviours, _dashboards, _figures_and_tables, _metrics, _pair_metrics, _scaling_section
+_all_ = ['METRICS_FILE', 'REPORT_FILE', 'DASHBOARD_DIR', 'eval_table', 'html_table', 'render_report',
+         'check_models_match', 'arch_label', 'comparison_table', 'behaviours_table']   # re-exported: `from crosscoder_nb.report import *` gives them too
 
 # %% auto 0
-__all__ = ['report_run', 'demo_configs', 'demo']
+__all__ = ['report_run', 'demo_configs', 'demo', 'METRICS_FILE', 'REPORT_FILE', 'DASHBOARD_DIR', 'eval_table', 'html_table',
+           'render_report', 'check_models_match', 'arch_label', 'comparison_table', 'behaviours_table']
 
 # %% ../nbs/10_report.ipynb
 def report_run(run_dir: str | Path,  # a folder holding a crosscoder checkpoint (a training run's folder)

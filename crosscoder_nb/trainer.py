@@ -17,7 +17,7 @@ from jaxtyping import Float
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 from .crosscoder import CrossCoder, CrossCoderConfig, WEIGHTS_FILE, atomic_write
-from .distributed import average_gradients, broadcast_state, check_global_batch, rank_world
+from .distributed import any_rank, average_gradients, broadcast_state, check_global_batch, rank_world
 
 # %% auto 0
 __all__ = ['PRECISIONS', 'METRICS_FILE', 'STATE_PREFIX', 'cpu_has_bf16', 'compute_dtype', 'TrainConfig', 'TensorBatches',
@@ -223,6 +223,7 @@ def _train_step(self: Trainer, x: Float[Tensor, "batch n_models d_model"]):
     self.opt.zero_grad(set_to_none=True)
     self.step, self.tokens, self._dev_step = self.step + 1, self.tokens + x.shape[0] * self.world, self._dev_step + 1
     nonfinite = torch.stack([~torch.isfinite(out.loss.detach()), ~torch.isfinite(x).all()])
+    if self.world > 1: nonfinite = any_rank(nonfinite)   # a bad batch on any rank stops every rank, before rank 0 saves
     self._bad = torch.where((self._bad < 0) & nonfinite, self._dev_step, self._bad)
     return out, lr, coeff
 
@@ -355,7 +356,7 @@ def resume(cls: Trainer, run_dir: str | Path,  # a folder written by `Trainer.sa
     cc = CrossCoder.load(run_dir)
     if not cc.train_config or not (cc.extra or {}).get('trainer_state'):
         raise ValueError(f"{run_dir} holds a crosscoder without trainer state (not written by Trainer): train it afresh with Trainer(...).")
-    cfg = TrainConfig.from_dict(cc.train_config)
+    cfg = TrainConfig.from_dict({'precision': 'float32', **cc.train_config})   # a checkpoint from before `precision` ran in float32
     if device is not None: cfg.device = device
     spath = run_dir / cc.extra['trainer_state']
     if not spath.exists(): raise FileNotFoundError(f"{spath} is missing: the checkpoint in {run_dir} names it as its trainer state. Restore it, or start afresh.")

@@ -72,21 +72,20 @@ def test_cache_of_a_model_whose_tokenizer_changed_is_refused(tmp_path):
 
 def test_full_disk_keeps_complete_shards_and_resume_finishes(cache, tmp_path, monkeypatch):
     import crosscoder_nb.cache as cm
-    real, out = cm._write_raw, tmp_path / 'full'
-    def full_disk(path, t, what):
-        if path.name == 'acts_00001.bin':
-            with open(path.with_name(path.name + '.tmp'), 'wb') as f: f.write(b'\0' * 100)   # half a file, as a full disk leaves
-            path.with_name(path.name + '.tmp').unlink()
-            raise OSError(errno.ENOSPC, f"Writing {path} failed (No space left on device): {what}")
-        real(path, t, what)
-    monkeypatch.setattr(cm, '_write_raw', full_disk)
+    real, out = cm._append, tmp_path / 'full'
+    def full_disk(tmp, t):
+        if tmp.name.startswith('acts_00001'):
+            real(tmp, t[:1])   # part of a batch reached the disk, as a full disk leaves it
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        real(tmp, t)
+    monkeypatch.setattr(cm, '_append', full_disk)
     code, msg = run('harvest', '--out', out, '--shard-tokens', '3000', *FLAGS)
     assert code == 2 and 'No space left on device' in msg and '--resume' in msg and sum('error' in l for l in msg.splitlines()) == 1, msg
     man = json.loads((out / CACHE_FILE).read_text())
     assert not man['complete'] and len(man['shards']) == 1 and not (out / 'acts_00001.bin').exists()
     code, msg = run('train', '--cache', out, '--out', tmp_path / 'r', *FLAGS, *TRAIN)
     assert code == 2 and 'is incomplete' in msg and '--resume' in msg, msg
-    monkeypatch.setattr(cm, '_write_raw', real)
+    monkeypatch.setattr(cm, '_append', real)
     code, msg = run('harvest', '--out', out, '--shard-tokens', '3000', '--resume', *FLAGS)
     assert code == 0, msg
     assert torch.equal(ActivationCache.open(out).acts[torch.arange(N)], ActivationCache.open(cache).acts[torch.arange(N)])
@@ -116,3 +115,11 @@ def test_harvest_bad_input(tmp_path):
         code, msg = run('harvest', *args, *FLAGS)
         assert code == 2 and want in msg, msg
     assert (tmp_path / 'busy' / 'keep.txt').read_text() == 'mine' and not (tmp_path / 'none').exists()
+
+def test_overwrite_leaves_no_stale_shards(cache, tmp_path):
+    "A cache written again with --overwrite holds only its own shards: none of the earlier, longer cache survives."
+    out = tmp_path / 'again'; shutil.copytree(cache, out)
+    code, msg = run('harvest', '--out', out, '--overwrite', '--shard-tokens', '3000', *FLAGS[:1], '3000', *FLAGS[2:])
+    assert code == 0, msg
+    c = ActivationCache.open(out)
+    assert len(c.acts) == 3000 and sorted(p.name for p in out.glob('acts_*')) == ['acts_00000.bin']

@@ -30,11 +30,15 @@ def cache(tmp_path_factory):
     assert code == 0, msg
     return out
 
-@pytest.mark.parametrize('arch', ['l1', 'batchtopk'])
-def test_two_gloo_processes_equal_one_process_on_the_same_global_batches(cache, tmp_path, arch):
-    one = train(tmp_path / 'one', '--cache', cache, '--arch', arch)
+@pytest.mark.parametrize('arch, extra', [('l1', []), ('batchtopk', []), ('batchtopk', ['--set', 'crosscoder.dead_tokens=512', '--d-latent', '1024', '--set', 'crosscoder.k=4'])],
+                         ids=['l1', 'batchtopk', 'batchtopk-with-auxk'])
+def test_two_gloo_processes_equal_one_process_on_the_same_global_batches(cache, tmp_path, arch, extra):
+    one = train(tmp_path / 'one', '--cache', cache, '--arch', arch, *extra)
     assert one.returncode == 0, one.stdout + one.stderr
-    two = train(tmp_path / 'two', '--cache', cache, '--arch', arch, nproc=2)
+    if extra:   # latents die within the run, so AuxK (and its global normalisation) is at work
+        import json
+        assert max(json.loads(l)['aux'] for l in (tmp_path / 'one' / 'metrics.jsonl').read_text().splitlines()) > 0
+    two = train(tmp_path / 'two', '--cache', cache, '--arch', arch, *extra, nproc=2)
     assert two.returncode == 0, two.stdout + two.stderr
     assert two.stdout.count('checkpoint:') == 1   # rank 0 reports and writes
     a, b = load_file(tmp_path / 'one' / 'crosscoder.safetensors'), load_file(tmp_path / 'two' / 'crosscoder.safetensors')
