@@ -4,7 +4,7 @@
 
 # %% ../nbs/03a_cache.ipynb 3
 from __future__ import annotations
-import errno, hashlib, json, math, os, shutil, time
+import errno, hashlib, json, os, shutil, time
 from pathlib import Path
 import numpy as np, torch
 from torch import Tensor
@@ -191,13 +191,11 @@ def write_cache(models: list,  # loaded models, in the crosscoder's order (base,
     if man and man['shards']: buf.data.load_state_dict(man['stream']); factors = torch.tensor(man['norm_factors'])
     else:                                            # a fresh start: the factors come from the first batches, which are kept
         man = None
-        if cfg.normalize:                            # estimate_norm_factors' sums, folded in batch by batch
-            total, n_est = 0.0, 0
+        def norm_batches():                          # the buffer's estimate; each batch is kept, on the CPU, for the first shard
             for _ in range(cfg.n_norm_batches):
                 r = buf._next_tokens(); a = buf.activations(r)
-                total, n_est = total + a.float().norm(dim=-1).sum(0), n_est + len(a)
-                pending.append((r, a.to('cpu', DTYPES[dtype])))
-            factors = (math.sqrt(buf.d_model) / (total / n_est)).cpu()
+                pending.append((r, a.to('cpu', DTYPES[dtype]))); yield a
+        if cfg.normalize: factors = estimate_norm_factors(norm_batches()).cpu()
         else: factors = torch.ones(len(models))
     man = man or {'format': CACHE_FORMAT, 'complete': False, 'n': 0, **settings, 'n_models': len(models), 'd_model': buf.d_model,
                   'models': idents, 'norm_factors': factors.tolist(), 'shards': [], 'stream': None, 'seconds': 0.0}

@@ -103,10 +103,8 @@ def cmd_train(args) -> int:
     cfg = _run_config(args)
     if args.show_config: print(json.dumps(cfg.to_dict(), indent=1)); return 0
     if args.out is None: raise CLIError("train: pass --out RUN_DIR, the folder for the checkpoint and metrics.")
-    from crosscoder_nb.distributed import check_global_batch, init_from_env, local_device
-    world = int(os.environ.get('WORLD_SIZE', '1'))   # under torchrun: data-parallel (05b_distributed)
-    if world > 1: check_global_batch(cfg.train.batch_size, world)   # before the process group or any model
-    rank, world = init_from_env(args.device)
+    from crosscoder_nb.distributed import init_from_env, local_device
+    rank, world = init_from_env(args.device)   # under torchrun: data-parallel (05b_distributed); train_run checks the batch first
     res = train_run(cfg, args.out, overwrite=args.overwrite, resume=args.resume, device=local_device(args.device), cache=args.cache,
                     progress=rank == 0)
     if rank != 0: return 0   # rank 0 reports

@@ -1,10 +1,10 @@
 "The activation cache: `crosscoder-diff harvest` and `train --cache`, against the in-memory path, interrupted, and refused when it does not fit."
-import contextlib, errno, io, json, os, shutil, signal, subprocess, sys, time
+import errno, json, shutil
 from pathlib import Path
 import pytest, torch
 from crosscoder_nb.buffer import harvest_activations
 from crosscoder_nb.cache import CACHE_FILE, ActivationCache
-from crosscoder_nb.cli import main
+from cli_helpers import cli_process, run
 from crosscoder_nb.models import load_model, resolve_model
 from crosscoder_nb.pipeline import organisms_config, set_fields, train_run
 
@@ -12,13 +12,6 @@ N = 256 * 40
 FLAGS = ['--n-tokens', str(N), '--batch-size', '256', '--set', 'buffer.n_norm_batches=2', '--set', 'buffer.model_batch_size=8',
          '--set', 'data.seq_len=64', '--device', 'cpu']
 TRAIN = ['--d-latent', '64', '--set', 'buffer.buffer_batches=8', '--set', 'train.log_every=10']
-
-def run(*argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try: code = main([str(a) for a in argv])
-        except SystemExit as e: code = e.code
-    return code, out.getvalue() + err.getvalue()
 
 @pytest.fixture(scope='module')
 def cache(tmp_path_factory):
@@ -93,16 +86,10 @@ def test_full_disk_keeps_complete_shards_and_resume_finishes(cache, tmp_path, mo
 def test_harvest_killed_mid_run_resumes_to_the_same_cache(cache, tmp_path):
     "SIGKILL `crosscoder-diff harvest` after two shards, continue with --resume: the cache equals an uninterrupted one."
     out = tmp_path / 'killed'
-    cmd = [sys.executable, '-m', 'crosscoder_nb.cli', 'harvest', '--out', str(out), '--shard-tokens', '3000', *FLAGS]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, 'OMP_NUM_THREADS': '1'})
-    deadline = time.time() + 300
-    while time.time() < deadline and p.poll() is None:
-        try: n = len(json.loads((out / CACHE_FILE).read_text())['shards'])
-        except (FileNotFoundError, json.JSONDecodeError): n = 0
-        if n >= 2: p.send_signal(signal.SIGKILL); break
-        time.sleep(0.002)
-    log, _ = p.communicate(timeout=60)
-    assert p.returncode == -signal.SIGKILL, f'not killed mid-run: {log[-2000:]}'
+    def two_shards():
+        try: return len(json.loads((out / CACHE_FILE).read_text())['shards']) >= 2
+        except (FileNotFoundError, json.JSONDecodeError): return False
+    cli_process('harvest', '--out', out, '--shard-tokens', '3000', *FLAGS, kill_when=two_shards)
     assert not json.loads((out / CACHE_FILE).read_text())['complete']
     code, msg = run('harvest', '--out', out, '--shard-tokens', '3000', '--resume', *FLAGS)
     assert code == 0, msg

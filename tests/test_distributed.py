@@ -1,27 +1,18 @@
 "Data-parallel training through torchrun: 2 CPU processes with the gloo backend end where one process ends on the same global batches."
-import contextlib, io, os, subprocess, sys
-from pathlib import Path
+import subprocess, sys
 import pytest, torch
 from safetensors.torch import load_file
-from crosscoder_nb.cli import main
+from cli_helpers import ONE_THREAD, run
 
 N, B = 256 * 40, 256
 FLAGS = ['--n-tokens', str(N), '--batch-size', str(B), '--set', 'buffer.n_norm_batches=2', '--set', 'buffer.model_batch_size=8',
          '--set', 'data.seq_len=64', '--device', 'cpu']
 TRAIN = ['--d-latent', '128', '--set', 'train.log_every=10', '--set', 'crosscoder.threshold_start=5']
-ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
-
-def run(*argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try: code = main([str(a) for a in argv])
-        except SystemExit as e: code = e.code
-    return code, out.getvalue() + err.getvalue()
 
 def train(out, *extra, nproc: int = 1):
     launch = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(nproc)] if nproc > 1 else [sys.executable]
     return subprocess.run([*launch, '-m', 'crosscoder_nb.cli', 'train', '--out', str(out), *FLAGS, *TRAIN, *extra],
-                          env=ENV, capture_output=True, text=True, timeout=900)
+                          env=ONE_THREAD, capture_output=True, text=True, timeout=900)
 
 @pytest.fixture(scope='module')
 def cache(tmp_path_factory):
@@ -51,6 +42,7 @@ def test_the_runs_train(cache, tmp_path):
     r = train(tmp_path / 'short', '--cache', cache, '--arch', 'l1', '--set', 'train.n_steps=1', nproc=2)
     assert r.returncode == 0, r.stdout + r.stderr
     full = train(tmp_path / 'long', '--cache', cache, '--arch', 'l1', nproc=2)
+    assert full.returncode == 0, full.stdout + full.stderr
     a, b = load_file(tmp_path / 'short' / 'crosscoder.safetensors'), load_file(tmp_path / 'long' / 'crosscoder.safetensors')
     assert (a['W_enc'] - b['W_enc']).abs().max() > 1e-3
 

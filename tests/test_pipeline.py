@@ -1,20 +1,13 @@
 "The training pipeline and `crosscoder-diff train`: config handling, bad input before any work, a real small run."
-import contextlib, io, json
+import json
 from pathlib import Path
 import pytest, torch
-from crosscoder_nb.cli import main
+from cli_helpers import cli_process, run
 from crosscoder_nb.crosscoder import CrossCoder
 from crosscoder_nb.pipeline import RunConfig, organisms_config, seed_config, set_fields, train_run, RUN_CONFIG_FILE
 
 SMALL = {'train.n_tokens': 128 * 30, 'train.batch_size': 128, 'buffer.batch_size': 128, 'buffer.buffer_batches': 8,
          'buffer.n_norm_batches': 1, 'crosscoder.d_latent': 64, 'train.log_every': 10, 'buffer.model_batch_size': 8}
-
-def run(*argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try: code = main([str(a) for a in argv])
-        except SystemExit as e: code = e.code
-    return code, out.getvalue() + err.getvalue()
 
 def small_args(**extra):
     args = []
@@ -182,23 +175,13 @@ KILL_RUN = ['--n-tokens', str(512 * 240), '--d-latent', '256', '--batch-size', '
             '--set', 'train.save_every=40', '--set', 'buffer.buffer_batches=16', '--set', 'buffer.n_norm_batches=2', '--set', 'train.log_every=40']
 
 def _train(out, *extra, kill_after: int | None = None) -> int:
-    """`crosscoder-diff train` in a subprocess of its own, on one thread (so that two runs do the same float operations);
-    with `kill_after`, SIGKILLed as soon as a checkpoint of that step or later exists. Returns the step of the checkpoint left."""
-    import os, signal, subprocess, sys, time
+    """`crosscoder-diff train` in a subprocess of its own; with `kill_after`, SIGKILLed as soon as a whole checkpoint of that step
+    or later exists. Returns the step of the checkpoint left."""
     from crosscoder_nb.trainer import STATE_PREFIX
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
-    p = subprocess.Popen([sys.executable, '-m', 'crosscoder_nb.cli', 'train', '--out', str(out), *KILL_RUN, *extra],
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if kill_after is not None:
-        deadline = time.time() + 600
-        while time.time() < deadline and p.poll() is None:
-            steps = [int(f.stem.removeprefix(STATE_PREFIX)) for f in Path(out).glob(f'{STATE_PREFIX}*.pt')]
-            if len(steps) == 1 and steps[0] >= kill_after:   # a whole checkpoint: the weights are saved and the older state is gone
-                p.send_signal(signal.SIGKILL); break
-            time.sleep(0.002)
-    log, _ = p.communicate(timeout=600)
-    if kill_after is None: assert p.returncode == 0, log
-    else: assert p.returncode == -signal.SIGKILL, f'the run was not killed mid-run (status {p.returncode}): {log[-2000:]}'
+    def checkpointed():   # a whole checkpoint: the weights are saved and the older state is gone
+        steps = [int(f.stem.removeprefix(STATE_PREFIX)) for f in Path(out).glob(f'{STATE_PREFIX}*.pt')]
+        return len(steps) == 1 and steps[0] >= kill_after
+    cli_process('train', '--out', out, *KILL_RUN, *extra, kill_when=None if kill_after is None else checkpointed)
     return CrossCoder.load(out).extra['step']
 
 def _weights(run_dir):
