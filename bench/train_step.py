@@ -3,11 +3,13 @@ shapes and data (forward, loss, backward, clip, Adam):
 
 - plain: a plain float32 einsum crosscoder (the seed's formulation: ReLU, L2 summed over models and d_model, L1 weighted by
   the summed decoder norms) that reads its metrics with `.item()` every step, as the seed's trainer does;
-- this project's `Trainer` step in float32 and in bfloat16 mixed precision (`TrainConfig.precision`);
-- the GEMM floor: the step's six matmuls alone (encoder and decoder, forward and backward), in float32 and in bfloat16.
+- this project's `Trainer` step in its default configuration (the fused L1 step and fused Adam, `TrainConfig.fused`), in
+  float32 and in bfloat16 mixed precision (`TrainConfig.precision`);
+- the GEMM floor: the step's five matmuls alone (encoder and decoder forward; the gradients of f, W_dec and W_enc), into
+  preallocated outputs, in float32 and in bfloat16.
 
-Also a quality check on the organisms (the demo's BatchTopK config on a harvest held in memory): final loss and explained
-variance of the bfloat16 run against the float32 run. Writes bench/results/train-step.{md,json} and README.md's block.
+Also a quality check on the organisms (the demo's BatchTopK and L1 configs on one harvest held in memory): final loss and
+explained variance of the bfloat16 run against the float32 run. Writes bench/results/train-step.{md,json} and README.md's block.
 
     python bench/train_step.py [--d-model 256] [--latents 4096] [--batch 4096] [--steps 10] [--device cpu] [--threads N]
 """
@@ -68,10 +70,11 @@ for L in [int(s) for s in a.latents.split(',')]:
     W1, W2 = torch.randn(B, 2 * D, device=dev), torch.randn(2 * D, L, device=dev)
     def floor(dtype):
         xb, we, f = W1.to(dtype), W2.to(dtype), torch.randn(B, L, device=dev, dtype=dtype)
-        def mm():
-            h = xb @ we; r = f @ we.T             # forward: encoder, decoder
-            _ = r @ we; _ = f.T @ xb             # backward of the decoder: grad of f, grad of W_dec
-            _ = h @ we.T; _ = xb.T @ f           # backward of the encoder: grad of x (not needed, the seed's autograd skips it) / W_enc
+        h, r, g, gd, ge = (torch.empty(s, device=dev, dtype=dtype) for s in ((B, L), (B, 2 * D), (B, L), (L, 2 * D), (2 * D, L)))
+        def mm():   # the five that a step needs (x needs no gradient), into preallocated outputs: the matmuls alone
+            torch.mm(xb, we, out=h); torch.mm(f, we.T, out=r)        # forward: encoder [batch, d_latent], decoder [batch, n_models*d_model]
+            torch.mm(r, we, out=g); torch.mm(f.T, r, out=gd)         # backward of the decoder: grad of f, grad of W_dec
+            torch.mm(xb.T, h, out=ge)                                # backward of the encoder: grad of W_enc
         return timed(mm)
     f32, f16 = floor(torch.float32), floor(torch.bfloat16)
     data['widths'][L] = {'plain_fp32_ms': t_plain * 1e3, 'ours_fp32_ms': ours['float32'] * 1e3, 'ours_bf16_ms': ours['bfloat16'] * 1e3,
@@ -86,23 +89,27 @@ md = (f"Training step, ms (`python bench/train_step.py`, d_model {D} x 2 models,
       f"{data['threads']} threads, mean of {a.steps} steps):\n\n"
       "| d_latent | plain fp32 (`.item()` every step) | this project, fp32 (speed-up) | this project, bf16 mixed (speed-up) | GEMM floor fp32 / bf16 | step / floor, fp32 / bf16 |\n"
       "|---|---|---|---|---|---|\n" + '\n'.join(rows) + '\n')
-if not a.no_quality:   # the quality of bf16 training, on the organisms
+if not a.no_quality:   # the quality of bf16 training, on the organisms: BatchTopK (the demo's default) and L1 (the fused step)
     from crosscoder_nb.buffer import harvest_activations
     from crosscoder_nb.models import load_model
     from crosscoder_nb.pipeline import organisms_config, set_fields, train_run
-    cfg = set_fields(organisms_config(), {'train.n_tokens': 300_000})
-    models = [load_model(m, device='cpu') for m in cfg.models]
-    h = harvest_activations(models, cfg.data, cfg.buffer, 300_000, dtype='bfloat16', progress=False)
-    q = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for prec in ('float32', 'bfloat16'):
-            r = train_run(set_fields(cfg, {'train.precision': prec}), f'{tmp}/{prec}', device=a.device, progress=False, activations=h)
-            q[prec] = {'loss': r['final']['loss'], 'explained_variance': r['final']['explained_variance'], 'train_tokens_per_s': r['train_tokens_per_s']}
-    rel = lambda k: abs(q['bfloat16'][k] - q['float32'][k]) / abs(q['float32'][k])
-    ev_rel = max(abs(b - f) / f for b, f in zip(q['bfloat16']['explained_variance'], q['float32']['explained_variance']))
-    data['quality'] = {**q, 'loss_rel_diff': rel('loss'), 'ev_rel_diff': ev_rel}
-    md += (f"\nQuality on the organisms (the demo's BatchTopK config, 300,000 activations): final loss fp32 {q['float32']['loss']:.3f}, bf16 "
-           f"{q['bfloat16']['loss']:.3f} ({100 * rel('loss'):.1f}% apart); explained variance fp32 "
-           f"{', '.join(f'{v:.3f}' for v in q['float32']['explained_variance'])}, bf16 {', '.join(f'{v:.3f}' for v in q['bfloat16']['explained_variance'])} "
-           f"(at most {100 * ev_rel:.1f}% apart); training {q['float32']['train_tokens_per_s']:,.0f} vs {q['bfloat16']['train_tokens_per_s']:,.0f} tokens/s.\n")
+    base_cfg = set_fields(organisms_config(), {'train.n_tokens': 300_000})
+    models = [load_model(m, device='cpu') for m in base_cfg.models]
+    h = harvest_activations(models, base_cfg.data, base_cfg.buffer, 300_000, dtype='bfloat16', progress=False)
+    data['quality'], qrows = {}, []
+    for arch in ('batchtopk', 'l1'):
+        cfg, q = set_fields(organisms_config(arch=arch), {'train.n_tokens': 300_000}), {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for prec in ('float32', 'bfloat16'):
+                r = train_run(set_fields(cfg, {'train.precision': prec}), f'{tmp}/{prec}', device=a.device, progress=False, activations=h)
+                q[prec] = {'loss': r['final']['loss'], 'explained_variance': r['final']['explained_variance'], 'train_tokens_per_s': r['train_tokens_per_s']}
+        rel = abs(q['bfloat16']['loss'] - q['float32']['loss']) / abs(q['float32']['loss'])
+        ev_rel = max(abs(b - f) / f for b, f in zip(q['bfloat16']['explained_variance'], q['float32']['explained_variance']))
+        data['quality'][arch] = {**q, 'loss_rel_diff': rel, 'ev_rel_diff': ev_rel}
+        ev = lambda p: ', '.join(f'{v:.3f}' for v in q[p]['explained_variance'])
+        qrows.append(f"| {'BatchTopK (the demo default)' if arch == 'batchtopk' else 'L1 (the fused step)'} | {q['float32']['loss']:.3f} / {q['bfloat16']['loss']:.3f} "
+                     f"({100 * rel:.1f}%) | {ev('float32')} / {ev('bfloat16')} (at most {100 * ev_rel:.1f}%) | "
+                     f"{q['float32']['train_tokens_per_s']:,.0f} / {q['bfloat16']['train_tokens_per_s']:,.0f} |")
+    md += ("\nQuality of bf16 training on the organisms (the demo's configs, 300,000 activations held in memory), fp32 / bf16:\n\n"
+           "| crosscoder | final loss (apart) | explained variance, base, chat (apart) | training tokens/s |\n|---|---|---|---|\n" + '\n'.join(qrows) + '\n')
 publish('train-step', md, data)

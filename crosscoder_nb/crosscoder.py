@@ -52,10 +52,12 @@ class DecoderNormL1(nn.Module):
     def __init__(self, cfg=None):
         super().__init__()
         self.n_shared, self.ratio = (cfg.n_shared, cfg.shared_l1_ratio) if cfg is not None else (0, 1.0)
-    def forward(self, acts: Float[Tensor, "batch d_latent"], dec_norms: Float[Tensor, "d_latent n_models"]) -> Float[Tensor, ""]:
+    def weights(self, dec_norms: Float[Tensor, "d_latent n_models"]) -> Float[Tensor, "d_latent"]:
+        "w_j sum_m ||d_j^m||: each latent's cost per unit of activation."
         w = dec_norms.float().sum(-1)
-        if self.n_shared: w = torch.cat([w[:self.n_shared] * self.ratio, w[self.n_shared:]])
-        return einsum(acts.float(), w, 'batch d_latent, d_latent -> batch').mean()
+        return torch.cat([w[:self.n_shared] * self.ratio, w[self.n_shared:]]) if self.n_shared else w
+    def forward(self, acts: Float[Tensor, "batch d_latent"], dec_norms: Float[Tensor, "d_latent n_models"]) -> Float[Tensor, ""]:
+        return einsum(acts.float(), self.weights(dec_norms), 'batch d_latent, d_latent -> batch').mean()
 
 # %% ../nbs/04_crosscoder.ipynb
 from .models import MODEL_DTYPES
@@ -262,8 +264,10 @@ class LossOutput:
 @patch
 def losses(self: CrossCoder, x: Float[Tensor, "batch n_models d_model"],
            l1_coeff: float | None = None,  # defaults to `cfg.l1_default`; the trainer passes its warm-up value
+           fused: bool = False,  # through `fused_losses` where the config allows it (`can_fuse`, below): one backward per forward
           ) -> LossOutput:
     "Training loss and metrics on a batch (in training mode, also AuxK and the dead-latent counters)."
+    if fused and self.can_fuse: return self.fused_losses(x, l1_coeff)
     W = self.decoder_weights()
     dec_norms = W.norm(dim=-1)
     pre = self.pre_acts(x)
@@ -360,10 +364,13 @@ def dead_mask(self: CrossCoder) -> Bool[Tensor, "d_latent"]:
     return self.tokens_since_fired >= self.cfg.dead_tokens
 
 @patch
-def track_firing(self: CrossCoder, f: Float[Tensor, "batch d_latent"]):
+def track_firing(self: CrossCoder, f: Float[Tensor, "batch d_latent"] | None,
+                 fired: Bool[Tensor, "d_latent"] | None = None,  # `(f > 0).any(0)` when the caller has it (then pass `n`, not f)
+                 n: int | None = None):                          # the batch's rows, with `fired`
     "Count, per latent, the training tokens since it last fired."
-    fired = any_rank((f > 0).any(0))   # data-parallel: fired on any rank's shard of the batch
-    self.tokens_since_fired.copy_(torch.where(fired, 0, self.tokens_since_fired + len(f) * rank_world()[1]))
+    fired = any_rank((f > 0).any(0) if fired is None else fired)   # data-parallel: fired on any rank's shard of the batch
+    n = len(f) if n is None else n
+    self.tokens_since_fired.copy_(torch.where(fired, 0, self.tokens_since_fired + n * rank_world()[1]))
 
 @patch
 def aux_loss(self: CrossCoder, resid: Float[Tensor, "batch n_models d_model"],  # x - x_hat, detached
@@ -378,6 +385,106 @@ def aux_loss(self: CrossCoder, resid: Float[Tensor, "batch n_models d_model"],  
     e_hat = F.embedding_bag(idx, W.flatten(1), mode='sum', per_sample_weights=h.gather(1, idx).to(W.dtype)).view_as(resid)
     world = rank_world()[1]   # data-parallel: this rank's error over the global batch's variance, times the world (05b_distributed)
     return world * (resid - e_hat.float()).pow(2).sum() / global_sq_dev(resid).clamp_min(1e-12)
+
+# %% ../nbs/04_crosscoder.ipynb
+class _Workspace:
+    "Large scratch tensors kept between training steps, by shape, dtype and device (allocating them afresh costs page faults on a CPU)."
+    def __init__(self): self.free = {}
+    def take(self, shape: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
+        pool = self.free.get((tuple(shape), dtype, str(device)))
+        return pool.pop() if pool else torch.empty(shape, dtype=dtype, device=device)
+    def give(self, *ts: Tensor):
+        for t in ts:
+            pool = self.free.setdefault((tuple(t.shape), t.dtype, str(t.device)), [])
+            if len(pool) < 4: pool.append(t)
+
+def _count_active(f: Float[Tensor, "batch d_latent"], ws: _Workspace) -> Tensor:
+    "The exact number of non-zero entries of f >= 0 (float64), without the slow boolean reductions of the CPU."
+    s = torch.sign(f, out=ws.take(f.shape, f.dtype, f.device))
+    if s.dtype in (torch.bfloat16, torch.float16):   # sums of 0/1 are exact in 16 bits up to 256: add blocks of 256 rows first
+        n = len(s) // 256 * 256
+        per = s[:n].view(-1, 256, s.shape[1]).sum(1).sum(0, dtype=torch.float32) + s[n:].sum(0, dtype=torch.float32)
+    else: per = s.sum(0)
+    ws.give(s)
+    return per.double().sum()
+
+# %% ../nbs/04_crosscoder.ipynb
+def _cast(t: Tensor, dtype: torch.dtype, ws: _Workspace, pooled: list) -> Tensor:
+    "t in dtype, written into a buffer of the workspace (listed in `pooled`, to hand back) when a copy is needed."
+    if t.dtype == dtype: return t
+    pooled.append(out := ws.take(t.shape, dtype, t.device).copy_(t))
+    return out
+
+def _mm(a: Tensor, b: Tensor, dtype: torch.dtype, ws: _Workspace) -> Tensor:
+    "a @ b returned in dtype; in a low precision the product goes through a workspace buffer."
+    if a.dtype == dtype: return a @ b
+    out = torch.mm(a, b, out=ws.take((a.shape[0], b.shape[1]), a.dtype, a.device))
+    res = out.to(dtype); ws.give(out)
+    return res
+
+class _FusedReLUL1(torch.autograd.Function):
+    "ReLU encoder, dense decoder and decoder-norm L1 penalty as one autograd node with a hand-written backward."
+    @staticmethod
+    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, ratio, n_models, cd, ws, keep):
+        # x [batch, n_models*d_model]; W_enc [n_models*d_model, d_latent]; W_dec [d_latent, n_models*d_model]; ratio [d_latent]:
+        # the penalty's weight per latent (None: 1 for all), so that w_j = ratio_j sum_m ||d_j^m||
+        (B, L), pooled = (len(x), W_enc.shape[1]), []
+        norms = W_dec.detach().float().view(L, n_models, -1).norm(dim=-1)   # [d_latent, n_models]
+        w = norms.sum(-1) if ratio is None else norms.sum(-1) * ratio
+        xc, We, Wd = x.to(cd), _cast(W_enc, cd, ws, pooled), _cast(W_dec, cd, ws, pooled)
+        f = torch.addmm(b_enc.to(cd), xc, We, out=ws.take((B, L), cd, x.device)).relu_()
+        x_hat = torch.addmm(b_dec.to(cd), f, Wd).float()
+        f_sum = f.sum(0).float()   # each latent's sum over the batch (float32 accumulation)
+        l1, l0 = f_sum @ w / B, (_count_active(f, ws) / B).float()
+        if keep:
+            ctx.save_for_backward(xc, We, Wd, f, f_sum, W_dec, norms, w, ratio)
+            ctx.ws, ctx.pooled, ctx.dts = ws, pooled + [f], (x.dtype, W_enc.dtype, b_enc.dtype, W_dec.dtype, b_dec.dtype)
+        else: ws.give(*pooled, f)   # no backward will follow: the buffers are free again
+        ctx.mark_non_differentiable(l0, f_sum)
+        return x_hat, l1, l0, f_sum
+
+    @staticmethod
+    def backward(ctx, g_x_hat, g_l1, _g_l0, _g_f_sum):
+        xc, We, Wd, f, f_sum, W_dec, norms, w, ratio = ctx.saved_tensors
+        (B, L), cd, ws, dts = f.shape, f.dtype, ctx.ws, ctx.dts
+        gr, c = g_x_hat.to(cd), g_l1 / B
+        g_f = torch.mm(gr, Wd.T, out=ws.take((B, L), cd, f.device)).add_((c * w).to(cd))
+        torch.ops.aten.threshold_backward.grad_input(g_f, f, 0, grad_input=g_f)   # zero where the ReLU was off, in place
+        g_x = _mm(g_f, We.T, dts[0], ws) if ctx.needs_input_grad[0] else None
+        g_We, g_be, g_Wd, g_bd = _mm(xc.T, g_f, dts[1], ws), g_f.sum(0).to(dts[2]), _mm(f.T, gr, dts[3], ws), g_x_hat.sum(0).to(dts[4])
+        # the penalty through the decoder norms: d/dd_j^m of c w_j f_sum_j is c ratio_j f_sum_j d_j^m / ||d_j^m||
+        coef = (c * f_sum if ratio is None else c * f_sum * ratio).unsqueeze(-1) / norms.clamp_min(1e-30) * (norms > 0)
+        g_Wd.view(L, coef.shape[1], -1).addcmul_(W_dec.view(L, coef.shape[1], -1), coef.unsqueeze(-1).to(g_Wd.dtype))
+        ws.give(*ctx.pooled, g_f)
+        return g_x, g_We, g_be, g_Wd, g_bd, None, None, None, None, None
+
+# %% ../nbs/04_crosscoder.ipynb
+@patch(as_prop=True)
+def can_fuse(self: CrossCoder) -> bool:
+    "Whether `losses(fused=True)` takes the fused step: a ReLU, the decoder-norm penalty, dense decoding, no AuxK."
+    c = self.cfg
+    return c.activation == 'relu' and c.sparsity == 'decoder_norm_l1' and not self.use_sparse_decode and c.aux_alpha == 0
+
+@patch
+def fused_losses(self: CrossCoder, x: Float[Tensor, "batch n_models d_model"],
+                 l1_coeff: float | None = None,  # defaults to `cfg.l1_default`
+                ) -> LossOutput:
+    "`losses` through the fused node (`can_fuse` configs); bfloat16 matmuls under a bfloat16 autocast."
+    (B, M, D), L, dev = x.shape, self.cfg.d_latent, x.device.type
+    cd = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else self.W_enc.dtype
+    keep = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+    if getattr(self, '_ws', None) is None: self._ws = _Workspace()
+    W, sp = self.decoder_weights(), self.sparsity   # the penalty's weights: `shared_l1_ratio` for designated shared latents, else 1
+    ratio = torch.cat([W.new_full((sp.n_shared,), sp.ratio, dtype=torch.float32), W.new_ones(L - sp.n_shared, dtype=torch.float32)]) if sp.n_shared else None
+    with torch.autocast(dev, enabled=False):
+        x_hat, l1, l0, f_sum = _FusedReLUL1.apply(x.reshape(B, M * D), self.W_enc.reshape(M * D, L), self.b_enc, W.reshape(L, M * D),
+                                                  self.b_dec.reshape(-1), ratio, M, cd, self._ws, keep)
+        x = x.float()
+        err = reduce((x - x_hat.view(B, M, D)).pow(2), 'batch n_models d_model -> batch n_models', 'sum')
+        var = reduce((x - x.mean(0)).pow(2), 'batch n_models d_model -> batch n_models', 'sum')
+    if self.training: self.track_firing(None, fired=f_sum > 0, n=B)
+    l2, coeff = err.sum(-1).mean(), self.cfg.l1_default if l1_coeff is None else l1_coeff
+    return LossOutput(loss=l2 + coeff * l1, l2=l2, l1=l1, l0=l0, explained_variance=(1 - err / var).mean(0), aux=l2.new_zeros(()))
 
 # %% ../nbs/04_crosscoder.ipynb
 @patch

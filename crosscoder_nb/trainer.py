@@ -58,6 +58,7 @@ class TrainConfig:
     device: str | None = None        # where to train; None: where the crosscoder already is
     precision: str = 'auto'          # 'float32'; 'bfloat16': mixed precision (bf16 matmuls, fp32 weights, gradients and Adam
                                      # state); 'auto': bfloat16 where it is faster (a GPU or CPU with bf16 units), else float32
+    fused: bool = True               # fused Adam, and the fused L1 step (`CrossCoder.fused_losses`) where the crosscoder allows it
     wandb: bool = False              # also log to Weights & Biases (when installed)
     wandb_project: str = 'crosscoder_nb'
     wandb_mode: str = 'online'       # 'online', 'offline' or 'disabled'
@@ -186,7 +187,8 @@ class Trainer:
                                   "or pass overwrite=True / another run_dir to start afresh.")
         self.device = torch.device(cfg.device) if cfg.device else next(crosscoder.parameters()).device
         self.cc.to(self.device)
-        self.opt = torch.optim.Adam(self.cc.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        fused_adam = cfg.fused and self.device.type in ('cpu', 'cuda')   # Adam's update in one kernel per tensor
+        self.opt = torch.optim.Adam(self.cc.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused_adam or None)
         self.amp = compute_dtype(cfg.precision, self.device)   # bfloat16 for the step's compute, or None (float32)
         if cfg.precision == 'auto': self.cfg = cfg = replace(cfg, precision='bfloat16' if self.amp else 'float32')   # recorded as resolved
         self.rank, self.world = rank_world()   # data-parallel under torchrun (05b_distributed): each rank gets batch_size / world
@@ -215,7 +217,7 @@ def _train_step(self: Trainer, x: Float[Tensor, "batch n_models d_model"]):
     lr, coeff = self.cfg.lr_at(self.step), self.cfg.l1_coeff_at(self.step, self.cc.cfg.l1_default)
     for g in self.opt.param_groups: g['lr'] = lr
     with torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):   # fp32 weights either way
-        out = self.cc.losses(x, l1_coeff=coeff)
+        out = self.cc.losses(x, l1_coeff=coeff, fused=self.cfg.fused)
     out.loss.backward()
     if self.world > 1: average_gradients(self.cc.parameters())   # the global batch's gradient, on every rank
     if self.cfg.grad_clip: clip_grad_norm_(self.cc.parameters(), self.cfg.grad_clip)
@@ -335,7 +337,7 @@ def train(self: Trainer, n_steps: int | None = None,  # stop after this many mor
             if (x := self._next()) is None: stopped = 'out_of_data'
         if self.step > start and logged != self.step: self._log(out, lr, coeff, pbar)
     finally:
-        pbar.close(); self.cc.eval()
+        pbar.close(); self.cc.eval(); self.cc._ws = None   # the fused step's buffers go with the loop
         self._t_train += time.time() - self._t0
         if self._wandb is not None: self._wandb.finish()
     if self.saved_step != self.step: self.save()
@@ -356,7 +358,7 @@ def resume(cls: Trainer, run_dir: str | Path,  # a folder written by `Trainer.sa
     cc = CrossCoder.load(run_dir)
     if not cc.train_config or not (cc.extra or {}).get('trainer_state'):
         raise ValueError(f"{run_dir} holds a crosscoder without trainer state (not written by Trainer): train it afresh with Trainer(...).")
-    cfg = TrainConfig.from_dict({'precision': 'float32', **cc.train_config})   # a checkpoint from before `precision` ran in float32
+    cfg = TrainConfig.from_dict({'precision': 'float32', 'fused': False, **cc.train_config})   # as a checkpoint from before these options ran
     if device is not None: cfg.device = device
     spath = run_dir / cc.extra['trainer_state']
     if not spath.exists(): raise FileNotFoundError(f"{spath} is missing: the checkpoint in {run_dir} names it as its trainer state. Restore it, or start afresh.")
