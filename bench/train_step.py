@@ -11,9 +11,9 @@ shapes and data (forward, loss, backward, clip, Adam):
 Also a quality check on the organisms (the demo's BatchTopK and L1 configs on one harvest held in memory): final loss and
 explained variance of the bfloat16 run against the float32 run. Writes bench/results/train-step.{md,json} and README.md's block.
 
-    python bench/train_step.py [--d-model 256] [--latents 4096] [--batch 4096] [--steps 10] [--device cpu] [--threads N]
+    python bench/train_step.py [--d-model 256] [--latents 4096] [--batch 4096] [--steps 3] [--rounds 5] [--device cpu] [--threads N]
 """
-import argparse, platform, tempfile, time
+import argparse, platform, statistics, tempfile, time
 import torch
 from einops import einsum
 from _results import publish
@@ -22,7 +22,7 @@ from crosscoder_nb.trainer import Trainer, TrainConfig, synthetic_activations, t
 
 p = argparse.ArgumentParser()
 p.add_argument('--d-model', type=int, default=256); p.add_argument('--latents', default='4096'); p.add_argument('--batch', type=int, default=4096)
-p.add_argument('--steps', type=int, default=10); p.add_argument('--device', default='cpu'); p.add_argument('--threads', type=int)
+p.add_argument('--steps', type=int, default=3); p.add_argument('--rounds', type=int, default=5); p.add_argument('--device', default='cpu'); p.add_argument('--threads', type=int)
 p.add_argument('--no-quality', action='store_true', help='skip the quality check on the organisms')
 a = p.parse_args()
 if a.threads: torch.set_num_threads(a.threads)
@@ -30,8 +30,7 @@ dev, D, B = torch.device(a.device), a.d_model, a.batch
 sync = (lambda: torch.cuda.synchronize()) if dev.type == 'cuda' else (lambda: None)
 
 def timed(fn, n=a.steps):
-    fn(); fn(); sync()   # warm-up
-    t = time.perf_counter()
+    sync(); t = time.perf_counter()
     for _ in range(n): fn()
     sync(); return (time.perf_counter() - t) / n
 
@@ -53,20 +52,19 @@ class Plain(torch.nn.Module):
 rows, data = [], {'d_model': D, 'batch': B, 'device': str(dev), 'threads': torch.get_num_threads(), 'machine': platform.processor() or platform.machine(),
                   'torch': torch.__version__, 'widths': {}}
 x = synthetic_activations(B * 4, d_model=D).to(dev)
+tmp_dir = tempfile.TemporaryDirectory()
 for L in [int(s) for s in a.latents.split(',')]:
     plain = Plain(D, L).to(dev); opt = torch.optim.Adam(plain.parameters(), 1e-4); it = iter(tensor_batches(x, B))
     def plain_step():
         l2, l1, l0, ev = plain.losses(next(it)); loss = l2 + 1.0 * l1
         loss.backward(); torch.nn.utils.clip_grad_norm_(plain.parameters(), 1.0); opt.step(); opt.zero_grad()
         return loss.item(), l2.item(), l1.item(), l0.item(), ev.tolist()   # the seed's trainer reads its metrics every step
-    t_plain = timed(plain_step)
-    ours = {}
+    fns = {'plain': plain_step}
     for prec in ('float32', 'bfloat16'):
         cc = CrossCoder(CrossCoderConfig(d_model=D, d_latent=L), device=dev)
-        with tempfile.TemporaryDirectory() as tmp:
-            t = Trainer(cc, tensor_batches(x, B), TrainConfig(lr=1e-4, batch_size=B, n_steps=10 ** 6, log_every=10 ** 6, precision=prec), tmp)
-            t._start_data()
-            ours[prec] = timed(lambda: t._train_step(t._next().to(dev)))
+        t = Trainer(cc, tensor_batches(x, B), TrainConfig(lr=1e-4, batch_size=B, n_steps=10 ** 6, log_every=10 ** 6, precision=prec), f'{tmp_dir.name}/{L}-{prec}')
+        t._start_data()
+        fns[prec] = lambda t=t: t._train_step(t._next().to(dev))
     W1, W2 = torch.randn(B, 2 * D, device=dev), torch.randn(2 * D, L, device=dev)
     def floor(dtype):
         xb, we, f = W1.to(dtype), W2.to(dtype), torch.randn(B, L, device=dev, dtype=dtype)
@@ -75,20 +73,31 @@ for L in [int(s) for s in a.latents.split(',')]:
             torch.mm(xb, we, out=h); torch.mm(f, we.T, out=r)        # forward: encoder [batch, d_latent], decoder [batch, n_models*d_model]
             torch.mm(r, we, out=g); torch.mm(f.T, r, out=gd)         # backward of the decoder: grad of f, grad of W_dec
             torch.mm(xb.T, h, out=ge)                                # backward of the encoder: grad of W_enc
-        return timed(mm)
-    f32, f16 = floor(torch.float32), floor(torch.bfloat16)
-    data['widths'][L] = {'plain_fp32_ms': t_plain * 1e3, 'ours_fp32_ms': ours['float32'] * 1e3, 'ours_bf16_ms': ours['bfloat16'] * 1e3,
-                         'gemm_floor_fp32_ms': f32 * 1e3, 'gemm_floor_bf16_ms': f16 * 1e3,
-                         'speedup_fp32': t_plain / ours['float32'], 'speedup_bf16': t_plain / ours['bfloat16'],
-                         'step_over_floor_fp32': ours['float32'] / f32, 'step_over_floor_bf16': ours['bfloat16'] / f16}
-    rows.append(f"| {L} | {t_plain * 1e3:.0f} | {ours['float32'] * 1e3:.0f} ({t_plain / ours['float32']:.2f}x) | {ours['bfloat16'] * 1e3:.0f} "
-                f"({t_plain / ours['bfloat16']:.2f}x) | {f32 * 1e3:.0f} / {f16 * 1e3:.0f} | {ours['float32'] / f32:.2f} / {ours['bfloat16'] / f16:.2f} |")
+        return mm
+    fns['floor_float32'], fns['floor_bfloat16'] = floor(torch.float32), floor(torch.bfloat16)
+    for fn in fns.values(): fn(); fn()   # warm-up
+    rounds = [{k: timed(fn) for k, fn in fns.items()} for _ in range(a.rounds)]   # interleaved, so that a slow spell hits every variant
+    med = lambda vals: statistics.median(vals)
+    ms = {k: med([r[k] for r in rounds]) * 1e3 for k in fns}
+    sp = {p: med([r['plain'] / r[p] for r in rounds]) for p in ('float32', 'bfloat16')}
+    fl = {p: med([r[p] / r[f'floor_{p}'] for r in rounds]) for p in ('float32', 'bfloat16')}
+    fl_range = {p: (min(r[p] / r[f'floor_{p}'] for r in rounds), max(r[p] / r[f'floor_{p}'] for r in rounds)) for p in ('float32', 'bfloat16')}
+    data['widths'][L] = {'plain_fp32_ms': ms['plain'], 'ours_fp32_ms': ms['float32'], 'ours_bf16_ms': ms['bfloat16'],
+                         'gemm_floor_fp32_ms': ms['floor_float32'], 'gemm_floor_bf16_ms': ms['floor_bfloat16'],
+                         'speedup_fp32': sp['float32'], 'speedup_bf16': sp['bfloat16'],
+                         'step_over_floor_fp32': fl['float32'], 'step_over_floor_bf16': fl['bfloat16'],
+                         'step_over_floor_range_fp32': fl_range['float32'], 'step_over_floor_range_bf16': fl_range['bfloat16'], 'rounds': rounds}
+    rows.append(f"| {L} | {ms['plain']:.0f} | {ms['float32']:.0f} ({sp['float32']:.2f}x) | {ms['bfloat16']:.0f} ({sp['bfloat16']:.2f}x) | "
+                f"{ms['floor_float32']:.0f} / {ms['floor_bfloat16']:.0f} | {fl['float32']:.2f} / {fl['bfloat16']:.2f} | "
+                f"{fl_range['float32'][0]:.2f}-{fl_range['float32'][1]:.2f} / {fl_range['bfloat16'][0]:.2f}-{fl_range['bfloat16'][1]:.2f} |")
     print(rows[-1], flush=True)
+    del fns, plain, opt, t, cc
 
 md = (f"Training step, ms (`python bench/train_step.py`, d_model {D} x 2 models, batch {B}, L1 crosscoder, {data['device']}, "
-      f"{data['threads']} threads, mean of {a.steps} steps):\n\n"
-      "| d_latent | plain fp32 (`.item()` every step) | this project, fp32 (speed-up) | this project, bf16 mixed (speed-up) | GEMM floor fp32 / bf16 | step / floor, fp32 / bf16 |\n"
-      "|---|---|---|---|---|---|\n" + '\n'.join(rows) + '\n')
+      f"{data['threads']} threads; each variant timed over {a.steps} steps, in {a.rounds} interleaved rounds: medians, and the range of step / floor "
+      "over the rounds):\n\n"
+      "| d_latent | plain fp32 (`.item()` every step) | this project, fp32 (speed-up) | this project, bf16 mixed (speed-up) | GEMM floor fp32 / bf16 | step / floor, fp32 / bf16 | its range over rounds |\n"
+      "|---|---|---|---|---|---|---|\n" + '\n'.join(rows) + '\n')
 if not a.no_quality:   # the quality of bf16 training, on the organisms: BatchTopK (the demo's default) and L1 (the fused step)
     from crosscoder_nb.buffer import harvest_activations
     from crosscoder_nb.models import load_model

@@ -396,7 +396,7 @@ class _Workspace:
     def give(self, *ts: Tensor):
         for t in ts:
             pool = self.free.setdefault((tuple(t.shape), t.dtype, str(t.device)), [])
-            if len(pool) < 4: pool.append(t)
+            if len(pool) < 4 and not any(p is t for p in pool): pool.append(t)
 
 def _count_active(f: Float[Tensor, "batch d_latent"], ws: _Workspace) -> Tensor:
     "The exact number of non-zero entries of f >= 0 (float64), without the slow boolean reductions of the CPU."
@@ -432,9 +432,9 @@ class _FusedReLUL1(torch.autograd.Function):
         norms = W_dec.detach().float().view(L, n_models, -1).norm(dim=-1)   # [d_latent, n_models]
         w = norms.sum(-1) if ratio is None else norms.sum(-1) * ratio
         xc, We, Wd = x.to(cd), _cast(W_enc, cd, ws, pooled), _cast(W_dec, cd, ws, pooled)
-        f = torch.addmm(b_enc.to(cd), xc, We, out=ws.take((B, L), cd, x.device)).relu_()
+        f = torch.mm(xc, We, out=ws.take((B, L), cd, x.device)).add_(b_enc.to(cd)).relu_()   # faster than addmm's bias on a CPU
         x_hat = torch.addmm(b_dec.to(cd), f, Wd).float()
-        f_sum = f.sum(0).float()   # each latent's sum over the batch (float32 accumulation)
+        f_sum = f.sum(0, dtype=torch.float32) if cd == torch.float16 else f.sum(0).float()   # each latent's sum over the batch
         l1, l0 = f_sum @ w / B, (_count_active(f, ws) / B).float()
         if keep:
             ctx.save_for_backward(xc, We, Wd, f, f_sum, W_dec, norms, w, ratio)
@@ -445,17 +445,23 @@ class _FusedReLUL1(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_x_hat, g_l1, _g_l0, _g_f_sum):
+        if ctx.pooled is None: raise RuntimeError("The fused step's buffers were handed back after the first backward: it supports one backward "
+                                                  "per forward. For retain_graph, use losses(fused=False) (TrainConfig.fused=False).")
         xc, We, Wd, f, f_sum, W_dec, norms, w, ratio = ctx.saved_tensors
-        (B, L), cd, ws, dts = f.shape, f.dtype, ctx.ws, ctx.dts
+        (B, L), cd, ws, dts, need = f.shape, f.dtype, ctx.ws, ctx.dts, ctx.needs_input_grad
         gr, c = g_x_hat.to(cd), g_l1 / B
         g_f = torch.mm(gr, Wd.T, out=ws.take((B, L), cd, f.device)).add_((c * w).to(cd))
         torch.ops.aten.threshold_backward.grad_input(g_f, f, 0, grad_input=g_f)   # zero where the ReLU was off, in place
-        g_x = _mm(g_f, We.T, dts[0], ws) if ctx.needs_input_grad[0] else None
-        g_We, g_be, g_Wd, g_bd = _mm(xc.T, g_f, dts[1], ws), g_f.sum(0).to(dts[2]), _mm(f.T, gr, dts[3], ws), g_x_hat.sum(0).to(dts[4])
-        # the penalty through the decoder norms: d/dd_j^m of c w_j f_sum_j is c ratio_j f_sum_j d_j^m / ||d_j^m||
-        coef = (c * f_sum if ratio is None else c * f_sum * ratio).unsqueeze(-1) / norms.clamp_min(1e-30) * (norms > 0)
-        g_Wd.view(L, coef.shape[1], -1).addcmul_(W_dec.view(L, coef.shape[1], -1), coef.unsqueeze(-1).to(g_Wd.dtype))
-        ws.give(*ctx.pooled, g_f)
+        g_x = _mm(g_f, We.T, dts[0], ws) if need[0] else None
+        g_We = _mm(xc.T, g_f, dts[1], ws) if need[1] else None
+        g_be = g_f.sum(0).to(dts[2]) if need[2] else None
+        g_bd = g_x_hat.sum(0).to(dts[4]) if need[4] else None
+        g_Wd = None
+        if need[3]:   # the reconstruction's gradient, plus the penalty's through the norms: c ratio_j f_sum_j d_j^m / ||d_j^m||
+            g_Wd = _mm(f.T, gr, dts[3], ws)
+            coef = (c * f_sum if ratio is None else c * f_sum * ratio).unsqueeze(-1) / norms.clamp_min(1e-30) * (norms > 0)
+            g_Wd.view(L, coef.shape[1], -1).addcmul_(W_dec.view(L, coef.shape[1], -1), coef.unsqueeze(-1).to(g_Wd.dtype))
+        ws.give(*ctx.pooled, g_f); ctx.pooled = None   # handed back once
         return g_x, g_We, g_be, g_Wd, g_bd, None, None, None, None, None
 
 # %% ../nbs/04_crosscoder.ipynb
@@ -472,13 +478,14 @@ def fused_losses(self: CrossCoder, x: Float[Tensor, "batch n_models d_model"],
     "`losses` through the fused node (`can_fuse` configs); bfloat16 matmuls under a bfloat16 autocast."
     (B, M, D), L, dev = x.shape, self.cfg.d_latent, x.device.type
     cd = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else self.W_enc.dtype
-    keep = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
-    if getattr(self, '_ws', None) is None: self._ws = _Workspace()
+    keep = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+    if keep and getattr(self, '_ws', None) is None: self._ws = _Workspace()
+    ws = self._ws if keep else _Workspace()   # only training steps keep buffers (nor are inference-mode tensors kept)
     W, sp = self.decoder_weights(), self.sparsity   # the penalty's weights: `shared_l1_ratio` for designated shared latents, else 1
     ratio = torch.cat([W.new_full((sp.n_shared,), sp.ratio, dtype=torch.float32), W.new_ones(L - sp.n_shared, dtype=torch.float32)]) if sp.n_shared else None
     with torch.autocast(dev, enabled=False):
         x_hat, l1, l0, f_sum = _FusedReLUL1.apply(x.reshape(B, M * D), self.W_enc.reshape(M * D, L), self.b_enc, W.reshape(L, M * D),
-                                                  self.b_dec.reshape(-1), ratio, M, cd, self._ws, keep)
+                                                  self.b_dec.reshape(-1), ratio, M, cd, ws, keep)
         x = x.float()
         err = reduce((x - x_hat.view(B, M, D)).pow(2), 'batch n_models d_model -> batch n_models', 'sum')
         var = reduce((x - x.mean(0)).pow(2), 'batch n_models d_model -> batch n_models', 'sum')

@@ -224,7 +224,7 @@ def _train_step(self: Trainer, x: Float[Tensor, "batch n_models d_model"]):
     self.opt.step()
     self.opt.zero_grad(set_to_none=True)
     self.step, self.tokens, self._dev_step = self.step + 1, self.tokens + x.shape[0] * self.world, self._dev_step + 1
-    nonfinite = torch.stack([~torch.isfinite(out.loss.detach()), ~torch.isfinite(x).all()])
+    nonfinite = torch.stack([~torch.isfinite(out.loss.detach()), ~torch.isfinite(x.sum())])   # a NaN or inf anywhere makes the sum one
     if self.world > 1: nonfinite = any_rank(nonfinite)   # a bad batch on any rank stops every rank, before rank 0 saves
     self._bad = torch.where((self._bad < 0) & nonfinite, self._dev_step, self._bad)
     return out, lr, coeff
