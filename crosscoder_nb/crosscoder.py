@@ -433,26 +433,28 @@ class _FusedReLUL1(torch.autograd.Function):
         w = norms.sum(-1) if ratio is None else norms.sum(-1) * ratio
         xc, We, Wd = x.to(cd), _cast(W_enc, cd, ws, pooled), _cast(W_dec, cd, ws, pooled)
         f = torch.mm(xc, We, out=ws.take((B, L), cd, x.device)).add_(b_enc.to(cd)).relu_()   # faster than addmm's bias on a CPU
-        x_hat = torch.addmm(b_dec.to(cd), f, Wd).float()
+        resid = (x.float() - torch.addmm(b_dec.to(cd), f, Wd).float()).view(B, n_models, -1)   # x - x_hat, in float32
+        err = resid.pow(2).sum(-1)   # [batch, n_models]
         f_sum = f.sum(0, dtype=torch.float32) if cd == torch.float16 else f.sum(0).float()   # each latent's sum over the batch
         l1, l0 = f_sum @ w / B, (_count_active(f, ws) / B).float()
         if keep:
-            ctx.save_for_backward(xc, We, Wd, f, f_sum, W_dec, norms, w, ratio)
+            ctx.save_for_backward(xc, We, Wd, f, f_sum, W_dec, norms, w, ratio, resid)
             ctx.ws, ctx.pooled, ctx.dts = ws, pooled + [f], (x.dtype, W_enc.dtype, b_enc.dtype, W_dec.dtype, b_dec.dtype)
         else: ws.give(*pooled, f)   # no backward will follow: the buffers are free again
         ctx.mark_non_differentiable(l0, f_sum)
-        return x_hat, l1, l0, f_sum
+        return err, l1, l0, f_sum
 
     @staticmethod
-    def backward(ctx, g_x_hat, g_l1, _g_l0, _g_f_sum):
+    def backward(ctx, g_err, g_l1, _g_l0, _g_f_sum):
         if ctx.pooled is None: raise RuntimeError("The fused step's buffers were handed back after the first backward: it supports one backward "
                                                   "per forward. For retain_graph, use losses(fused=False) (TrainConfig.fused=False).")
-        xc, We, Wd, f, f_sum, W_dec, norms, w, ratio = ctx.saved_tensors
+        xc, We, Wd, f, f_sum, W_dec, norms, w, ratio, resid = ctx.saved_tensors
         (B, L), cd, ws, dts, need = f.shape, f.dtype, ctx.ws, ctx.dts, ctx.needs_input_grad
+        g_x_hat = (resid * (g_err.unsqueeze(-1) * -2)).view(B, -1)   # d err / d x_hat = -2 (x - x_hat)
         gr, c = g_x_hat.to(cd), g_l1 / B
         g_f = torch.mm(gr, Wd.T, out=ws.take((B, L), cd, f.device)).add_((c * w).to(cd))
         torch.ops.aten.threshold_backward.grad_input(g_f, f, 0, grad_input=g_f)   # zero where the ReLU was off, in place
-        g_x = _mm(g_f, We.T, dts[0], ws) if need[0] else None
+        g_x = (_mm(g_f, We.T, torch.float32, ws) - g_x_hat).to(dts[0]) if need[0] else None
         g_We = _mm(xc.T, g_f, dts[1], ws) if need[1] else None
         g_be = g_f.sum(0).to(dts[2]) if need[2] else None
         g_bd = g_x_hat.sum(0).to(dts[4]) if need[4] else None
@@ -484,10 +486,9 @@ def fused_losses(self: CrossCoder, x: Float[Tensor, "batch n_models d_model"],
     W, sp = self.decoder_weights(), self.sparsity   # the penalty's weights: `shared_l1_ratio` for designated shared latents, else 1
     ratio = torch.cat([W.new_full((sp.n_shared,), sp.ratio, dtype=torch.float32), W.new_ones(L - sp.n_shared, dtype=torch.float32)]) if sp.n_shared else None
     with torch.autocast(dev, enabled=False):
-        x_hat, l1, l0, f_sum = _FusedReLUL1.apply(x.reshape(B, M * D), self.W_enc.reshape(M * D, L), self.b_enc, W.reshape(L, M * D),
-                                                  self.b_dec.reshape(-1), ratio, M, cd, ws, keep)
+        err, l1, l0, f_sum = _FusedReLUL1.apply(x.reshape(B, M * D), self.W_enc.reshape(M * D, L), self.b_enc, W.reshape(L, M * D),
+                                                self.b_dec.reshape(-1), ratio, M, cd, ws, keep)
         x = x.float()
-        err = reduce((x - x_hat.view(B, M, D)).pow(2), 'batch n_models d_model -> batch n_models', 'sum')
         var = reduce((x - x.mean(0)).pow(2), 'batch n_models d_model -> batch n_models', 'sum')
     if self.training: self.track_firing(None, fired=f_sum > 0, n=B)
     l2, coeff = err.sum(-1).mean(), self.cfg.l1_default if l1_coeff is None else l1_coeff
