@@ -121,4 +121,4 @@ if not a.no_quality:   # the quality of bf16 training, on the organisms: BatchTo
                      f"{q['float32']['train_tokens_per_s']:,.0f} / {q['bfloat16']['train_tokens_per_s']:,.0f} |")
     md += ("\nQuality of bf16 training on the organisms (the demo's configs, 300,000 activations held in memory), fp32 / bf16:\n\n"
            "| crosscoder | final loss (apart) | explained variance, base, chat (apart) | training tokens/s |\n|---|---|---|---|\n" + '\n'.join(qrows) + '\n')
-publish('train-step', md, data)
+publish('train-step', md, data, readme=not a.no_quality)   # README keeps the full table: only a run with the quality check replaces it
