@@ -274,13 +274,15 @@ def losses(self: CrossCoder, x: Float[Tensor, "batch n_models d_model"],
     f = self.activation(pre, dec_norms.sum(-1))
     x = x.float()
     resid = x - self.decode(f, W).float()
+    coeff = self.cfg.l1_default if l1_coeff is None else l1_coeff
     with torch.autocast(x.device.type, enabled=False):   # the losses in float32 (mixed precision runs only the matmuls above in bf16)
         err = reduce(resid.pow(2), 'batch n_models d_model -> batch n_models', 'sum')
         var = reduce((x - x.mean(0)).pow(2), 'batch n_models d_model -> batch n_models', 'sum')
-        l2, l1 = err.sum(-1).mean(), self.sparsity(f.float(), dec_norms.float())
+        l2 = err.sum(-1).mean()
+        with torch.set_grad_enabled(torch.is_grad_enabled() and coeff != 0):   # at coefficient 0 (top-k) the penalty adds no gradient
+            l1 = self.sparsity(f.float(), dec_norms.float())
     aux = self.aux_loss(resid.detach(), pre, dec_norms.sum(-1), W) if self.training else l2.new_zeros(())
     if self.training: self.track_firing(f)
-    coeff = self.cfg.l1_default if l1_coeff is None else l1_coeff
     return LossOutput(loss=l2 + coeff * l1 + self.cfg.aux_alpha * aux, l2=l2, l1=l1, l0=(f > 0).float().sum(-1).mean(),
                       explained_variance=(1 - err / var).mean(0), aux=aux)
 
