@@ -277,9 +277,10 @@ def train_run(cfg: RunConfig, out: str | Path,  # the run directory: checkpoint,
     if activations is None: cfg = replace(cfg, model_dtype=str(dtype).removeprefix('torch.'))   # the dtype used, not 'auto'
     if rank == 0: atomic_write(out / RUN_CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=1)))
     tokens0, seconds0 = trainer.tokens, trainer._t_train
+    harvest0 = 0 if activations is not None else batches.seconds   # harvested before the loop (norm factors): not the loop's time
     res = trainer.train(progress=progress)
     harvest_s, harvested = (activations.seconds, len(activations.acts)) if activations is not None else (batches.seconds, buf.tokens_harvested)
-    train_s = max(res['seconds'] - seconds0 - (0 if activations is not None else batches.seconds), 1e-9)   # less the time spent harvesting
+    train_s = max(res['seconds'] - seconds0 - (0 if activations is not None else batches.seconds - harvest0), 1e-9)   # less the loop's harvesting
     return {**res, 'harvest_tokens': harvested, 'harvest_seconds': round(harvest_s, 3), 'harvest_tokens_per_s': harvested / max(harvest_s, 1e-9),
             'train_tokens_per_s': (res['tokens'] - tokens0) / train_s, 'wall_seconds': round(time.time() - t0, 3),
             'norm_factors': factors.tolist(), 'model_dtype': None if activations is not None else str(dtype).removeprefix('torch.'),
