@@ -52,12 +52,13 @@ class DecoderNormL1(nn.Module):
     def __init__(self, cfg=None):
         super().__init__()
         self.n_shared, self.ratio = (cfg.n_shared, cfg.shared_l1_ratio) if cfg is not None else (0, 1.0)
-    def weights(self, dec_norms: Float[Tensor, "d_latent n_models"]) -> Float[Tensor, "d_latent"]:
-        "w_j sum_m ||d_j^m||: each latent's cost per unit of activation."
-        w = dec_norms.float().sum(-1)
-        return torch.cat([w[:self.n_shared] * self.ratio, w[self.n_shared:]]) if self.n_shared else w
+    def ratios(self, d_latent: int, device=None) -> Float[Tensor, "d_latent"] | None:
+        "w_j of each latent (float32), or None when every w_j is 1."
+        if not self.n_shared: return None
+        return torch.cat([torch.full((self.n_shared,), self.ratio, device=device), torch.ones(d_latent - self.n_shared, device=device)])
     def forward(self, acts: Float[Tensor, "batch d_latent"], dec_norms: Float[Tensor, "d_latent n_models"]) -> Float[Tensor, ""]:
-        return einsum(acts.float(), self.weights(dec_norms), 'batch d_latent, d_latent -> batch').mean()
+        w, r = dec_norms.float().sum(-1), self.ratios(len(dec_norms), dec_norms.device)
+        return einsum(acts.float(), w if r is None else w * r, 'batch d_latent, d_latent -> batch').mean()
 
 # %% ../nbs/04_crosscoder.ipynb
 from .models import MODEL_DTYPES
@@ -282,7 +283,7 @@ def losses(self: CrossCoder, x: Float[Tensor, "batch n_models d_model"],
         with torch.set_grad_enabled(torch.is_grad_enabled() and coeff != 0):   # at coefficient 0 (top-k) the penalty adds no gradient
             l1 = self.sparsity(f.float(), dec_norms.float())
     aux = self.aux_loss(resid.detach(), pre, dec_norms.sum(-1), W) if self.training else l2.new_zeros(())
-    if self.training: self.track_firing(f)
+    if self.training: self.track_firing((f > 0).any(0), len(f))
     return LossOutput(loss=l2 + coeff * l1 + self.cfg.aux_alpha * aux, l2=l2, l1=l1, l0=(f > 0).float().sum(-1).mean(),
                       explained_variance=(1 - err / var).mean(0), aux=aux)
 
@@ -366,12 +367,10 @@ def dead_mask(self: CrossCoder) -> Bool[Tensor, "d_latent"]:
     return self.tokens_since_fired >= self.cfg.dead_tokens
 
 @patch
-def track_firing(self: CrossCoder, f: Float[Tensor, "batch d_latent"] | None,
-                 fired: Bool[Tensor, "d_latent"] | None = None,  # `(f > 0).any(0)` when the caller has it (then pass `n`, not f)
-                 n: int | None = None):                          # the batch's rows, with `fired`
+def track_firing(self: CrossCoder, fired: Bool[Tensor, "d_latent"],  # whether each latent fired on this batch: `(f > 0).any(0)`
+                 n: int):  # the batch's rows
     "Count, per latent, the training tokens since it last fired."
-    fired = any_rank((f > 0).any(0) if fired is None else fired)   # data-parallel: fired on any rank's shard of the batch
-    n = len(f) if n is None else n
+    fired = any_rank(fired)   # data-parallel: fired on any rank's shard of the batch
     self.tokens_since_fired.copy_(torch.where(fired, 0, self.tokens_since_fired + n * rank_world()[1]))
 
 @patch
@@ -485,14 +484,13 @@ def fused_losses(self: CrossCoder, x: Float[Tensor, "batch n_models d_model"],
     keep = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
     if keep and getattr(self, '_ws', None) is None: self._ws = _Workspace()
     ws = self._ws if keep else _Workspace()   # only training steps keep buffers (nor are inference-mode tensors kept)
-    W, sp = self.decoder_weights(), self.sparsity   # the penalty's weights: `shared_l1_ratio` for designated shared latents, else 1
-    ratio = torch.cat([W.new_full((sp.n_shared,), sp.ratio, dtype=torch.float32), W.new_ones(L - sp.n_shared, dtype=torch.float32)]) if sp.n_shared else None
+    W = self.decoder_weights()
     with torch.autocast(dev, enabled=False):
         err, l1, l0, f_sum = _FusedReLUL1.apply(x.reshape(B, M * D), self.W_enc.reshape(M * D, L), self.b_enc, W.reshape(L, M * D),
-                                                self.b_dec.reshape(-1), ratio, M, cd, ws, keep)
+                                                self.b_dec.reshape(-1), self.sparsity.ratios(L, W.device), M, cd, ws, keep)
         x = x.float()
         var = reduce((x - x.mean(0)).pow(2), 'batch n_models d_model -> batch n_models', 'sum')
-    if self.training: self.track_firing(None, fired=f_sum > 0, n=B)
+    if self.training: self.track_firing(f_sum > 0, B)   # f >= 0: a latent fired where its sum is positive
     l2, coeff = err.sum(-1).mean(), self.cfg.l1_default if l1_coeff is None else l1_coeff
     return LossOutput(loss=l2 + coeff * l1, l2=l2, l1=l1, l0=l0, explained_variance=(1 - err / var).mean(0), aux=l2.new_zeros(()))
 
