@@ -277,8 +277,8 @@ def losses(self: CrossCoder, x: Float[Tensor, "batch n_models d_model"],
     resid = x - self.decode(f, W).float()
     coeff = self.cfg.l1_default if l1_coeff is None else l1_coeff
     with torch.autocast(x.device.type, enabled=False):   # the losses in float32 (mixed precision runs only the matmuls above in bf16)
-        err = reduce(resid.pow(2), 'batch n_models d_model -> batch n_models', 'sum')
-        var = reduce((x - x.mean(0)).pow(2), 'batch n_models d_model -> batch n_models', 'sum')
+        xm = x - x.mean(0)   # products, not pow(2): much faster on a CPU
+        err, var = (reduce(t * t, 'batch n_models d_model -> batch n_models', 'sum') for t in (resid, xm))
         l2 = err.sum(-1).mean()
         with torch.set_grad_enabled(torch.is_grad_enabled() and coeff != 0):   # at coefficient 0 (top-k) the penalty adds no gradient
             l1 = self.sparsity(f.float(), dec_norms.float())
@@ -385,12 +385,13 @@ def aux_loss(self: CrossCoder, resid: Float[Tensor, "batch n_models d_model"],  
     idx = torch.where(dead, h * dec_norm_sum, -1.0).topk(min(self.cfg.aux_k, n_dead), dim=1).indices
     e_hat = F.embedding_bag(idx, W.flatten(1), mode='sum', per_sample_weights=h.gather(1, idx).to(W.dtype)).view_as(resid)
     world = rank_world()[1]   # data-parallel: this rank's error over the global batch's variance, times the world (05b_distributed)
-    return world * (resid - e_hat.float()).pow(2).sum() / global_sq_dev(resid).clamp_min(1e-12)
+    e = resid - e_hat.float()
+    return world * (e * e).sum() / global_sq_dev(resid).clamp_min(1e-12)
 
 # %% ../nbs/04_crosscoder.ipynb
 class _Workspace:
     "Large scratch tensors kept between training steps, by shape, dtype and device (allocating them afresh costs page faults on a CPU)."
-    def __init__(self): self.free = {}
+    def __init__(self): self.free, self.const = {}, {}
     def take(self, shape: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
         pool = self.free.get((tuple(shape), dtype, str(device)))
         return pool.pop() if pool else torch.empty(shape, dtype=dtype, device=device)
@@ -398,16 +399,25 @@ class _Workspace:
         for t in ts:
             pool = self.free.setdefault((tuple(t.shape), t.dtype, str(t.device)), [])
             if len(pool) < 4 and not any(p is t for p in pool): pool.append(t)
+    def blocks(self, n: int, dtype: torch.dtype, device: torch.device, size: int = 256) -> Tensor:
+        "[ceil(n / size), n]: row i is 1 on rows i*size ... (i+1)*size - 1 of a batch of n, 0 elsewhere (kept)."
+        key = ('blocks', n, size, dtype, str(device))
+        if key not in self.const:
+            i = torch.arange(n, device=device)
+            self.const[key] = (i // size == torch.arange((n + size - 1) // size, device=device)[:, None]).to(dtype)
+        return self.const[key]
+
+def _col_sum(t: Float[Tensor, "batch n"], ws: _Workspace) -> Float[Tensor, "n"]:
+    "Each column's sum, in float32: as a matrix product by a row of ones (faster than `sum(0)` on a CPU); float16 sums stay in float32."
+    if t.dtype == torch.float16: return t.sum(0, dtype=torch.float32)   # a float16 product could overflow
+    return torch.mm(ws.blocks(len(t), t.dtype, t.device, size=len(t)), t).view(-1).float()
 
 def _count_active(f: Float[Tensor, "batch d_latent"], ws: _Workspace) -> Tensor:
     "The exact number of non-zero entries of f >= 0 (float64), without the slow boolean reductions of the CPU."
     s = torch.sign(f, out=ws.take(f.shape, f.dtype, f.device))
-    if s.dtype in (torch.bfloat16, torch.float16):   # sums of 0/1 are exact in 16 bits up to 256: add blocks of 256 rows first
-        n = len(s) // 256 * 256
-        per = s[:n].view(-1, 256, s.shape[1]).sum(1).sum(0, dtype=torch.float32) + s[n:].sum(0, dtype=torch.float32)
-    else: per = s.sum(0)
+    per = torch.mm(ws.blocks(len(f), f.dtype, f.device), s)   # counts of blocks of 256 rows: exact even in 16 bits
     ws.give(s)
-    return per.double().sum()
+    return per.sum(dtype=torch.float64)
 
 # %% ../nbs/04_crosscoder.ipynb
 def _cast(t: Tensor, dtype: torch.dtype, ws: _Workspace, pooled: list) -> Tensor:
@@ -432,16 +442,19 @@ class _FusedReLUL1(torch.autograd.Function):
         (B, L), pooled = (len(x), W_enc.shape[1]), []
         norms = W_dec.detach().float().view(L, n_models, -1).norm(dim=-1)   # [d_latent, n_models]
         w = norms.sum(-1) if ratio is None else norms.sum(-1) * ratio
-        xc, We, Wd = x.to(cd), _cast(W_enc, cd, ws, pooled), _cast(W_dec, cd, ws, pooled)
+        xc, We, Wd = (_cast(t, cd, ws, pooled) for t in (x, W_enc, W_dec))
         f = torch.mm(xc, We, out=ws.take((B, L), cd, x.device)).add_(b_enc.to(cd)).relu_()   # faster than addmm's bias on a CPU
-        resid = (x.float() - torch.addmm(b_dec.to(cd), f, Wd).float()).view(B, n_models, -1)   # x - x_hat, in float32
-        err = resid.pow(2).sum(-1)   # [batch, n_models]
-        f_sum = f.sum(0, dtype=torch.float32) if cd == torch.float16 else f.sum(0).float()   # each latent's sum over the batch
+        x_hat = torch.addmm(b_dec.to(cd), f, Wd, out=ws.take(x.shape, cd, x.device))
+        resid = torch.sub(x.float(), x_hat, out=ws.take(x.shape, torch.float32, x.device))   # x - x_hat, in float32
+        sq = torch.mul(resid, resid, out=ws.take(x.shape, torch.float32, x.device))   # (a product: much faster than pow(2) on a CPU)
+        err = sq.view(B, n_models, -1).sum(-1)   # [batch, n_models]
+        ws.give(x_hat, sq)
+        f_sum = _col_sum(f, ws)   # each latent's sum over the batch
         l1, l0 = f_sum @ w / B, (_count_active(f, ws) / B).float()
         if keep:
             ctx.save_for_backward(xc, We, Wd, f, f_sum, W_dec, norms, w, ratio, resid)
-            ctx.ws, ctx.pooled, ctx.dts = ws, pooled + [f], (x.dtype, W_enc.dtype, b_enc.dtype, W_dec.dtype, b_dec.dtype)
-        else: ws.give(*pooled, f)   # no backward will follow: the buffers are free again
+            ctx.ws, ctx.pooled, ctx.dts = ws, pooled + [f, resid], (x.dtype, W_enc.dtype, b_enc.dtype, W_dec.dtype, b_dec.dtype)
+        else: ws.give(*pooled, f, resid)   # no backward will follow: the buffers are free again
         ctx.mark_non_differentiable(l0, f_sum)
         return err, l1, l0, f_sum
 
@@ -451,20 +464,21 @@ class _FusedReLUL1(torch.autograd.Function):
                                                   "per forward. For retain_graph, use losses(fused=False) (TrainConfig.fused=False).")
         xc, We, Wd, f, f_sum, W_dec, norms, w, ratio, resid = ctx.saved_tensors
         (B, L), cd, ws, dts, need = f.shape, f.dtype, ctx.ws, ctx.dts, ctx.needs_input_grad
-        g_x_hat = (resid * (g_err.unsqueeze(-1) * -2)).view(B, -1)   # d err / d x_hat = -2 (x - x_hat)
-        gr, c = g_x_hat.to(cd), g_l1 / B
+        g_x_hat = resid.view(*g_err.shape, -1).mul_(g_err.unsqueeze(-1) * -2).view(B, -1)   # d err / d x_hat = -2 (x - x_hat), in resid's buffer
+        pooled, c = ctx.pooled, g_l1 / B
+        gr = _cast(g_x_hat, cd, ws, pooled)
         g_f = torch.mm(gr, Wd.T, out=ws.take((B, L), cd, f.device)).add_((c * w).to(cd))
         torch.ops.aten.threshold_backward.grad_input(g_f, f, 0, grad_input=g_f)   # zero where the ReLU was off, in place
         g_x = (_mm(g_f, We.T, torch.float32, ws) - g_x_hat).to(dts[0]) if need[0] else None
         g_We = _mm(xc.T, g_f, dts[1], ws) if need[1] else None
-        g_be = g_f.sum(0).to(dts[2]) if need[2] else None
+        g_be = _col_sum(g_f, ws).to(dts[2]) if need[2] else None
         g_bd = g_x_hat.sum(0).to(dts[4]) if need[4] else None
         g_Wd = None
         if need[3]:   # the reconstruction's gradient, plus the penalty's through the norms: c ratio_j f_sum_j d_j^m / ||d_j^m||
             g_Wd = _mm(f.T, gr, dts[3], ws)
             coef = (c * f_sum if ratio is None else c * f_sum * ratio).unsqueeze(-1) / norms.clamp_min(1e-30) * (norms > 0)
             g_Wd.view(L, coef.shape[1], -1).addcmul_(W_dec.view(L, coef.shape[1], -1), coef.unsqueeze(-1).to(g_Wd.dtype))
-        ws.give(*ctx.pooled, g_f); ctx.pooled = None   # handed back once
+        ws.give(*pooled, g_f); ctx.pooled = None   # handed back once
         return g_x, g_We, g_be, g_Wd, g_bd, None, None, None, None, None
 
 # %% ../nbs/04_crosscoder.ipynb
@@ -488,8 +502,9 @@ def fused_losses(self: CrossCoder, x: Float[Tensor, "batch n_models d_model"],
     with torch.autocast(dev, enabled=False):
         err, l1, l0, f_sum = _FusedReLUL1.apply(x.reshape(B, M * D), self.W_enc.reshape(M * D, L), self.b_enc, W.reshape(L, M * D),
                                                 self.b_dec.reshape(-1), self.sparsity.ratios(L, W.device), M, cd, ws, keep)
-        x = x.float()
-        var = reduce((x - x.mean(0)).pow(2), 'batch n_models d_model -> batch n_models', 'sum')
+        xf = x.float().reshape(B, M * D)   # each example's squared deviation from the batch mean, in a workspace buffer
+        xm = torch.sub(xf, xf.mean(0), out=ws.take(xf.shape, torch.float32, x.device))
+        var = xm.mul_(xm).view(B, M, D).sum(-1); ws.give(xm)
     if self.training: self.track_firing(f_sum > 0, B)   # f >= 0: a latent fired where its sum is positive
     l2, coeff = err.sum(-1).mean(), self.cfg.l1_default if l1_coeff is None else l1_coeff
     return LossOutput(loss=l2 + coeff * l1, l2=l2, l1=l1, l0=l0, explained_variance=(1 - err / var).mean(0), aux=l2.new_zeros(()))
