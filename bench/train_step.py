@@ -13,7 +13,7 @@ explained variance of the bfloat16 run against the float32 run. Writes bench/res
 
     python bench/train_step.py [--d-model 256] [--latents 4096] [--batch 4096] [--steps 3] [--rounds 5] [--device cpu] [--threads N]
 """
-import argparse, platform, statistics, tempfile, time
+import argparse, platform, shlex, statistics, sys, tempfile, time
 import torch
 from einops import einsum
 from _results import publish
@@ -93,7 +93,7 @@ for L in [int(s) for s in a.latents.split(',')]:
     print(rows[-1], flush=True)
     del fns, plain, opt, t, cc
 
-md = (f"Training step, ms (`python bench/train_step.py`, d_model {D} x 2 models, batch {B}, L1 crosscoder, {data['device']}, "
+md = (f"Training step, ms (`python bench/train_step.py {shlex.join(sys.argv[1:])}`, d_model {D} x 2 models, batch {B}, L1 crosscoder, {data['device']}, "
       f"{data['threads']} threads; each variant timed over {a.steps} steps, in {a.rounds} interleaved rounds: medians, and the range of step / floor "
       "over the rounds):\n\n"
       "| d_latent | plain fp32 (`.item()` every step) | this project, fp32 (speed-up) | this project, bf16 mixed (speed-up) | GEMM floor fp32 / bf16 | step / floor, fp32 / bf16 | its range over rounds |\n"
