@@ -2,14 +2,14 @@
 (`run_with_cache`), side by side in one run; and the ActivationBuffer end to end. Prints tokens/s and the ratio, and writes
 bench/results/harvest.{md,json} (and README.md's block).
 
-    python bench/harvest.py [--layer 3] [--rows 32] [--seq 128] [--repeats 5] [--device cpu] [--threads N]
+    python bench/harvest.py [--layer 3] [--rows 32] [--seq 128] [--repeats 7] [--device cpu] [--threads N]
     python bench/harvest.py --gemma-shapes [--rows 2] [--seq 128] [--repeats 2]   # a random Gemma-2-2B (bf16) at layer 14
 
 With `--gemma-shapes` one model of Gemma-2-2B's exact architecture (26 layers, d_model 2304, vocabulary 256,000;
 transformers' `Gemma2Config()` defaults), randomly initialised in bfloat16, stands in for the real one (which needs the
 hub); it reads the organisms' token ids, which lie inside its vocabulary.
 """
-import argparse, platform, tempfile, time
+import argparse, platform, statistics, tempfile, time
 import torch
 from _results import publish
 from crosscoder_nb.models import load_model
@@ -33,28 +33,32 @@ if a.gemma_shapes:
     torch.set_default_dtype(torch.float32); tok.save_pretrained(tmp.name)
     models, what = [load_model(tmp.name, device=a.device, dtype=torch.bfloat16)], 'a random Gemma-2-2B (bf16)'
 else:
-    layer, rows, repeats = 3 if a.layer is None else a.layer, a.rows or 32, a.repeats or 5
+    layer, rows, repeats = 3 if a.layer is None else a.layer, a.rows or 32, a.repeats or 7
     models, what = [load_model(m, device=a.device) for m in ('organism-base', 'organism-chat')], 'both organisms (fp32)'
 toks = TokenStream(organisms_mix('train', seq_len=a.seq), models[0].tokenizer, rows).take(rows).to(a.device)
 hook = f'blocks.{layer}.hook_resid_pre'
 
-def timeit(fn):
-    fn()   # warm-up
-    t = time.perf_counter()
-    for _ in range(repeats): fn()
+def timed(fn):
+    t = time.perf_counter(); fn()
     if a.device.startswith('cuda'): torch.cuda.synchronize()
-    return (time.perf_counter() - t) / repeats
+    return time.perf_counter() - t
 
-with torch.no_grad():
-    stop = timeit(lambda: [harvest(m, toks, hook) for m in models])
-    full = timeit(lambda: [m.run_with_cache(toks, names_filter=hook)[1][hook] for m in models])
+with torch.no_grad():   # interleaved rounds, so that a slow spell of the machine hits both: medians
+    fns = {'stop': lambda: [harvest(m, toks, hook) for m in models],
+           'full': lambda: [m.run_with_cache(toks, names_filter=hook)[1][hook] for m in models]}
+    for fn in fns.values(): fn()   # warm-up
+    rounds = [{k: timed(fn) for k, fn in fns.items()} for _ in range(repeats)]
+stop, full = (statistics.median(r[k] for r in rounds) for k in ('stop', 'full'))
+ratio = statistics.median(r['full'] / r['stop'] for r in rounds)
 n = rows * (a.seq - 1)
 name = 'harvest-gemma' if a.gemma_shapes else 'harvest'
 data = {'model': what, 'hook': hook, 'rows': rows, 'seq': a.seq, 'device': a.device, 'threads': torch.get_num_threads(),
-        'machine': platform.processor() or platform.machine(), 'stopped_tokens_per_s': n / stop, 'full_tokens_per_s': n / full, 'ratio': full / stop}
-md = (f"Harvesting, {what}, `{hook}`, {rows} x {a.seq} tokens, {a.device}, {torch.get_num_threads()} threads, mean of {repeats} "
+        'machine': platform.processor() or platform.machine(), 'stopped_tokens_per_s': n / stop, 'full_tokens_per_s': n / full, 'ratio': ratio,
+        'ratio_range': [min(r['full'] / r['stop'] for r in rounds), max(r['full'] / r['stop'] for r in rounds)]}
+md = (f"Harvesting, {what}, `{hook}`, {rows} x {a.seq} tokens, {a.device}, {torch.get_num_threads()} threads, median of {repeats} interleaved rounds "
       f"(`python bench/harvest.py{' --gemma-shapes' if a.gemma_shapes else ''}`): stopped at the layer {n / stop:,.0f} tokens/s, "
-      f"a full forward pass with a cache {n / full:,.0f} tokens/s: **{full / stop:.2f}x**.\n")
+      f"a full forward pass with a cache {n / full:,.0f} tokens/s: **{ratio:.2f}x** "
+      f"(over the rounds {data['ratio_range'][0]:.2f}-{data['ratio_range'][1]:.2f}x).\n")
 if not a.gemma_shapes:
     cfg = organisms_config().buffer
     buf = ActivationBuffer(models, organisms_mix('train', seq_len=a.seq), BufferConfig(**{**cfg.to_dict(), 'layer': layer, 'device': a.device}), progress=False)
