@@ -283,8 +283,9 @@ def losses(self: CrossCoder, x: Float[Tensor, "batch n_models d_model"],
         with torch.set_grad_enabled(torch.is_grad_enabled() and coeff != 0):   # at coefficient 0 (top-k) the penalty adds no gradient
             l1 = self.sparsity(f.float(), dec_norms.float())
     aux = self.aux_loss(resid.detach(), pre, dec_norms.sum(-1), W) if self.training else l2.new_zeros(())
-    if self.training: self.track_firing((f > 0).any(0), len(f))
-    return LossOutput(loss=l2 + coeff * l1 + self.cfg.aux_alpha * aux, l2=l2, l1=l1, l0=(f > 0).float().sum(-1).mean(),
+    active = f > 0
+    if self.training: self.track_firing(active.any(0), len(f))
+    return LossOutput(loss=l2 + coeff * l1 + self.cfg.aux_alpha * aux, l2=l2, l1=l1, l0=active.sum(-1, dtype=torch.float32).mean(),
                       explained_variance=(1 - err / var).mean(0), aux=aux)
 
 # %% ../nbs/04_crosscoder.ipynb
@@ -318,6 +319,21 @@ def batch_topk(s: Float[Tensor, "batch n"], n_keep: int,
     return idx, torch.where(torch.isinf(low), torch.nan, low)
 
 # %% ../nbs/04_crosscoder.ipynb
+class _KeepReLU(torch.autograd.Function):
+    "relu(pre) at the flat positions `idx`, 0 elsewhere: `where(keep, relu(pre), 0)` and its gradient without a [batch, d_latent] mask."
+    @staticmethod
+    def forward(ctx, pre: Tensor, idx: Tensor) -> Tensor:
+        v = pre.reshape(-1)[idx].clamp_min(0)
+        out = pre.new_zeros(pre.shape); out.view(-1)[idx] = v
+        ctx.save_for_backward(idx, v > 0)   # the ReLU's gradient is 1 where pre > 0
+        return out
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        idx, pos = ctx.saved_tensors
+        out = g.new_zeros(g.shape); out.view(-1)[idx] = torch.where(pos, g.reshape(-1)[idx], 0)
+        return out, None
+
+# %% ../nbs/04_crosscoder.ipynb
 @register_activation('batchtopk')
 class BatchTopK(nn.Module):
     "Training: keep the k*batch largest scores of the whole batch; inference: the scores above a threshold learnt in training."
@@ -328,18 +344,21 @@ class BatchTopK(nn.Module):
         self.register_buffer('steps', torch.zeros((), dtype=torch.long))   # training batches seen
         self.register_buffer('n_avg', torch.zeros((), dtype=torch.long))   # batches in the current average
     def forward(self, pre_acts: Float[Tensor, "batch d_latent"], dec_norm_sum: Float[Tensor, "d_latent"]) -> Float[Tensor, "batch d_latent"]:
-        h = F.relu(pre_acts); s = h * dec_norm_sum
-        if not self.training: return torch.where(s > self.threshold_per_latent().to(s.dtype), h, 0)
+        if not self.training:
+            h = F.relu(pre_acts); s = h * dec_norm_sum
+            return torch.where(s > self.threshold_per_latent().to(s.dtype), h, 0)
+        with torch.no_grad(): s = F.relu(pre_acts) * dec_norm_sum   # the scores choose; only the kept h carry a gradient
         keep, lows, world = [], [], rank_world()[1]
+        (B, L), dev = s.shape, s.device
         for g, (lo, hi, k) in enumerate(self.groups):
             if world > 1:   # data-parallel: the k * batch largest of the global batch (05b_distributed)
-                cut, low = global_cut(s[:, lo:hi], k * len(s) * world)
-                keep.append(s[:, lo:hi] >= cut); lows.append(low); continue
-            idx, low = batch_topk(s[:, lo:hi], k * len(s), self.threshold[g])
-            kg = torch.zeros(len(s) * (hi - lo), dtype=torch.bool, device=s.device); kg[idx] = True
-            keep.append(kg.view(len(s), hi - lo)); lows.append(low)
+                cut, low = global_cut(s[:, lo:hi], k * B * world)
+                idx = (s[:, lo:hi] >= cut).flatten().nonzero().squeeze(1)
+            else: idx, low = batch_topk(s[:, lo:hi], k * B, self.threshold[g])
+            keep.append(idx if (lo, hi) == (0, L) else idx // (hi - lo) * L + idx % (hi - lo) + lo)   # flat positions in [batch, d_latent]
+            lows.append(low)
         self.update_threshold(torch.stack(lows))
-        return torch.where(torch.cat(keep, 1), h, 0)
+        return _KeepReLU.apply(pre_acts, torch.cat(keep))
 
 # %% ../nbs/04_crosscoder.ipynb
 @patch
