@@ -319,21 +319,6 @@ def batch_topk(s: Float[Tensor, "batch n"], n_keep: int,
     return idx, torch.where(torch.isinf(low), torch.nan, low)
 
 # %% ../nbs/04_crosscoder.ipynb
-class _KeepReLU(torch.autograd.Function):
-    "relu(pre) at the flat positions `idx`, 0 elsewhere: `where(keep, relu(pre), 0)` and its gradient without a [batch, d_latent] mask."
-    @staticmethod
-    def forward(ctx, pre: Tensor, idx: Tensor) -> Tensor:
-        v = pre.reshape(-1)[idx].clamp_min(0)
-        out = pre.new_zeros(pre.shape); out.view(-1)[idx] = v
-        ctx.save_for_backward(idx, v > 0)   # the ReLU's gradient is 1 where pre > 0
-        return out
-    @staticmethod
-    def backward(ctx, g: Tensor):
-        idx, pos = ctx.saved_tensors
-        out = g.new_zeros(g.shape); out.view(-1)[idx] = torch.where(pos, g.reshape(-1)[idx], 0)
-        return out, None
-
-# %% ../nbs/04_crosscoder.ipynb
 @register_activation('batchtopk')
 class BatchTopK(nn.Module):
     "Training: keep the k*batch largest scores of the whole batch; inference: the scores above a threshold learnt in training."
@@ -378,6 +363,21 @@ def threshold_per_latent(self: BatchTopK) -> Float[Tensor, "d_latent"]:
         raise ValueError("This BatchTopK crosscoder has no inference threshold yet (it is learnt while training): train it with Trainer, "
                          "or estimate one from batches of normalised activations with cc.fit_threshold(batches).")
     return torch.cat([t.expand(hi - lo) for t, (lo, hi, _) in zip(self.threshold, self.groups)])
+
+# %% ../nbs/04_crosscoder.ipynb
+class _KeepReLU(torch.autograd.Function):
+    "relu(pre) at the flat positions `idx`, 0 elsewhere: `where(keep, relu(pre), 0)` and its gradient without a [batch, d_latent] mask."
+    @staticmethod
+    def forward(ctx, pre: Tensor, idx: Tensor) -> Tensor:
+        v = pre.reshape(-1)[idx].clamp_min(0)
+        out = pre.new_zeros(pre.shape); out.view(-1)[idx] = v
+        ctx.save_for_backward(idx, v > 0)   # the ReLU's gradient is 1 where pre > 0
+        return out
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        idx, pos = ctx.saved_tensors
+        out = g.new_zeros(g.shape); out.view(-1)[idx] = torch.where(pos, g.reshape(-1)[idx], 0)
+        return out, None
 
 # %% ../nbs/04_crosscoder.ipynb
 @patch
