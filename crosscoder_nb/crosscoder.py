@@ -521,7 +521,7 @@ def fused_losses(self: CrossCoder, x: Float[Tensor, "batch n_models d_model"],
     with torch.autocast(dev, enabled=False):
         err, l1, l0, f_sum = _FusedReLUL1.apply(x.reshape(B, M * D), self.W_enc.reshape(M * D, L), self.b_enc, W.reshape(L, M * D),
                                                 self.b_dec.reshape(-1), self.sparsity.ratios(L, W.device), M, cd, ws, keep)
-        xf = x.float().reshape(B, M * D)   # each example's squared deviation from the batch mean, in a workspace buffer
+        xf = x.detach().float().reshape(B, M * D)   # each example's squared deviation from the batch mean (a metric), in a workspace buffer
         xm = torch.sub(xf, xf.mean(0), out=ws.take(xf.shape, torch.float32, x.device))
         var = xm.mul_(xm).view(B, M, D).sum(-1); ws.give(xm)
     if self.training: self.track_firing(f_sum > 0, B)   # f >= 0: a latent fired where its sum is positive
