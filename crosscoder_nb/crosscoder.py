@@ -334,7 +334,7 @@ class BatchTopK(nn.Module):
             return torch.where(s > self.threshold_per_latent().to(s.dtype), h, 0)
         with torch.no_grad(): s = F.relu(pre_acts) * dec_norm_sum   # the scores choose; only the kept h carry a gradient
         keep, lows, world = [], [], rank_world()[1]
-        (B, L), dev = s.shape, s.device
+        B, L = s.shape
         for g, (lo, hi, k) in enumerate(self.groups):
             if world > 1:   # data-parallel: the k * batch largest of the global batch (05b_distributed)
                 cut, low = global_cut(s[:, lo:hi], k * B * world)
