@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_buffer.ipynb 3
 from __future__ import annotations
-import math, os, re, time
+import contextlib, hashlib, math, os, re, time
 from dataclasses import asdict, dataclass, fields
 from typing import Iterable
 import torch
@@ -16,8 +16,8 @@ from .data import DataConfig, TokenStream
 from .models import load_model
 
 # %% auto 0
-__all__ = ['DTYPES', 'BufferConfig', 'harvest', 'check_models', 'check_seq_len', 'ActivationBuffer', 'estimate_norm_factors',
-           'HarvestedActivations', 'harvest_activations']
+__all__ = ['DTYPES', 'BufferConfig', 'reuse_activations', 'harvest', 'check_models', 'check_seq_len', 'ActivationBuffer',
+           'estimate_norm_factors', 'HarvestedActivations', 'harvest_activations']
 
 # %% ../nbs/03_buffer.ipynb
 DTYPES = {'bfloat16': torch.bfloat16, 'float16': torch.float16, 'float32': torch.float32}
@@ -70,12 +70,37 @@ def validate(self: BufferConfig):
 class _Stop(Exception):
     "Raised by a hook to end a forward pass once the activation it reads is stored."
 
+_MEMO = None   # while `reuse_activations` runs: {'store': {key: (model, activations)}, 'bytes': int, 'max_bytes': int, 'hits': int}
+
+@contextlib.contextmanager
+def reuse_activations(max_bytes: int = 2 << 30,  # stop storing new results past this many bytes (those stored are kept)
+                     ):
+    "Within this block `harvest` stores what it returns, and answers a repeated call (same model, tokens and hook point) from the store. For work that reads the same samples several times, such as the reports of several crosscoders on one pair of models. The models must not change inside the block."
+    global _MEMO
+    outer, _MEMO = _MEMO, {'store': {}, 'bytes': 0, 'max_bytes': max_bytes, 'hits': 0}
+    try: yield _MEMO
+    finally: _MEMO = outer
+
+def _memo_key(model, tokens: Tensor, hook_point: str) -> tuple:
+    t = tokens.detach().cpu().contiguous()
+    return id(model), hook_point, tuple(t.shape), str(t.dtype), hashlib.blake2b(t.numpy().tobytes(), digest_size=16).hexdigest()
+
 @torch.no_grad()
 def harvest(model,  # a TransformerBridge
             tokens: Int[Tensor, "batch seq"],
             hook_point: str,  # a name in `model.hook_dict`
            ) -> Float[Tensor, "batch seq d_model"]:
     "`model`'s activations at `hook_point` on `tokens`, computing nothing past the hook point."
+    if _MEMO is None: return _harvest(model, tokens, hook_point)
+    key = _memo_key(model, tokens, hook_point)
+    if key in _MEMO['store']: _MEMO['hits'] += 1; return _MEMO['store'][key][1].clone()
+    x = _harvest(model, tokens, hook_point)
+    size = x.numel() * x.element_size()
+    if _MEMO['bytes'] + size <= _MEMO['max_bytes']:   # the model is kept with it, so its id cannot be reused inside the block
+        _MEMO['store'][key], _MEMO['bytes'] = (model, x.clone()), _MEMO['bytes'] + size
+    return x
+
+def _harvest(model, tokens: Tensor, hook_point: str) -> Tensor:
     if m := re.fullmatch(r'blocks\.(\d+)\.hook_resid_pre', hook_point): return model(tokens, stop_at_layer=int(m.group(1)))
     box = {}
     def grab(x, hook): box['x'] = x; raise _Stop

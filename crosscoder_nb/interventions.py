@@ -4,7 +4,7 @@
 
 # %% ../nbs/07b_interventions.ipynb 3
 from __future__ import annotations
-import inspect, math, random, re, weakref
+import functools, inspect, math, random, re, weakref
 from dataclasses import asdict, dataclass, field
 import torch, torch.nn.functional as F
 from jaxtyping import Float, Int
@@ -123,7 +123,9 @@ class _Halt(Exception):
 
 def _hidden(args, kwargs): return args[0] if args else kwargs['hidden_states']
 
-def _cache_kw(model) -> str: return 'past_key_values' if 'past_key_values' in inspect.signature(model.forward).parameters else 'cache'
+@functools.lru_cache(maxsize=None)
+def _cache_kw_of(cls) -> str: return 'past_key_values' if 'past_key_values' in inspect.signature(cls.forward).parameters else 'cache'
+def _cache_kw(model) -> str: return _cache_kw_of(type(model))
 
 @torch.no_grad()
 def _generate_cached(cc: CrossCoder, models: list, rows: list[list[int]], e: Edit, hp: str, s: Tensor,
@@ -152,24 +154,29 @@ def _generate_cached(cc: CrossCoder, models: list, rows: list[list[int]], e: Edi
     hooks = [] if e.kind == 'none' else [plains[t].model.layers[layer].register_forward_pre_hook(edit, with_kwargs=True)]
     hooks += [plains[i].model.layers[layer].register_forward_pre_hook(grab(i), with_kwargs=True) for i in others]
     caches = {i: DynamicCache(config=p.config) for i, p in plains.items()}
-    cur, st['editable'], gen, done = ids, editable, [], torch.zeros(B, dtype=torch.bool)
+    gen = torch.full((B, max_new_tokens), pad, dtype=torch.long)
+    cur, st['editable'], alive, n = ids, editable, torch.arange(B), 0   # alive: the rows (of the batch) still generating
     try:
-        for _ in range(max_new_tokens):
+        for n in range(1, max_new_tokens + 1):
             pos = (mask.cumsum(1) - 1).clamp(min=0)[:, -cur.shape[1]:]
             kw = dict(input_ids=cur.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), use_cache=True)
             for i in others:
                 try: plains[i](**kw, **{_cache_kw(plains[i]): caches[i]})
                 except _Halt: pass
             nxt = plains[t](**kw, **{_cache_kw(plains[t]): caches[t]}).logits[:, -1].argmax(-1).cpu()
-            gen.append(torch.where(done, pad, nxt))
-            if stop_ids is not None: done |= stop_ids[nxt]
-            if done.all(): break
-            cur, st['editable'] = nxt[:, None], torch.ones(B, 1, dtype=torch.bool)
-            mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.long)], 1)
+            gen[alive, n - 1] = nxt
+            go = ~stop_ids[nxt] if stop_ids is not None else torch.ones(len(nxt), dtype=torch.bool)
+            if not go.any(): break
+            mask = torch.cat([mask, torch.ones(len(mask), 1, dtype=torch.long)], 1)
+            if not go.all():   # drop the rows that stopped: from the batch, its mask and every KV cache
+                keep = go.nonzero().squeeze(1)
+                alive, nxt, mask = alive[keep], nxt[keep], mask[keep]
+                for c in caches.values(): c.batch_select_indices(keep.to(dev))
+            cur, st['editable'] = nxt[:, None], torch.ones(len(nxt), 1, dtype=torch.bool)
     finally:
         for h in hooks: h.remove()
     out = []
-    for row in torch.stack(gen, 1).tolist():
+    for row in gen[:, :n].tolist():
         hit = next((j for j, tk in enumerate(row) if stop_ids is not None and stop_ids[tk]), None)
         out.append(row if hit is None else row[:hit + 1])
     return out
@@ -201,10 +208,13 @@ def matched_random(latents: list[int], frequencies: Float[Tensor, "d_latent"], s
     live = [j for j in range(len(freqs)) if freqs[j] > 0 and j not in taken]
     if len(live) < len(latents): raise ValueError(f"Only {len(live)} other live latents to draw a control of {len(latents)} from.")
     logf = freqs.clamp_min(1e-12).log()
-    out = []
-    for j in latents:
-        near = sorted((k for k in live if k not in out), key=lambda k: abs(logf[k] - logf[j]).item())[:pool]
-        out.append(rng.choice(near))
+    live, free, out = torch.tensor(live), torch.ones(len(live), dtype=torch.bool), []
+    for j in latents:   # the `pool` free live latents nearest in log-frequency (ties: lower id first), one drawn at random
+        d = (logf[live] - logf[j]).abs().masked_fill(~free, math.inf)
+        near = torch.sort(d, stable=True).indices[:pool]
+        near = near[free[near]]
+        i = rng.choice(near.tolist())   # an index into `live`
+        out.append(int(live[i])); free[i] = False
     return out
 
 # %% ../nbs/07b_interventions.ipynb

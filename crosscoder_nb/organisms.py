@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_organisms.ipynb 3
 from __future__ import annotations
-import json, lzma, math, random, re, shutil, time
+import functools, json, lzma, math, random, re, shutil, time
 from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -34,8 +34,13 @@ def load_corpus(sources=CORPUS_SOURCES,  # names of files `assets/corpus/{name}.
         path = root / f'{name}.txt.xz'
         if not path.exists(): raise FileNotFoundError(f"Corpus file {path} is missing: reinstall crosscoder-nb "
                                                       "or rebuild the corpus with tools/build_corpus.py")
-        out[name] = lzma.decompress(path.read_bytes()).decode().split('\n')
+        st = path.stat()
+        out[name] = list(_paragraphs(str(path), st.st_mtime_ns, st.st_size))   # a fresh list: the caller may change it
     return out
+
+@functools.lru_cache(maxsize=16)
+def _paragraphs(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:   # decompressed once per file version (the reports read it many times)
+    return tuple(lzma.decompress(Path(path).read_bytes()).decode().split('\n'))
 
 def split_paragraphs(paragraphs: list[str], heldout_every: int = 50) -> tuple[list[str], list[str]]:
     "Deterministic train / held-out split: every `heldout_every`-th paragraph is held out."
