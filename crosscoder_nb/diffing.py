@@ -318,26 +318,38 @@ def detection_scores(f: Float[Tensor, "n_tokens n_latents"], labels: Bool[Tensor
     labels = torch.as_tensor(labels, dtype=torch.bool).cpu()
     n_p, n_n = int(labels.sum()), int((~labels).sum())
     if n_p == 0 or n_n == 0: raise ValueError(f"Detection needs labelled and unlabelled tokens; got {n_p} labelled of {len(labels)}.")
-    out = {k: torch.zeros(f.shape[1], dtype=torch.float64) for k in ('auroc', 'precision', 'recall', 'f1', 'threshold', 'density')}
-    for j in range(f.shape[1]):
-        col = f[:, j].float().cpu()
-        nz = col > 0
-        P_n, N_n = int((nz & labels).sum()), int((nz & ~labels).sum())
-        P_z, N_z = n_p - P_n, n_n - N_n
-        vals, lab = col[nz], labels[nz]
-        order = torch.argsort(vals, descending=True)
-        v, l = vals[order], lab[order]
-        # pairs of non-zero activations: for each positive, the negatives below it (ties among floats are negligible)
-        neg_above = torch.cumsum((~l).double(), 0)
-        u_nn = float(((N_n - neg_above) * l.double()).sum())
-        out['auroc'][j] = (u_nn + P_n * N_z + 0.5 * P_z * N_z) / (n_p * n_n)
-        out['density'][j] = float(nz.float().mean())
-        if P_n:
-            tp = torch.cumsum(l.double(), 0); k = torch.arange(1, len(l) + 1, dtype=torch.float64)
-            prec, rec = tp / k, tp / n_p
-            f1 = 2 * prec * rec / (prec + rec).clamp_min(1e-12)
-            b = int(f1.argmax())
-            out['precision'][j], out['recall'][j], out['f1'][j], out['threshold'][j] = prec[b], rec[b], f1[b], v[b]
+    f, block = torch.as_tensor(f), 256   # latents scored together (bounded memory: a block's non-zero activations)
+    parts = [_detection_block(f[:, j:j + block].float().cpu(), labels, n_p, n_n) for j in range(0, f.shape[1], block)]
+    return {k: torch.cat([q[k] for q in parts]) if parts else torch.zeros(0, dtype=torch.float64)
+            for k in ('auroc', 'precision', 'recall', 'f1', 'threshold', 'density')}
+
+def _detection_block(f: Tensor, labels: Tensor, n_p: int, n_n: int) -> dict[str, Tensor]:
+    L = f.shape[1]
+    out = {k: torch.zeros(L, dtype=torch.float64) for k in ('auroc', 'precision', 'recall', 'f1', 'threshold', 'density')}
+    # every latent of the block at once, over its non-zero activations only: sorted by latent, then by activation (largest first)
+    tok, lat = (f > 0).nonzero(as_tuple=True)
+    vals = f[tok, lat]
+    # one sort: by latent, then by activation, largest first (a positive float's bits order like the float itself)
+    o = torch.sort((lat << 31) | (0x7FFFFFFF - vals.view(torch.int32).long())).indices
+    v, l, lat = vals[o], labels[tok[o]].double(), lat[o]
+    count = torch.bincount(lat, minlength=L)                           # non-zero activations per latent
+    start = torch.cumsum(count, 0) - count                             # where each latent's run begins
+    P_n = torch.zeros(L, dtype=torch.float64).index_add_(0, lat, l); N_n = count.double() - P_n
+    P_z, N_z = n_p - P_n, n_n - N_n
+    seg = lambda c: c - torch.repeat_interleave(torch.cat([c.new_zeros(1), c])[start], count)   # a cumulative sum restarted per latent
+    neg_above = seg(torch.cumsum(1 - l, 0))   # for each positive, the negatives above it (ties among floats are negligible)
+    u_nn = torch.zeros(L, dtype=torch.float64).index_add_(0, lat, (N_n[lat] - neg_above) * l)   # sums of integers: exact
+    out['auroc'] = (u_nn + P_n * N_z + 0.5 * P_z * N_z) / (n_p * n_n)
+    out['density'] = (count.float() / len(f)).double()
+    if len(v):
+        tp = seg(torch.cumsum(l, 0)); k = (torch.arange(len(v)) - torch.repeat_interleave(start, count) + 1).double()
+        prec, rec = tp / k, tp / n_p
+        f1 = 2 * prec * rec / (prec + rec).clamp_min(1e-12)
+        best = torch.full((L,), -1.0, dtype=torch.float64).scatter_reduce_(0, lat, f1, 'amax')
+        first = torch.full((L,), len(v), dtype=torch.long).scatter_reduce_(0, lat, torch.where(f1 == best[lat], torch.arange(len(v)), len(v)), 'amin')
+        has = P_n > 0
+        b = first[has]
+        out['precision'][has], out['recall'][has], out['f1'][has], out['threshold'][has] = prec[b], rec[b], f1[b], v[b].double()
     return out
 
 # %% ../nbs/07_diffing.ipynb
