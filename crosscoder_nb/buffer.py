@@ -75,7 +75,7 @@ _MEMO = None   # while `reuse_activations` runs: {'store': {key: (model, activat
 @contextlib.contextmanager
 def reuse_activations(max_bytes: int = 2 << 30,  # stop storing new results past this many bytes (those stored are kept)
                      ):
-    "Within this block `harvest` stores what it returns, and answers a repeated call (same model, tokens and hook point) from the store. For work that reads the same samples several times, such as the reports of several crosscoders on one pair of models. The models must not change inside the block."
+    "Within this block `harvest` stores what it returns, and answers a repeated call (same model, tokens and hook point) from the store. For work that reads the same samples several times, such as the reports of several crosscoders on one pair of models. The models (their weights, and any hooks they carry outside `harvest`) must not change inside the block."
     global _MEMO
     outer, _MEMO = _MEMO, {'store': {}, 'bytes': 0, 'max_bytes': max_bytes, 'hits': 0}
     try: yield _MEMO
