@@ -187,12 +187,15 @@ class CrossCoder(nn.Module):
         self.eval()
 
 # %% ../nbs/04_crosscoder.ipynb
-def sparse_decode(f: Float[Tensor, "batch d_latent"], W: Float[Tensor, "d_latent n_models d_model"]) -> Float[Tensor, "batch n_models d_model"]:
+def sparse_decode(f: Float[Tensor, "batch d_latent"], W: Float[Tensor, "d_latent n_models d_model"],
+                  kept: Int[Tensor, "n"] | None = None,  # sorted flat positions in f that hold all its non-zeros (BatchTopK training knows them): skips a scan of f
+                 ) -> Float[Tensor, "batch n_models d_model"]:
     "sum_j f_j W[j] over the non-zero f_j of each example, by gathering rows (no bias)."
-    rows, cols = f.nonzero(as_tuple=True)
+    if kept is None: rows, cols = f.nonzero(as_tuple=True); w = f[rows, cols]
+    else: rows, cols, w = kept // f.shape[1], kept % f.shape[1], f.reshape(-1)[kept]   # the same entries, in the same order, and maybe some zeros
     offsets = torch.zeros(len(f), dtype=torch.long, device=f.device)
     offsets[1:] = torch.bincount(rows, minlength=len(f))[:-1].cumsum(0)
-    out = F.embedding_bag(cols, W.flatten(1), offsets, mode='sum', per_sample_weights=f[rows, cols].to(W.dtype))
+    out = F.embedding_bag(cols, W.flatten(1), offsets, mode='sum', per_sample_weights=w.to(W.dtype))
     return out.view(len(f), *W.shape[1:])
 
 @patch(as_prop=True)
@@ -232,10 +235,11 @@ def encode(self: CrossCoder, x: Float[Tensor, "batch n_models d_model"],
 @patch
 def decode(self: CrossCoder, f: Float[Tensor, "batch d_latent"],
            W: Tensor | None = None,  # `decoder_weights()`, computed when not given
+           kept: Tensor | None = None,  # for the sparse decoder: sorted flat positions of f holding all its non-zeros, if known
           ) -> Float[Tensor, "batch n_models d_model"]:
     "Reconstruction x_hat_m = f W_dec[:, m] + b_dec[m] of each model."
     W = self.decoder_weights() if W is None else W
-    if self.use_sparse_decode: return sparse_decode(f, W) + self.b_dec
+    if self.use_sparse_decode: return sparse_decode(f, W, kept) + self.b_dec
     return einsum(f, W, 'batch d_latent, d_latent n_models d_model -> batch n_models d_model') + self.b_dec
 
 @patch
@@ -273,8 +277,9 @@ def losses(self: CrossCoder, x: Float[Tensor, "batch n_models d_model"],
     dec_norms = W.norm(dim=-1)
     pre = self.pre_acts(x)
     f = self.activation(pre, dec_norms.sum(-1))
+    kept = getattr(self.activation, 'kept', None) if self.training else None   # BatchTopK in training: where f can be non-zero
     x = x.float()
-    resid = x - self.decode(f, W).float()
+    resid = x - self.decode(f, W, kept).float()
     coeff = self.cfg.l1_default if l1_coeff is None else l1_coeff
     with torch.autocast(x.device.type, enabled=False):   # the losses in float32 (mixed precision runs only the matmuls above in bf16)
         xm = x - x.mean(0)   # products, not pow(2): much faster on a CPU
@@ -343,7 +348,8 @@ class BatchTopK(nn.Module):
             keep.append(idx if (lo, hi) == (0, L) else idx // (hi - lo) * L + idx % (hi - lo) + lo)   # flat positions in [batch, d_latent]
             lows.append(low)
         self.update_threshold(torch.stack(lows))
-        return _KeepReLU.apply(pre_acts, torch.cat(keep))
+        self.kept = torch.cat(keep).sort().values   # read by `losses` right after this call, for the sparse decoder (no scan of f)
+        return _KeepReLU.apply(pre_acts, self.kept)
 
 # %% ../nbs/04_crosscoder.ipynb
 @patch
