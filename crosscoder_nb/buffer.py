@@ -81,9 +81,12 @@ def reuse_activations(max_bytes: int = 2 << 30,  # stop storing new results past
     try: yield _MEMO
     finally: _MEMO = outer
 
-def _memo_key(model, tokens: Tensor, hook_point: str) -> tuple:
+def _memo_key(model, tokens: Tensor, hook_point: str) -> tuple | None:
+    "The store's key, or None where a result may not be reused: the model carries hooks (they may change what it computes)."
+    if any(getattr(h, 'fwd_hooks', None) for h in getattr(model, 'hook_dict', {}).values()): return None
     t = tokens.detach().cpu().contiguous()
-    return id(model), hook_point, tuple(t.shape), str(t.dtype), hashlib.blake2b(t.numpy().tobytes(), digest_size=16).hexdigest()
+    version = sum(p._version for p in model.parameters())   # an in-place change of a weight (e.g. load_state_dict) is a new key
+    return id(model), version, hook_point, tuple(t.shape), str(t.dtype), hashlib.blake2b(t.numpy().tobytes(), digest_size=16).hexdigest()
 
 @torch.no_grad()
 def harvest(model,  # a TransformerBridge
@@ -93,11 +96,14 @@ def harvest(model,  # a TransformerBridge
     "`model`'s activations at `hook_point` on `tokens`, computing nothing past the hook point."
     if _MEMO is None: return _harvest(model, tokens, hook_point)
     key = _memo_key(model, tokens, hook_point)
-    if key in _MEMO['store']: _MEMO['hits'] += 1; return _MEMO['store'][key][1].clone()
+    if key is None: return _harvest(model, tokens, hook_point)
+    if key in _MEMO['store']:
+        _MEMO['hits'] += 1; _, x, dev = _MEMO['store'][key]
+        return x.to(dev, copy=True)
     x = _harvest(model, tokens, hook_point)
     size = x.numel() * x.element_size()
-    if _MEMO['bytes'] + size <= _MEMO['max_bytes']:   # the model is kept with it, so its id cannot be reused inside the block
-        _MEMO['store'][key], _MEMO['bytes'] = (model, x.clone()), _MEMO['bytes'] + size
+    if _MEMO['bytes'] + size <= _MEMO['max_bytes']:   # kept on the CPU, with the model, so that its id cannot be reused inside the block
+        _MEMO['store'][key], _MEMO['bytes'] = (model, x.to('cpu', copy=True), x.device), _MEMO['bytes'] + size
     return x
 
 def _harvest(model, tokens: Tensor, hook_point: str) -> Tensor:

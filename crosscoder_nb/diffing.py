@@ -313,13 +313,19 @@ def planted_recovery_figure(result: dict, title: str = 'Planted-diff recovery') 
     return fig
 
 # %% ../nbs/07_diffing.ipynb
-def detection_scores(f: Float[Tensor, "n_tokens n_latents"], labels: Bool[Tensor, "n_tokens"]) -> dict[str, Tensor]:
-    "Per latent (column of `f`): AUROC for `labels`, precision / recall / F1 at the best-F1 threshold, that threshold, and density."
+def detection_scores(f: Float[Tensor, "n_tokens n_latents"], labels: Bool[Tensor, "n_tokens"],
+                     max_nonzero: int = 1 << 21,  # non-zero activations scored at once (bounds the memory, about 100 bytes each; larger is not faster)
+                    ) -> dict[str, Tensor]:
+    "Per latent (column of `f`): AUROC for `labels`, precision / recall / F1 at the best-F1 threshold (`f >= threshold`), that threshold, and density. Tied activations count as ties."
     labels = torch.as_tensor(labels, dtype=torch.bool).cpu()
     n_p, n_n = int(labels.sum()), int((~labels).sum())
     if n_p == 0 or n_n == 0: raise ValueError(f"Detection needs labelled and unlabelled tokens; got {n_p} labelled of {len(labels)}.")
-    f, block = torch.as_tensor(f), 256   # latents scored together (bounded memory: a block's non-zero activations)
-    parts = [_detection_block(f[:, j:j + block].float().cpu(), labels, n_p, n_n) for j in range(0, f.shape[1], block)]
+    f = torch.as_tensor(f)
+    ends = torch.cumsum((f > 0).sum(0).cpu(), 0)   # blocks of whole latents, each with at most max_nonzero non-zeros (or one latent)
+    parts, j = [], 0
+    while j < f.shape[1]:
+        k = max(j + 1, int(torch.searchsorted(ends, (ends[j - 1] if j else 0) + max_nonzero, right=True)))
+        parts.append(_detection_block(f[:, j:k].float().cpu(), labels, n_p, n_n)); j = k
     return {k: torch.cat([q[k] for q in parts]) if parts else torch.zeros(0, dtype=torch.float64)
             for k in ('auroc', 'precision', 'recall', 'f1', 'threshold', 'density')}
 
@@ -336,15 +342,21 @@ def _detection_block(f: Tensor, labels: Tensor, n_p: int, n_n: int) -> dict[str,
     start = torch.cumsum(count, 0) - count                             # where each latent's run begins
     P_n = torch.zeros(L, dtype=torch.float64).index_add_(0, lat, l); N_n = count.double() - P_n
     P_z, N_z = n_p - P_n, n_n - N_n
+    # runs of equal activations of one latent: a threshold falls between runs, and a positive ties with the negatives of its run
+    new = torch.ones(len(v), dtype=torch.bool); new[1:] = (lat[1:] != lat[:-1]) | (v[1:] != v[:-1])
+    last = torch.ones(len(v), dtype=torch.bool); last[:-1] = new[1:]
+    run = torch.cumsum(new.long(), 0) - 1                              # the run of each position
+    neg = torch.zeros(int(run[-1]) + 1 if len(v) else 0, dtype=torch.float64).index_add_(0, run, 1 - l)   # negatives per run
     seg = lambda c: c - torch.repeat_interleave(torch.cat([c.new_zeros(1), c])[start], count)   # a cumulative sum restarted per latent
-    neg_above = seg(torch.cumsum(1 - l, 0))   # for each positive, the negatives above it (ties among floats are negligible)
-    u_nn = torch.zeros(L, dtype=torch.float64).index_add_(0, lat, (N_n[lat] - neg_above) * l)   # sums of integers: exact
+    neg_through = seg(torch.cumsum(1 - l, 0))[last][run]               # negatives of the latent down to the end of each run
+    below = N_n[lat] - neg_through + 0.5 * neg[run]                    # negatives below a positive, ties counted half
+    u_nn = torch.zeros(L, dtype=torch.float64).index_add_(0, lat, below * l)
     out['auroc'] = (u_nn + P_n * N_z + 0.5 * P_z * N_z) / (n_p * n_n)
     out['density'] = (count.float() / len(f)).double()
     if len(v):
         tp = seg(torch.cumsum(l, 0)); k = (torch.arange(len(v)) - torch.repeat_interleave(start, count) + 1).double()
         prec, rec = tp / k, tp / n_p
-        f1 = 2 * prec * rec / (prec + rec).clamp_min(1e-12)
+        f1 = torch.where(last, 2 * prec * rec / (prec + rec).clamp_min(1e-12), -1.0)   # only thresholds at the end of a run
         best = torch.full((L,), -1.0, dtype=torch.float64).scatter_reduce_(0, lat, f1, 'amax')
         first = torch.full((L,), len(v), dtype=torch.long).scatter_reduce_(0, lat, torch.where(f1 == best[lat], torch.arange(len(v)), len(v)), 'amin')
         has = P_n > 0

@@ -210,9 +210,8 @@ def matched_random(latents: list[int], frequencies: Float[Tensor, "d_latent"], s
     logf = freqs.clamp_min(1e-12).log()
     live, free, out = torch.tensor(live), torch.ones(len(live), dtype=torch.bool), []
     for j in latents:   # the `pool` free live latents nearest in log-frequency (ties: lower id first), one drawn at random
-        d = (logf[live] - logf[j]).abs().masked_fill(~free, math.inf)
-        near = torch.sort(d, stable=True).indices[:pool]
-        near = near[free[near]]
+        idx = free.nonzero().squeeze(1)
+        near = idx[torch.sort((logf[live[idx]] - logf[j]).abs(), stable=True).indices[:pool]]
         i = rng.choice(near.tolist())   # an index into `live`
         out.append(int(live[i])); free[i] = False
     return out

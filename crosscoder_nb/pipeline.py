@@ -275,6 +275,7 @@ def train_run(cfg: RunConfig, out: str | Path,  # the run directory: checkpoint,
         trainer = Trainer(cc, batches, cfg.train, out, overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
     if activations is None: cfg = replace(cfg, model_dtype=str(dtype).removeprefix('torch.'))   # the dtype used, not 'auto'
+    cfg = replace(cfg, train=replace(cfg.train, precision=trainer.cfg.precision))   # the precision used, not 'auto'
     if rank == 0: atomic_write(out / RUN_CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=1)))
     tokens0, seconds0 = trainer.tokens, trainer._t_train
     harvest0 = 0 if activations is not None else batches.seconds   # harvested before the loop (norm factors): not the loop's time

@@ -115,7 +115,10 @@ def test_small_run_records_the_model_dtype_it_used(tmp_path):
     cfg = set_fields(organisms_config(), {**SMALL, 'model_dtype': None})
     res = train_run(cfg, tmp_path / 'run', device='cpu', progress=False)
     assert res['model_dtype'] == 'float32'
-    assert json.loads((tmp_path / 'run' / RUN_CONFIG_FILE).read_text())['model_dtype'] == 'float32'
+    saved = json.loads((tmp_path / 'run' / RUN_CONFIG_FILE).read_text())
+    assert saved['model_dtype'] == 'float32'
+    from crosscoder_nb.trainer import compute_dtype   # and the training precision 'auto' resolved to on this machine
+    assert cfg.train.precision == 'auto' and saved['train']['precision'] == ('bfloat16' if compute_dtype('auto', 'cpu') else 'float32')
     res = train_run(cfg, tmp_path / 'bf16', device='cpu', model_dtype='bfloat16', progress=False)
     assert res['model_dtype'] == 'bfloat16' and json.loads((tmp_path / 'bf16' / RUN_CONFIG_FILE).read_text())['model_dtype'] == 'bfloat16'
 
