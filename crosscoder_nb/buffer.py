@@ -70,7 +70,7 @@ def validate(self: BufferConfig):
 class _Stop(Exception):
     "Raised by a hook to end a forward pass once the activation it reads is stored."
 
-_MEMO = None   # while `reuse_activations` runs: {'store': {key: (model, activations)}, 'bytes': int, 'max_bytes': int, 'hits': int}
+_MEMO = None   # while `reuse_activations` runs: {'store': {key: (model, activations on the CPU, their device)}, 'bytes': int, 'max_bytes': int, 'hits': int}
 
 @contextlib.contextmanager
 def reuse_activations(max_bytes: int = 2 << 30,  # stop storing new results past this many bytes (those stored are kept)
@@ -94,8 +94,7 @@ def harvest(model,  # a TransformerBridge
             hook_point: str,  # a name in `model.hook_dict`
            ) -> Float[Tensor, "batch seq d_model"]:
     "`model`'s activations at `hook_point` on `tokens`, computing nothing past the hook point."
-    if _MEMO is None: return _harvest(model, tokens, hook_point)
-    key = _memo_key(model, tokens, hook_point)
+    key = None if _MEMO is None else _memo_key(model, tokens, hook_point)
     if key is None: return _harvest(model, tokens, hook_point)
     if key in _MEMO['store']:
         _MEMO['hits'] += 1; _, x, dev = _MEMO['store'][key]

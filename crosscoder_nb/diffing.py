@@ -313,6 +313,8 @@ def planted_recovery_figure(result: dict, title: str = 'Planted-diff recovery') 
     return fig
 
 # %% ../nbs/07_diffing.ipynb
+_DETECTION_KEYS = ('auroc', 'precision', 'recall', 'f1', 'threshold', 'density')
+
 def detection_scores(f: Float[Tensor, "n_tokens n_latents"], labels: Bool[Tensor, "n_tokens"],
                      max_nonzero: int = 1 << 21,  # non-zero activations scored at once (bounds the memory, about 100 bytes each; larger is not faster)
                     ) -> dict[str, Tensor]:
@@ -327,11 +329,11 @@ def detection_scores(f: Float[Tensor, "n_tokens n_latents"], labels: Bool[Tensor
         k = max(j + 1, int(torch.searchsorted(ends, (ends[j - 1] if j else 0) + max_nonzero, right=True)))
         parts.append(_detection_block(f[:, j:k].float().cpu(), labels, n_p, n_n)); j = k
     return {k: torch.cat([q[k] for q in parts]) if parts else torch.zeros(0, dtype=torch.float64)
-            for k in ('auroc', 'precision', 'recall', 'f1', 'threshold', 'density')}
+            for k in _DETECTION_KEYS}
 
 def _detection_block(f: Tensor, labels: Tensor, n_p: int, n_n: int) -> dict[str, Tensor]:
     L = f.shape[1]
-    out = {k: torch.zeros(L, dtype=torch.float64) for k in ('auroc', 'precision', 'recall', 'f1', 'threshold', 'density')}
+    out = {k: torch.zeros(L, dtype=torch.float64) for k in _DETECTION_KEYS}
     # every latent of the block at once, over its non-zero activations only: sorted by latent, then by activation (largest first)
     tok, lat = (f > 0).nonzero(as_tuple=True)
     vals = f[tok, lat]

@@ -133,15 +133,15 @@ def demo(out: str | Path = 'demo_out',  # folder for the runs and the reports
     models = [load_model(m, device=device) for m in c.models]
     h = write_cache(models, c.models, c.data, c.buffer, c.train.n_tokens, out / 'cache', overwrite=overwrite, progress=progress)   # once, bfloat16
     runs = {a: train_run(cfgs[a], out / a, overwrite=overwrite, device=device, progress=progress, cache=out / 'cache') for a in archs}
+    train = {a: {k: r[k] for k in ('steps', 'tokens', 'train_tokens_per_s', 'wall_seconds')} for a, r in runs.items()}
+    facts = {'harvest': f"{len(h.acts):,} activations once for all crosscoders, {h.seconds / 60:.1f} min ({h.tokens_per_s:,.0f} tok/s), "
+                        f"into the cache cache/ (train more crosscoders on it: crosscoder-diff train --cache {out / 'cache'} --out RUN_DIR)",
+             **{f'training ({a})': f"{r['steps']} steps, {r['wall_seconds'] / 60:.1f} min ({r['train_tokens_per_s']:,.0f} tok/s)" for a, r in runs.items()},
+             'run folders': ', '.join(f'{a}/' for a in archs)}
     with reuse_activations():   # the reports read the same samples of the same models: each is run through them once
         others = {a: report_run(out / a, out / a / 'report', models=models, device=device, overwrite=overwrite, progress=progress, **report_kw)
                   for a in archs[1:]}
         compare_with = {a: {**m, 'report': f'{a}/report/{REPORT_FILE}'} for a, m in others.items()}
-        train = {a: {k: r[k] for k in ('steps', 'tokens', 'train_tokens_per_s', 'wall_seconds')} for a, r in runs.items()}
-        facts = {'harvest': f"{len(h.acts):,} activations once for all crosscoders, {h.seconds / 60:.1f} min ({h.tokens_per_s:,.0f} tok/s), "
-                            f"into the cache cache/ (train more crosscoders on it: crosscoder-diff train --cache {out / 'cache'} --out RUN_DIR)",
-                 **{f'training ({a})': f"{r['steps']} steps, {r['wall_seconds'] / 60:.1f} min ({r['train_tokens_per_s']:,.0f} tok/s)" for a, r in runs.items()},
-                 'run folders': ', '.join(f'{a}/' for a in archs)}
         m = report_run(out / arch, out, models=models, device=device, overwrite=True, progress=progress, extra_facts=facts,
                        compare=compare_with or None, label=arch, **report_kw)
     m.update(headline_arch=arch, training=train, harvest={'tokens': len(h.acts), 'seconds': round(h.seconds, 1), 'tokens_per_s': h.tokens_per_s},
