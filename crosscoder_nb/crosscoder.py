@@ -594,13 +594,14 @@ def atomic_write(path: str | Path,  # the file to (over)write
 def save(self: CrossCoder, path: str | Path,  # checkpoint folder (created if needed)
          train_config: dict | None = None,  # the training config, stored with the weights
          extra: dict | None = None,  # any JSON-serialisable metadata (step, tokens seen, ...)
+         weights: dict[str, Tensor] | None = None,  # the tensors to write; default `state_dict()` (the trainer passes gathered ones under FSDP)
         ) -> Path:
     "Write `path/crosscoder.safetensors` and `path/config.json`, each atomically."
     path = Path(path); path.mkdir(parents=True, exist_ok=True)
     meta = {'format_version': CHECKPOINT_FORMAT, 'save_id': uuid.uuid4().hex, 'crosscoder': self.cfg.to_dict(),
             'train_config': train_config, 'extra': extra}
     text = json.dumps(meta, indent=1)   # fails here, before any file is touched, if something is not JSON
-    sd = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+    sd = {k: v.detach().cpu().contiguous() for k, v in (self.state_dict() if weights is None else weights).items()}
     atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(sd, tmp, metadata={'checkpoint': text}))
     atomic_write(path / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
     return path

@@ -9,8 +9,9 @@ import torch, torch.distributed as dist
 from torch import Tensor
 
 # %% auto 0
-__all__ = ['rank_world', 'is_main', 'init_from_env', 'local_device', 'check_global_batch', 'broadcast_state', 'average_gradients',
-           'global_sq_dev', 'any_rank', 'global_cut']
+__all__ = ['PARALLEL', 'rank_world', 'is_main', 'init_from_env', 'local_device', 'check_global_batch', 'broadcast_state',
+           'average_gradients', 'global_sq_dev', 'any_rank', 'global_cut', 'shard_fsdp', 'full_state_dict',
+           'full_optimizer_state', 'shard_optimizer_state']
 
 # %% ../nbs/05b_distributed.ipynb
 def rank_world() -> tuple[int, int]:
@@ -83,3 +84,42 @@ def global_cut(s: Tensor, n_keep: int) -> tuple[Tensor, Tensor]:
     kept = top.topk(n_keep).values
     low = torch.where(kept > 0, kept, torch.inf).min().float()
     return kept[-1], torch.where(torch.isinf(low), torch.nan, low)
+
+# %% ../nbs/05b_distributed.ipynb
+PARALLEL = ('ddp', 'fsdp')
+
+def _largest_dim(p: Tensor):
+    from torch.distributed.tensor import Shard
+    return Shard(max(range(p.ndim), key=lambda d: p.shape[d]))   # the first of the largest dimensions
+
+def shard_fsdp(module: torch.nn.Module, device,
+               methods: tuple[str, ...] = ('losses',),  # methods that run the module besides `forward`: each gathers the weights
+              ) -> torch.nn.Module:
+    "Shard `module`'s parameters over the ranks with FSDP2, each along its largest dimension; returns `module`, sharded in place."
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+    from torch.distributed.device_mesh import init_device_mesh
+    fully_shard(module, mesh=init_device_mesh(torch.device(device).type, (rank_world()[1],)), shard_placement_fn=_largest_dim)
+    for m in methods: register_fsdp_forward_method(module, m)
+    return module
+
+def _whole(v):
+    from torch.distributed.tensor import DTensor
+    return v.full_tensor() if isinstance(v, DTensor) else v
+
+def full_state_dict(module: torch.nn.Module) -> dict[str, Tensor]:
+    "`module.state_dict()` with every sharded tensor gathered whole, one at a time, onto the CPU. Every rank must call it."
+    return {k: _whole(v.detach()).cpu() for k, v in module.state_dict().items()}
+
+def full_optimizer_state(opt: torch.optim.Optimizer) -> dict:
+    "`opt.state_dict()` with its sharded moments gathered whole onto the CPU: the single-process format. Every rank must call it."
+    sd = opt.state_dict()
+    return {**sd, 'state': {i: {k: _whole(v).cpu() if isinstance(v, Tensor) else v for k, v in s.items()} for i, s in sd['state'].items()}}
+
+def shard_optimizer_state(sd: dict, opt: torch.optim.Optimizer) -> dict:
+    "A single-process optimizer state with each moment cut to this rank's shard of its (FSDP) parameter in `opt`; no communication."
+    from torch.distributed.tensor import DTensor, distribute_tensor
+    params = [p for g in opt.param_groups for p in g['params']]
+    def cut(v, p):
+        if not (isinstance(p, DTensor) and isinstance(v, Tensor) and tuple(v.shape) == tuple(p.shape)): return v
+        return distribute_tensor(v.to(p.device_mesh.device_type), p.device_mesh, p.placements, src_data_rank=None)
+    return {**sd, 'state': {i: {k: cut(v, params[int(i)]) for k, v in s.items()} for i, s in sd['state'].items()}}

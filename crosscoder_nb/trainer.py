@@ -17,7 +17,8 @@ from jaxtyping import Float
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 from .crosscoder import CrossCoder, CrossCoderConfig, WEIGHTS_FILE, atomic_write
-from .distributed import any_rank, average_gradients, broadcast_state, check_global_batch, rank_world
+from .distributed import (PARALLEL, any_rank, average_gradients, broadcast_state, check_global_batch,
+    full_optimizer_state, full_state_dict, rank_world, shard_fsdp, shard_optimizer_state)
 
 # %% auto 0
 __all__ = ['PRECISIONS', 'METRICS_FILE', 'STATE_PREFIX', 'cpu_has_bf16', 'compute_dtype', 'TrainConfig', 'TensorBatches',
@@ -59,6 +60,8 @@ class TrainConfig:
     precision: str = 'auto'          # 'float32'; 'bfloat16': mixed precision (bf16 matmuls, fp32 weights, gradients and Adam
                                      # state); 'auto': bfloat16 where it is faster (a GPU or CPU with bf16 units), else float32
     fused: bool = True               # fused Adam, and the fused L1 step (`CrossCoder.fused_losses`) where the crosscoder allows it
+    parallel: str = 'ddp'            # under torchrun: 'ddp' (each rank holds the whole crosscoder) or 'fsdp' (each holds 1/N of the
+                                     # weights, gradients and Adam state; 05b_distributed); ignored in one process
     wandb: bool = False              # also log to Weights & Biases (when installed)
     wandb_project: str = 'crosscoder_nb'
     wandb_mode: str = 'online'       # 'online', 'offline' or 'disabled'
@@ -95,6 +98,7 @@ def validate(self: TrainConfig):
     if not isinstance(self.save_every, int) or self.save_every < 0: bad(f"save_every must be an int >= 0 (0: only at the end), got {self.save_every!r}")
     if self.wandb_mode not in ('online', 'offline', 'disabled'): bad(f"wandb_mode must be 'online', 'offline' or 'disabled', got {self.wandb_mode!r}")
     if self.precision not in PRECISIONS: bad(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+    if self.parallel not in PARALLEL: bad(f"parallel must be one of {PARALLEL}, got {self.parallel!r}")
 
 # %% ../nbs/05_trainer.ipynb
 @patch
@@ -187,12 +191,14 @@ class Trainer:
                                   "or pass overwrite=True / another run_dir to start afresh.")
         self.device = torch.device(cfg.device) if cfg.device else next(crosscoder.parameters()).device
         self.cc.to(self.device)
+        self.rank, self.world = rank_world()   # data-parallel under torchrun (05b_distributed): each rank gets batch_size / world
+        self.fsdp = self.world > 1 and cfg.parallel == 'fsdp'   # each rank holds a shard of every weight and of its Adam state
+        if self.world > 1: check_global_batch(cfg.batch_size, self.world); broadcast_state(self.cc)
+        if self.fsdp: shard_fsdp(self.cc, self.device)   # before the optimizer, whose state then holds shards too
         fused_adam = cfg.fused and self.device.type in ('cpu', 'cuda')   # Adam's update in one kernel per tensor
         self.opt = torch.optim.Adam(self.cc.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused_adam or None)
         self.amp = compute_dtype(cfg.precision, self.device)   # bfloat16 for the step's compute, or None (float32)
         if cfg.precision == 'auto': self.cfg = cfg = replace(cfg, precision='bfloat16' if self.amp else 'float32')   # recorded as resolved
-        self.rank, self.world = rank_world()   # data-parallel under torchrun (05b_distributed): each rank gets batch_size / world
-        if self.world > 1: check_global_batch(cfg.batch_size, self.world); broadcast_state(self.cc)
         self.step, self.tokens, self.batches_used, self.saved_step, self.last_metrics = 0, 0, 0, None, None
         self._dev_step = torch.zeros((), dtype=torch.long, device=self.device)
         self._bad = torch.full((2,), -1, dtype=torch.long, device=self.device)  # first step with a non-finite loss / batch
@@ -219,7 +225,7 @@ def _train_step(self: Trainer, x: Float[Tensor, "batch n_models d_model"]):
     with torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):   # fp32 weights either way
         out = self.cc.losses(x, l1_coeff=coeff, fused=self.cfg.fused)
     out.loss.backward()
-    if self.world > 1: average_gradients(self.cc.parameters())   # the global batch's gradient, on every rank
+    if self.world > 1 and not self.fsdp: average_gradients(self.cc.parameters())   # the global batch's gradient, on every rank (FSDP reduce-scatters its own)
     if self.cfg.grad_clip: clip_grad_norm_(self.cc.parameters(), self.cfg.grad_clip)
     self.opt.step()
     self.opt.zero_grad(set_to_none=True)
@@ -275,16 +281,17 @@ def _wandb_start(self: Trainer):
 def save(self: Trainer) -> Path:
     "Checkpoint the crosscoder and the trainer state into `run_dir` (atomically); returns `run_dir`."
     self._check_finite()
+    weights, opt_state = (full_state_dict(self.cc), full_optimizer_state(self.opt)) if self.fsdp else (None, self.opt.state_dict())   # FSDP: every rank sends its shards
     if self.rank != 0: self.saved_step = self.step; return self.run_dir   # data-parallel: rank 0 writes, once
     self.run_dir.mkdir(parents=True, exist_ok=True)
     name = f'{STATE_PREFIX}{self.step:09d}.pt'
     state = {'format_version': 1, 'step': self.step, 'tokens': self.tokens, 'batches_used': self.batches_used,
-             'optimizer': self.opt.state_dict(), 'rng_cpu': torch.get_rng_state(),
+             'optimizer': opt_state, 'rng_cpu': torch.get_rng_state(),
              'rng_cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
              'data': self.batches.state_dict() if hasattr(self.batches, 'state_dict') else None,
              'wandb_id': self._wandb_id, 'seconds': self._t_train}
     atomic_write(self.run_dir / name, lambda tmp: torch.save(state, tmp))
-    self.cc.save(self.run_dir, train_config=self.cfg.to_dict(), extra={'step': self.step, 'tokens': self.tokens, 'trainer_state': name})
+    self.cc.save(self.run_dir, train_config=self.cfg.to_dict(), extra={'step': self.step, 'tokens': self.tokens, 'trainer_state': name}, weights=weights)
     for p in self.run_dir.glob(f'{STATE_PREFIX}*.pt'):
         if p.name != name: p.unlink()
     self.saved_step = self.step
@@ -371,7 +378,7 @@ def resume(cls: Trainer, run_dir: str | Path,  # a folder written by `Trainer.sa
 # %% ../nbs/05_trainer.ipynb
 @patch
 def _load_state(self: Trainer, state: dict):
-    self.opt.load_state_dict(state['optimizer'])
+    self.opt.load_state_dict(shard_optimizer_state(state['optimizer'], self.opt) if self.fsdp else state['optimizer'])   # FSDP: this rank's shards
     self.step, self.tokens, self.batches_used = state['step'], state['tokens'], state['batches_used']
     self.saved_step, self._wandb_id, self._t_train = self.step, state.get('wandb_id'), state.get('seconds', 0.0)
     self._dev_step.fill_(self.step)

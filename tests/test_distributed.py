@@ -1,5 +1,5 @@
 "Data-parallel training through torchrun: 2 CPU processes with the gloo backend end where one process ends on the same global batches."
-import subprocess, sys
+import json, subprocess, sys
 import pytest, torch
 from safetensors.torch import load_file
 from cli_helpers import ONE_THREAD, run
@@ -21,22 +21,32 @@ def cache(tmp_path_factory):
     assert code == 0, msg
     return out
 
-@pytest.mark.parametrize('arch, extra', [('l1', []), ('batchtopk', []), ('batchtopk', ['--set', 'crosscoder.dead_tokens=512', '--d-latent', '1024', '--set', 'crosscoder.k=4'])],
+@pytest.mark.parametrize('arch, extra, fsdp', [('l1', [], True), ('batchtopk', [], False),
+                                             ('batchtopk', ['--set', 'crosscoder.dead_tokens=512', '--d-latent', '1024', '--set', 'crosscoder.k=4'], True)],
                          ids=['l1', 'batchtopk', 'batchtopk-with-auxk'])
-def test_two_gloo_processes_equal_one_process_on_the_same_global_batches(cache, tmp_path, arch, extra):
+def test_two_gloo_processes_equal_one_process_on_the_same_global_batches(cache, tmp_path, arch, extra, fsdp):
+    "Data-parallel (DDP), and where `fsdp`, sharded (FSDP) too."
     extra = [*extra, '--set', 'train.precision=float32']   # equal to float32 rounding: bf16 matmuls round differently on half batches
     one = train(tmp_path / 'one', '--cache', cache, '--arch', arch, *extra)
     assert one.returncode == 0, one.stdout + one.stderr
     if 'crosscoder.k=4' in extra:   # latents die within the run, so AuxK (and its global normalisation) is at work
-        import json
         assert max(json.loads(l)['aux'] for l in (tmp_path / 'one' / 'metrics.jsonl').read_text().splitlines()) > 0
     two = train(tmp_path / 'two', '--cache', cache, '--arch', arch, *extra, nproc=2)
     assert two.returncode == 0, two.stdout + two.stderr
     assert two.stdout.count('checkpoint:') == 1   # rank 0 reports and writes
-    a, b = load_file(tmp_path / 'one' / 'crosscoder.safetensors'), load_file(tmp_path / 'two' / 'crosscoder.safetensors')
-    for k in a: torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
-    lines = (tmp_path / 'two' / 'metrics.jsonl').read_text().splitlines()
-    assert len(lines) == N // B // 10 and not list((tmp_path / 'two').glob('*.tmp'))   # one log, no partial files
+    runs = ['two']
+    if fsdp:
+        sharded = train(tmp_path / 'fsdp', '--cache', cache, '--arch', arch, *extra, '--set', 'train.parallel=fsdp', nproc=2)
+        assert sharded.returncode == 0, sharded.stdout + sharded.stderr
+        assert json.loads((tmp_path / 'fsdp' / 'config.json').read_text())['train_config']['parallel'] == 'fsdp'
+        runs.append('fsdp')
+    a = load_file(tmp_path / 'one' / 'crosscoder.safetensors')
+    for run in runs:
+        b = load_file(tmp_path / run / 'crosscoder.safetensors')
+        assert a.keys() == b.keys(), run
+        for k in a: torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=f'{run}: {k}')
+        lines = (tmp_path / run / 'metrics.jsonl').read_text().splitlines()
+        assert len(lines) == N // B // 10 and not list((tmp_path / run).glob('*.tmp'))   # one log, no partial files
 
 def test_the_runs_train(cache, tmp_path):
     "The equality above is not of two untrained crosscoders: one step of data-parallel training moves the weights."
@@ -59,3 +69,25 @@ def test_two_processes_harvesting_their_own_rows(tmp_path):
     from crosscoder_nb.crosscoder import CrossCoder
     cc = CrossCoder.load(tmp_path / 'live')
     assert cc.extra['step'] == 12 and cc.extra['tokens'] == B * 12 and len(cc.cfg.norm_factors) == 2
+
+def test_sharded_fsdp_run_paused_and_resumed_equals_one_process(tmp_path):
+    """FSDP (`parallel='fsdp'`): 2 gloo processes, each holding half of every weight and of Adam's moments, paused half way and
+    resumed from the checkpoint, end where one uninterrupted process ends; one process resumes their half-way checkpoint too."""
+    import fsdp_resume as F
+    from pathlib import Path
+    from crosscoder_nb.trainer import Trainer
+    script = Path(__file__).parent / 'fsdp_resume.py'
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', str(script), str(tmp_path)],
+                       env=ONE_THREAD, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for arch in F.ARCHS:
+        cc, batches, cfg = F.setup(arch)
+        init = {k: v.clone() for k, v in cc.state_dict().items()}
+        Trainer(cc, batches(), cfg, tmp_path / f'one-{arch}').train(progress=False)
+        Trainer.resume(tmp_path / f'{arch}-half', batches()).train(progress=False)   # the sharded run's checkpoint, in one process
+        a = load_file(tmp_path / f'one-{arch}' / 'crosscoder.safetensors')
+        assert (a['W_enc'] - init['W_enc']).abs().max() > 1e-3   # it trained
+        for other in (arch, f'{arch}-half'):
+            b = load_file(tmp_path / other / 'crosscoder.safetensors')
+            assert a.keys() == b.keys(), other
+            for k in a: torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=f'{other}: {k}')
