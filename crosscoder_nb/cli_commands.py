@@ -107,6 +107,9 @@ def cmd_train(args) -> int:
     rank, world = init_from_env(args.device)   # under torchrun: data-parallel (05b_distributed); train_run checks the batch first
     res = train_run(cfg, args.out, overwrite=args.overwrite, resume=args.resume, device=local_device(args.device), cache=args.cache,
                     progress=rank == 0)
+    if world > 1:   # every rank leaves the process group before it exits (gloo's threads can abort a process that exits inside it)
+        import torch.distributed as dist
+        dist.barrier(); dist.destroy_process_group()
     if rank != 0: return 0   # rank 0 reports
     f = res['final'] or {}
     ev = ', '.join(f'{n} {e:.1%}' for n, e in zip(['base', 'chat'] + [f'model{i}' for i in range(2, 9)], f.get('explained_variance', [])))

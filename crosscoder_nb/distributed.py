@@ -88,9 +88,12 @@ def global_cut(s: Tensor, n_keep: int) -> tuple[Tensor, Tensor]:
 # %% ../nbs/05b_distributed.ipynb
 PARALLEL = ('ddp', 'fsdp')
 
-def _largest_dim(p: Tensor):
+def _largest_dim(p: Tensor, world: int | None = None):
+    "The largest dimension of `p` that `world` ranks split evenly (FSDP2 splits only dim 0 unevenly); dim 0 where none does."
     from torch.distributed.tensor import Shard
-    return Shard(max(range(p.ndim), key=lambda d: p.shape[d]))   # the first of the largest dimensions
+    world = rank_world()[1] if world is None else world
+    even = [d for d in range(p.ndim) if p.shape[d] % world == 0]
+    return Shard(max(even, key=lambda d: p.shape[d]) if even else 0)   # the first of the largest such dimensions
 
 def shard_fsdp(module: torch.nn.Module, device,
                methods: tuple[str, ...] = ('losses',),  # methods that run the module besides `forward`: each gathers the weights
