@@ -148,8 +148,9 @@ def organisms_config(base: str = 'organism-base', chat: str = 'organism-chat', l
     "A demo-scale run on the organisms (minutes on a CPU): a BatchTopK crosscoder, or the seed's L1 recipe (`arch='l1'`)."
     _check_arch(arch)
     bs = 1024
+    # BatchTopK: 512 latents (4x d_model), chosen on validation prompts by bench/width_sweep.py; L1: the seed's ratio (16x)
     cc = {'d_latent': 2048, 'l1_coeff': 0.2} if arch == 'l1' else \
-         {'d_latent': 2048, 'activation': 'batchtopk', 'k': 32, 'dec_init_norm': 0.3, 'aux_coeff': 0.25, 'dead_tokens': 100_000,
+         {'d_latent': 512, 'activation': 'batchtopk', 'k': 32, 'dec_init_norm': 0.3, 'aux_coeff': 0.25, 'dead_tokens': 100_000,
           'threshold_start': 400}   # the run has ~1000 steps; the inference threshold averages those after step 400
     return RunConfig([base, chat], organisms_mix('train', seq_len=128),
                      BufferConfig(layer=layer, batch_size=bs, buffer_batches=64, model_batch_size=32, n_norm_batches=16, dtype='float32'),

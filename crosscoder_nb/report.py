@@ -103,7 +103,7 @@ def report_run(run_dir: str | Path,  # a folder holding a crosscoder checkpoint 
     return metrics
 
 # %% ../nbs/10_report.ipynb
-_SHARED_SETTINGS = ('data', 'buffer', 'models', 'train.n_tokens', 'train.n_steps', 'train.batch_size', 'train.seed', 'crosscoder.d_latent', 'crosscoder.seed')   # the same for every run: one harvest, equal widths
+_SHARED_SETTINGS = ('data', 'buffer', 'models', 'train.n_tokens', 'train.n_steps', 'train.batch_size', 'train.seed', 'crosscoder.d_latent', 'crosscoder.seed')   # the same for every run: one harvest (and a width, where one is set)
 
 def demo_configs(base: str, chat: str, archs: list[str], settings: dict | None = None) -> dict:
     "The run config of each architecture: `settings` change the first (the headline); those the harvest depends on change all."

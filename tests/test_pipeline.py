@@ -23,7 +23,7 @@ def test_every_section_settable_and_round_trips():
 
 @pytest.mark.parametrize('setting, msg', [
     ({'train.lr': -1}, 'lr'), ({'buffer.dtype': 'int8'}, 'dtype'), ({'crosscoder.norm_factors': [1, 1]}, 'read off the models'),
-    ({'crosscoder.activation': 'gelu'}, 'unknown activation'), ({'crosscoder.k': 4096}, r'k must be an int in \[1, 2048\]'), ({'bogus.x': 1}, 'sections are'), ({'models': ['only-one']}, 'at least two')])
+    ({'crosscoder.activation': 'gelu'}, 'unknown activation'), ({'crosscoder.k': 4096}, r'k must be an int in \[1, 512\]'), ({'bogus.x': 1}, 'sections are'), ({'models': ['only-one']}, 'at least two')])
 def test_bad_settings_are_named(setting, msg):
     with pytest.raises(ValueError, match=msg): set_fields(organisms_config(), setting)
 
