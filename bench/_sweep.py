@@ -41,5 +41,7 @@ def validation_cells(r: dict) -> str:
     return ' | '.join(f"{pct(r['validation'][b]['clean'])} | {need(r['validation'][b]['needed'])} | "
                       f"{pct(r['validation'][b]['by_size'].get('10', float('nan')))}" for b in BEH)
 
+RATES_NOTE = ('rates of the chat model on {n} validation prompts per behaviour with the top-n latents of greedy attribution '
+              'diff-patched (n in 1, 2, 3, 5, 10, 20, 40).')
 VALIDATION_HEADER = ('sign-off: validation clean | latents to <= 20% | rate at 10 latents | refusal: validation clean | '
                      'latents to <= 20% | rate at 10 latents')
