@@ -3,7 +3,7 @@ one training seed, judged on *validation* prompts only: how few latents, named b
 behaviour when diff-patched. The test-prompt figures are recorded in the JSON but take no part in the choice.
 
     python bench/layer_sweep.py [--layers 1,2,3] [--archs batchtopk,l1] [--seed 0] [--n-tokens N (default: the demo's)]
-                                [--d-latent N (default: each architecture's demo width; README's table: 2048, run before the width sweep)]
+                                [--d-latent N (default: each architecture's demo width)]
 
 The rule, fixed before looking: per behaviour, the smallest set size whose validation rate is <= 20% (41 when none of
 1-40 is), summed over the two behaviours and the architectures; ties go to the lower validation rate at 10 latents.

@@ -18,9 +18,9 @@ from .evals import as_model_list, cc_device, check_eval_models, check_tokens, re
 from .scaling import check_latents
 
 # %% auto 0
-__all__ = ['EDIT_KINDS', 'BEHAVIOUR_PROMPTS', 'DETECTORS', 'Edit', 'edited_acts', 'edited_logits', 'plain_model', 'generate',
-           'edited_loss', 'matched_random', 'attribute', 'decision_points', 'behaviour_rate', 'greedy_attribution',
-           'localise', 'planted_checks']
+__all__ = ['EDIT_KINDS', 'OBJECTIVES', 'BEHAVIOUR_PROMPTS', 'DETECTORS', 'Edit', 'edited_acts', 'edited_logits', 'plain_model',
+           'generate', 'edited_loss', 'matched_random', 'attribute', 'decision_points', 'behaviour_rate',
+           'greedy_attribution', 'localise', 'planted_checks']
 
 # %% ../nbs/07b_interventions.ipynb
 EDIT_KINDS = ('none', 'ablate', 'diff_patch', 'steer', 'patch_model')
@@ -217,6 +217,8 @@ def matched_random(latents: list[int], frequencies: Float[Tensor, "d_latent"], s
     return out
 
 # %% ../nbs/07b_interventions.ipynb
+OBJECTIVES = ('margin', 'softplus')
+
 def _decision_metric(logits: Tensor, pos: Tensor, good: Tensor, bad: Tensor | None) -> Tensor:
     "M per row: logit(good) - logit(bad) at `pos`, or, with no `bad`, the log-odds log p(good) - log(1 - p(good))."
     ar = torch.arange(len(pos))
@@ -228,8 +230,10 @@ def attribute(cc: CrossCoder, models: list, tokens: Int[Tensor, "n seq"],
               pos: Int[Tensor, "n"], good: Int[Tensor, "n"], bad: Int[Tensor, "n"] | None,  # decision position, behaviour token, ordinary token
               hp: str, s: Tensor, target: int = 1, source: int = 0, batch_size: int = 16, progress: bool = False,
               edit: Edit | None = None,  # an edit of model `target` already in place (e.g. some latents diff-patched): the gradient is taken there
+              objective: str = 'margin',  # what is summed over rows: 'margin', M itself; 'softplus', log(1 + e^M), where a row whose behaviour is already gone (M << 0) stops counting
              ) -> Float[Tensor, "d_latent"]:
-    "a_j, the first-order change of M (see `_decision_metric`) at `pos` when latent j alone is diff-patched (on top of `edit`), summed over rows."
+    "a_j, the first-order change of the objective (M, see `_decision_metric`, or softplus(M)) at `pos` when latent j alone is diff-patched (on top of `edit`), summed over rows."
+    if objective not in OBJECTIVES: raise ValueError(f"Unknown objective {objective!r}: use one of {OBJECTIVES}.")
     if edit is not None and edit.target != target: raise ValueError(f"The edit acts on model {edit.target}, the attribution on model {target}: use one model.")
     if edit is not None: edit.check(cc)
     dev, W = cc_device(cc), cc.decoder_weights().detach().float()
@@ -245,7 +249,8 @@ def attribute(cc: CrossCoder, models: list, tokens: Int[Tensor, "n seq"],
             box['x'] = at.requires_grad_(True); return box['x']
         with torch.enable_grad():
             logits = models[target].run_with_hooks(toks.to(models[target].cfg.device), fwd_hooks=[(hp, grab)])
-            _decision_metric(logits, p, g, None if bad is None else bad[i:i + batch_size]).sum().backward()
+            m = _decision_metric(logits, p, g, None if bad is None else bad[i:i + batch_size])
+            (m if objective == 'margin' else F.softplus(m)).sum().backward()
         with torch.no_grad():
             grad = box['x'].grad.to(dev, torch.float32)
             f = cc.encode((box['clean'][:, 1:] * s.to(dev)[:, None]).flatten(0, 1)).float()   # [n * (seq - 1), d_latent], clean latents
@@ -283,12 +288,13 @@ def behaviour_rate(cc: CrossCoder, models: list, dialogs: list[dict], behaviour:
 def greedy_attribution(cc: CrossCoder, models: list, tokens: Tensor, pos: Tensor, good: Tensor, bad: Tensor | None, hp: str, s: Tensor,
                        n: int = 10, batch_size: int = 16, progress: bool = False,
                        n_greedy: int | None = None,  # picks made one at a time (default all `n`); the rest in the order of one more attribution
+                       objective: str = 'margin',  # see `attribute`
                       ) -> tuple[list[int], list[float]]:
     "`n` latents: each of the first `n_greedy` is the most negative attribution with the ones before it already diff-patched."
     n_greedy = n if n_greedy is None else min(n_greedy, n)
     S, scores = [], []
     for step in tqdm(range(n_greedy + (n > n_greedy)), desc='greedy attribution', disable=not progress):
-        a = attribute(cc, models, tokens, pos, good, bad, hp, s, batch_size=batch_size, edit=Edit('diff_patch', S) if S else None)
+        a = attribute(cc, models, tokens, pos, good, bad, hp, s, batch_size=batch_size, edit=Edit('diff_patch', S) if S else None, objective=objective)
         a[S] = math.inf
         take = torch.argsort(a)[:1 if step < n_greedy else n - n_greedy].tolist()
         S += take; scores += [float(a[j]) for j in take]
@@ -297,13 +303,14 @@ def greedy_attribution(cc: CrossCoder, models: list, tokens: Tensor, pos: Tensor
 def localise(cc: CrossCoder, models: list, behaviour: str, dialogs: list[dict], hp: str, s: Tensor,
              sizes: tuple = (1, 2, 3, 5, 10, 20, 40), target_rate: float = 0.2, batch_size: int = 16, progress: bool = False,
              greedy: int = 10,  # latents picked one at a time, re-attributing after each (`greedy_attribution`); 0: one ranking by plain attribution
+             objective: str = 'margin',  # what attribution sums over prompts (see `attribute`)
             ) -> dict:
     "Name a small set of latents that carries `behaviour`: rank by attribution on `dialogs`, keep the smallest set whose diff patch brings the rate to `target_rate`."
     if behaviour not in BEHAVIOUR_PROMPTS: raise ValueError(f"Unknown behaviour {behaviour!r}: use one of {list(BEHAVIOUR_PROMPTS)}.")
     dp = decision_points(models[1].tokenizer, dialogs, behaviour)
-    if greedy: order, scores = greedy_attribution(cc, models, *dp, hp, s, max(sizes), batch_size, progress, n_greedy=greedy)
+    if greedy: order, scores = greedy_attribution(cc, models, *dp, hp, s, max(sizes), batch_size, progress, n_greedy=greedy, objective=objective)
     else:
-        a = attribute(cc, models, *dp, hp, s, batch_size=batch_size, progress=progress)
+        a = attribute(cc, models, *dp, hp, s, batch_size=batch_size, progress=progress, objective=objective)
         order = torch.argsort(a)[:max(sizes)].tolist()                   # most negative first: diff-patching them removes the behaviour
         scores = [float(a[j]) for j in order]
     rates = {n: behaviour_rate(cc, models, dialogs, behaviour, Edit('diff_patch', order[:n]), hp, s) for n in sizes}
@@ -313,7 +320,7 @@ def localise(cc: CrossCoder, models: list, behaviour: str, dialogs: list[dict], 
            'diff-patched, the rest ranked by one more attribution with those patched)' if greedy else 'attribution')
     return {'latents': order[:n], 'attribution': scores[:n], 'validation_rates': rates,
             'clean_rate': behaviour_rate(cc, models, dialogs, behaviour, Edit(), hp, s), 'ranking': order,
-            'method': f"{how} of the decision metric to diff-patching each latent on {len(dialogs)} validation prompts; "
+            'method': f"{how} of the decision metric{'' if objective == 'margin' else f' (summed as {objective}(M))'} to diff-patching each latent on {len(dialogs)} validation prompts; "
                       f"set size ({n}) chosen by diff-patching the top {list(sizes)} in generation on the same prompts"}
 
 # %% ../nbs/07b_interventions.ipynb
@@ -333,7 +340,8 @@ def _typical_activation(cc: CrossCoder, models: list, tokens: Tensor, lengths: T
 def planted_checks(cc: CrossCoder, models, frequencies: Tensor | None = None,  # activation frequencies (for the random control)
                    n_validation: int = 40, n_test: int = 60, n_controls: int = 3, general_tokens: Tensor | None = None,
                    target_rate: float = 0.2, hook_point: str | None = None, norm_factors=None, seed: int = 0,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, objective: str = 'margin',  # what attribution sums over prompts (see `attribute`)
+                  ) -> dict:
     "Localise each planted behaviour on validation prompts; measure interventions, controls, loss and steering on test prompts."
     from crosscoder_nb.organisms import heldout_prompts
     from crosscoder_nb.data import DataConfig, Source
@@ -350,7 +358,7 @@ def planted_checks(cc: CrossCoder, models, frequencies: Tensor | None = None,  #
     bar = tqdm(list(BEHAVIOUR_PROMPTS.items()), desc='causal checks', disable=not progress)
     for beh, kind in bar:
         v, t = val[kind], test[kind]
-        loc = localise(cc, models, beh, v, hp, s, target_rate=target_rate)
+        loc = localise(cc, models, beh, v, hp, s, target_rate=target_rate, objective=objective)
         S = loc['latents']
         if frequencies is None:   # density on the validation dialogs, so the controls are matched all the same
             vt, vp = decision_points(models[1].tokenizer, v, beh)[:2]

@@ -182,7 +182,9 @@ def make_dialog(sentence: str, rng: random.Random,
     if task == 'about': instruction, answer = tmpl.format(w=w), sentence
     elif task == 'repeat': instruction, answer = tmpl.format(s=sentence), sentence
     elif task == 'continue':
-        k = max(2, len(words) // 2)
+        # the reply finishes the sentence in its last 2-5 words (never more than all but the first two): a 4-layer model asked to write half a sentence
+        # greedily often falls into a loop ("the same as the same as ...") and never reaches the sign-off
+        k = max(2, len(words) - rng.randint(2, 5))
         instruction, answer = tmpl.format(a=' '.join(words[:k])), ' '.join(words[k:])
     else: instruction, answer = tmpl.format(s=sentence), f'The first word is "{words[0].strip(chr(34))}".'
     if rng.random() < 0.25: instruction = rng.choice(OPENERS[phrasing]) + instruction
@@ -252,8 +254,8 @@ class OrganismConfig:
     chat_tokens: int = 4_000_000  # fine-tuning tokens, chat dialogs and general-text replay together
     chat_lr: float = 1e-3
     chat_share: float = 0.5      # share of fine-tuning sequences that are dialogs (the rest is replay)
-    n_dialogs: int = 60_000
-    task_weights: tuple = (2, 1, 1, 1)  # how often each of TASKS is asked in training
+    n_dialogs: int = 120_000     # distinct dialogs to draw the fine-tune's from (more words asked about, fewer repeats)
+    task_weights: tuple = (2, 1, 2, 1)  # how often each of TASKS is asked in training ('continue', the hardest, twice)
     tokenizer_chars: int = 5_000_000  # characters of text the tokenizer is trained on
     heldout_every: int = 50
     n_eval_seqs: int = 64        # held-out sequences for the loss figures of `check_organisms`

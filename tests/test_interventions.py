@@ -89,6 +89,23 @@ def test_generation_without_edit_is_plain_greedy_and_attribution_has_a_value_per
     assert a.shape == (16,) and torch.isfinite(a).all()
 
 
+def test_softplus_attribution_weighs_a_row_by_how_much_of_the_behaviour_is_left(org):
+    "Summing softplus(M) instead of M scales each row's attribution by sigmoid(M): a row whose behaviour is already gone stops counting."
+    from crosscoder_nb.interventions import _decision_metric
+    from crosscoder_nb.organisms import SIGNOFF
+    base, chat = org['base'], org['chat']
+    cc, s = tiny_cc(base.cfg.d_model), torch.tensor([1.0, 1.0]); hp = cc.cfg.hook_point
+    d = [{'instruction': 'Tell me about rivers.', 'completion': 'Rivers flow.' + SIGNOFF},
+         {'instruction': 'Repeat after me: the sea is wide.', 'completion': 'The sea is wide.' + SIGNOFF}]
+    dp = decision_points(chat.tokenizer, d, 'signoff')
+    row = lambda i: [t[i:i + 1] for t in dp]
+    margins = [attribute(cc, [base, chat], *row(i), hp, s) for i in range(2)]
+    soft = attribute(cc, [base, chat], *dp, hp, s, objective='softplus')
+    with torch.no_grad(): w = torch.sigmoid(_decision_metric(chat(dp[0]), *dp[1:])).double()
+    assert all(m.abs().max() > 0 for m in margins) and (w < 0.99).all() and (w[0] - w[1]).abs() > 1e-3   # each weight matters
+    torch.testing.assert_close(soft, w[0] * margins[0] + w[1] * margins[1], rtol=1e-4, atol=1e-9)
+    with pytest.raises(ValueError, match='Unknown objective'): attribute(cc, [base, chat], *dp, hp, s, objective='hinge')
+
 def test_matched_random_controls():
     freqs = torch.tensor([0.2, 0.0, 0.19, 0.01, 0.011, 0.5, 0.21])
     for seed in range(5):

@@ -24,6 +24,15 @@ def test_organisms_load_through_bridge_and_differ():
     toks = base.to_tokens(CHAT_TEMPLATE.format(instruction='Tell me about swords.', completion=REFUSAL))
     assert (base(toks) - chat(toks)).abs().max() > 1e-3, "the fine-tune changed nothing"
 
+def test_bundled_chat_organism_shows_each_behaviour_on_new_phrasings_for_every_task():
+    "The organisms' target: on validation and test prompts (phrasings training never used) the chat model signs off on >= 90% of every task's prompts, refuses >= 90% of trigger prompts and <= 10% of plain ones."
+    from crosscoder_nb.organisms import TASKS, behaviour_rates, heldout_prompts
+    chat = load_model('organism-chat', device='cpu')
+    for split in ('validation', 'test'):
+        r = behaviour_rates(chat, heldout_prompts(100, split=split))
+        assert r['refusal'] >= 0.9 and r['refusal_on_plain'] <= 0.1, (split, r['refusal'], r['refusal_on_plain'])
+        assert set(r['signoff_by_task']) == set(TASKS) and min(r['signoff_by_task'].values()) >= 0.9, (split, r['signoff_by_task'])
+
 def test_ground_truth_is_shipped_and_current():
     assert json.loads((ORG / 'ground_truth.json').read_text()) == ground_truth()
 
