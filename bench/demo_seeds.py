@@ -68,7 +68,9 @@ def bcell(rs, get, pct=True):
     f = (lambda x: f'{100 * x:.0f}%') if pct else (lambda x: f'{x:.3f}')
     return f'{f(statistics.mean(v))} ± {f(statistics.pstdev(v))}' + (f' ({len(v)} of {len(rs)})' if len(v) < len(rs) else '')
 bcols = [('latents named', lambda b: len(b['latents']), False), ('chat rate, clean', lambda b: b['rates']['clean'], True),
-         ('named diff-patched', lambda b: b['rates']['diff_patch'], True), ('named ablated', lambda b: b['rates']['ablate'], True),
+         ('named diff-patched', lambda b: b['rates']['diff_patch'], True),
+         ('other behaviour, named diff-patched', lambda b: next(iter(b['rates']['other_behaviours'].values()))['diff_patch'], True),
+         ('named ablated', lambda b: b['rates']['ablate'], True),
          ('random diff-patched', lambda b: mean(b['rates']['random_diff_patch']), True), ('random ablated', lambda b: mean(b['rates']['random_ablate']), True),
          ('loss change, diff patch', lambda b: b['general_loss_change']['diff_patch'], False),
          ('base rate steered', lambda b: b['steer_base']['steered'], True), ('best AUROC (any latent)', lambda b: b['best_detector']['auroc'], False),
@@ -86,7 +88,7 @@ ls_line = '; '.join(f"{arch}: " + ', '.join(f"{side}-only latents {statistics.me
                                              for side in ('chat', 'base')) for arch in archs)
 bnote = (f"Planted behaviours, mean ± std over the same runs: latents named by greedy attribution on {a.n_validation} validation prompts per "
          f"behaviour (set size chosen by diff patching on them), rates of the chat model on {a.n_test} test prompts per behaviour "
-         "(phrased in ways neither training nor validation used); random: as many latents of similar density (mean of 3 draws); "
+         "(phrased in ways neither training nor validation used); other behaviour: the other planted behaviour's rate on its own test prompts with this behaviour's named latents diff-patched (its clean rate is in its own row); random: as many latents of similar density (mean of 3 draws); "
          "loss change in nats/token on held-out general text; base rate steered: the base model with the named latents' chat "
          "decoders added. AUROC over every token of a held-out test sample, against each behaviour's context (its output included) "
          "and against its decision tokens only (see `organisms.planted_spans`); densities on that sample, except where marked 'data "

@@ -165,8 +165,9 @@ def _summary(m: dict) -> str:
                      f"{row['n_base_specific']} base-specific, {row['dead_fraction']:.1%} dead")
     for b, v in (m.get('behaviours') or {}).items():
         r = v['rates']
+        other = ''.join(f"; {o} under this patch {x['clean']:.0%} -> {x['diff_patch']:.0%}" for o, x in r.get('other_behaviours', {}).items())
         lines.append(f"{b}: latents {v['latents']} (causal localisation); chat rate {r['clean']:.0%} -> {r['diff_patch']:.0%} diff-patched, "
-                     f"{r['ablate']:.0%} ablated; random controls {sum(r['random_diff_patch']) / len(r['random_diff_patch']):.0%}; "
+                     f"{r['ablate']:.0%} ablated; random controls {sum(r['random_diff_patch']) / len(r['random_diff_patch']):.0%}{other}; "
                      f"best detector AUROC {v['best_detector']['auroc']:.3f} (latent {v['best_detector']['latent']})")
     ls = (m.get('latent_scaling') or {}).get('summary')
     if ls is not None: lines.append('Latent Scaling: ' + (', '.join(f"{s}-only {v['pass']} of {v['tested']} pass" for s, v in ls.items()) or 'no model-specific latent to test'))

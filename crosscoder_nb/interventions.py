@@ -377,4 +377,7 @@ def planted_checks(cc: CrossCoder, models, frequencies: Tensor | None = None,  #
                'steer_base': {'alpha': alpha, 'clean': rate(Edit(target=0)), 'steered': rate(Edit('steer', S, target=0, alpha=alpha))}}
         out['reference'][beh] = {'patch_model': rate(Edit('patch_model')), 'diff_patch_all': rate(Edit('diff_patch', list(range(cc.cfg.d_latent))))}
         out[beh] = res
+    for beh in BEHAVIOUR_PROMPTS:   # specificity: each other behaviour's test rate with this behaviour's latents diff-patched
+        out[beh]['test']['other_behaviours'] = {o: {'clean': out[o]['test']['clean'], 'diff_patch': behaviour_rate(
+            cc, models, test[kind], o, Edit('diff_patch', out[beh]['latents']), hp, s)} for o, kind in BEHAVIOUR_PROMPTS.items() if o != beh}
     return out

@@ -172,7 +172,8 @@ def _behaviours(cc, models, freqs, th, ls, n_validation: int, n_test: int, progr
                                             'best_detector': with_verdict(dd['best']), 'best_chat_specific_detector': with_verdict(dd['best_chat_specific'])},
                   'rates': {'clean': p['test']['clean'], 'diff_patch': p['test']['diff_patch'], 'ablate': p['test']['ablate'],
                             'random_diff_patch': p['test']['random_diff_patch'], 'random_ablate': p['test']['random_ablate'],
-                            'patch_base_residual': pc['reference'][b]['patch_model'], 'diff_patch_all_latents': pc['reference'][b]['diff_patch_all']},
+                            'patch_base_residual': pc['reference'][b]['patch_model'], 'diff_patch_all_latents': pc['reference'][b]['diff_patch_all'],
+                            'other_behaviours': p['test']['other_behaviours']},   # specificity: {other: {'clean', 'diff_patch'}}
                   'random_latents': p['test']['random_latents'], 'general_loss_change': p['general_loss_change'],
                   'steer_base': p['steer_base'], 'validation': p['validation'],
                   'best_detector': d['best'], 'best_chat_specific_detector': with_verdict(bcs),
@@ -184,8 +185,9 @@ def behaviours_table(beh: dict, links: dict | None = None) -> str:
     rows = []
     for b, v in beh.items():
         r = v['rates']; mean = lambda xs: sum(xs) / len(xs) if xs else None
+        other = ', '.join(f"{o} {_fmt(x['clean'], True)} → {_fmt(x['diff_patch'], True)}" for o, x in r.get('other_behaviours', {}).items())
         rows.append({'behaviour': b, 'latents named': ', '.join(map(str, v['latents'])), 'chat rate (test)': r['clean'],
-                     'diff patch': r['diff_patch'], 'ablate': r['ablate'], 'random, diff patch': mean(r['random_diff_patch']),
+                     'diff patch': r['diff_patch'], 'other behaviour, clean → diff patch': other or None, 'ablate': r['ablate'], 'random, diff patch': mean(r['random_diff_patch']),
                      'random, ablate': mean(r['random_ablate']), 'base residual patched in': r['patch_base_residual'],
                      'all latents diff-patched': r['diff_patch_all_latents'], 'loss change (diff patch)': v['general_loss_change']['diff_patch'],
                      'base rate steered': v['steer_base']['steered']})
@@ -203,6 +205,8 @@ def behaviours_table(beh: dict, links: dict | None = None) -> str:
     return (html_table(rows, pct=pct) + f'<p>How the latents were named:</p><ul>{method}</ul>'
             '<p>Rates are shares of greedy completions of held-out test prompts (phrased in ways training never used) that show the '
             'behaviour; the random controls diff-patch or ablate as many latents of similar activation density (mean of the draws). '
+            "Other behaviour: the other planted behaviour's rate on its own test prompts, clean and with this behaviour's latents "
+            'diff-patched (a set that removes both carries something they share, not this behaviour alone). '
             'Loss change: nats/token of the chat model on held-out general text. Detection over every token of a held-out sample, '
             "against each behaviour's context (its output included) and against its decision tokens only (where the chat model "
             'has read what it needs and has not yet written anything); density on that (enriched) sample and on the data mix:</p>'

@@ -26,10 +26,12 @@ def test_metrics_have_the_stable_keys(report):
     out, m = report
     on_disk = json.loads((out / METRICS_FILE).read_text())
     assert list(on_disk)[0] == 'behaviours' and set(on_disk['behaviours']) == {'signoff', 'refusal'}   # metrics.json leads with them
-    for b in on_disk['behaviours'].values():
+    for n, b in on_disk['behaviours'].items():
         assert 1 <= len(b['latents']) <= 40 and all(0 <= j < 96 for j in b['latents']) and 'greedy attribution' in b['method']
         assert b['detection_at_decision']['n_labelled_tokens'] < b['n_labelled_tokens'] and 'density_mix' in b['detection_at_decision']['best_detector']
         assert 0 <= b['rates']['clean'] <= 1 and len(b['rates']['random_diff_patch']) == 3 and 0.5 <= b['best_detector']['auroc'] <= 1
+        (o, x), = b['rates']['other_behaviours'].items()   # specificity: the other behaviour, clean and under this one's diff patch
+        assert o in {'signoff', 'refusal'} - {n} and x['clean'] == on_disk['behaviours'][o]['rates']['clean'] and 0 <= x['diff_patch'] <= 1
     for k in ('explained_variance', 'ce_recovered', 'ce_delta'): assert set(on_disk[k]) == {'base', 'chat'}
     for k in ('l0', 'n_base_specific', 'n_chat_specific', 'n_shared'): assert isinstance(on_disk[k], (int, float))
     assert set(on_disk['planted_recovery']) == {'signoff', 'refusal'}
