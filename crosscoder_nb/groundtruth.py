@@ -30,12 +30,15 @@ class GroundTruthConfig:
     freq_max: float = 0.05
     magnitude_sigma: float = 0.6       # active magnitudes are log-normal(0, sigma): heavy-tailed
     seed: int = 0                      # seed of the features (directions, classes, frequencies)
+    nested_share: float = 0.0          # share of the B-only features nested under a shared parent (see 'Nested features')
+    nested_p: float = 0.5              # how often a nested feature fires where its parent does
     def to_dict(self) -> dict: return asdict(self)
     def __post_init__(self):
         self.shares = tuple(self.shares)
         if len(self.shares) != len(CLASSES) or abs(sum(self.shares) - 1) > 1e-6: raise ValueError(f"shares must give one share per class {CLASSES}, summing to 1; got {self.shares}.")
         if not 0 < self.freq_min <= self.freq_max < 1: raise ValueError(f"Need 0 < freq_min <= freq_max < 1, got {self.freq_min}, {self.freq_max}.")
         if not -1 < self.rotated_cos < 1: raise ValueError(f"rotated_cos must be in (-1, 1), got {self.rotated_cos}.")
+        if not (0 <= self.nested_share <= 1 and 0 < self.nested_p <= 1): raise ValueError(f"Need 0 <= nested_share <= 1 and 0 < nested_p <= 1, got {self.nested_share}, {self.nested_p}.")
 
 # %% ../nbs/05a_groundtruth.ipynb
 class GroundTruth:
@@ -51,14 +54,23 @@ class GroundTruth:
         self.decoders[self.classes == 2, 1] = 0; self.decoders[self.classes == 3, 0] = 0   # [n_features, 2, d_model]
         lo, hi = math.log(cfg.freq_min), math.log(cfg.freq_max)
         self.frequencies = torch.exp(lo + (hi - lo) * torch.rand(n, generator=g))
+        b_only, shared = (self.classes == 3).nonzero().squeeze(1), (self.classes == 0).nonzero().squeeze(1)
+        self.nested = b_only[:round(cfg.nested_share * len(b_only))]   # B-only features that fire only with their parent
+        if len(self.nested) > len(shared): raise ValueError(f"{len(self.nested)} nested features need as many shared parents; there are {len(shared)}.")
+        self.parents = shared[torch.randperm(len(shared), generator=g)[:len(self.nested)]] if len(self.nested) else self.nested
     @property
-    def expected_l0(self) -> float: return self.frequencies.sum().item()
+    def expected_l0(self) -> float:
+        f = self.frequencies.clone(); f[self.nested] = self.frequencies[self.parents] * self.cfg.nested_p
+        return f.sum().item()
 
 # %% ../nbs/05a_groundtruth.ipynb
 def sample(gt: GroundTruth, n: int, g: torch.Generator) -> Float[Tensor, "n 2 d_model"]:
     "`n` examples of both models' activations."
     active = torch.rand(n, gt.cfg.n_features, generator=g) < gt.frequencies
     mags = torch.exp(gt.cfg.magnitude_sigma * torch.randn(n, gt.cfg.n_features, generator=g))
+    if len(gt.nested):   # a nested feature fires only where its parent does (with probability nested_p), at the parent's magnitude
+        active[:, gt.nested] = active[:, gt.parents] & (torch.rand(n, len(gt.nested), generator=g) < gt.cfg.nested_p)
+        mags[:, gt.nested] = mags[:, gt.parents]
     return torch.einsum('nf,fmd->nmd', active * mags, gt.decoders)
 
 class GroundTruthBatches:
@@ -76,6 +88,17 @@ class GroundTruthBatches:
 # %% ../nbs/05a_groundtruth.ipynb
 MATCH_COS = 0.8   # a true feature counts as recovered when its best latent has at least this cosine
 
+def _nested_scores(gt: GroundTruth, W: Tensor, live: Tensor, pred: Tensor, r: Tensor, sim: Tensor) -> dict:
+    "Nested B-only features: the share recovered as B-only latents, the share learnt merged with their parent, and those latents' median r."
+    if not len(gt.nested): return {'recall_b_nested': None, 'merged_b_nested': None, 'merged_r': None}
+    best, best_j = sim[gt.nested].max(1)
+    merged = gt.decoders[gt.parents] + gt.decoders[gt.nested]   # (u, u + v): the parent's decoders plus the child's B direction
+    msim = F.normalize(merged.flatten(1), dim=-1) @ F.normalize(W.flatten(1), dim=-1).T
+    msim[:, ~live] = -2
+    mbest, mj = msim.max(1); ok = mbest >= MATCH_COS
+    return {'recall_b_nested': ((pred[best_j] == 3) & (best >= MATCH_COS)).float().mean().item(),
+            'merged_b_nested': ok.float().mean().item(), 'merged_r': r[mj[ok]].median().item() if ok.any() else None}
+
 @torch.no_grad()
 def score(cc: CrossCoder, gt: GroundTruth, x: Float[Tensor, "n 2 d_model"],  # test activations, normalised as cc was trained
          ) -> dict:
@@ -91,14 +114,16 @@ def score(cc: CrossCoder, gt: GroundTruth, x: Float[Tensor, "n 2 d_model"],  # t
     best, best_j = sim.max(1)
     latent_truth = truth[sim.argmax(0)]                       # each latent's best true feature's class
     out = {'mmcs': best.mean().item()}
+    free = torch.ones_like(truth, dtype=torch.bool); free[gt.nested] = False   # recall_b_only: the B-only features without a parent
     for c, name in ((0, 'shared'), (2, 'a_only'), (3, 'b_only')):
-        mine = truth == c
+        mine = (truth == c) & free
         out[f'recall_{name}'] = ((pred[best_j[mine]] == c) & (best[mine] >= MATCH_COS)).float().mean().item()
         called = live & (pred == c)
         out[f'precision_{name}'] = (latent_truth[called] == c).float().mean().item() if called.any() else None
         out[f'n_{name}'] = int(called.sum())
     excl = live & (pred >= 2)
     out['falsely_exclusive'] = (latent_truth[excl] == 0).float().mean().item() if excl.any() else 0.0
+    out.update(_nested_scores(gt, W, live, pred, r, sim))
     x_hat = cc.decode(f).float()
     out.update(l0=(f > 0).float().sum(-1).mean().item(), dead_fraction=1 - live.float().mean().item(),
                explained_variance=(1 - (x - x_hat).pow(2).sum((0, 2)) / (x - x.mean(0)).pow(2).sum((0, 2))).tolist())
@@ -149,6 +174,7 @@ def results_table(rows: list[dict]) -> str:
     "Mean ± standard deviation over seeds of each score, one row per architecture, as a markdown table."
     keys = ['mmcs', 'recall_shared', 'recall_a_only', 'recall_b_only', 'precision_a_only', 'precision_b_only',
             'falsely_exclusive', 'l0', 'dead_fraction']
+    if any(r.get('recall_b_nested') is not None for r in rows): keys += ['recall_b_nested', 'merged_b_nested', 'merged_r']
     head = '| arch | seeds | ' + ' | '.join(keys) + ' |\n|' + '---|' * (len(keys) + 2) + '\n'
     lines = []
     for arch in dict.fromkeys(r['arch'] for r in rows):
