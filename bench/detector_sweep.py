@@ -12,8 +12,8 @@ decoder norms and whose Latent Scaling verdict is 'chat-specific' reaches AUROC 
 validation sample (the report's detection sample: held-out dialogs and general text), against the behaviour's context or
 its decision tokens. Besides, for each behaviour and label set, the table gives the best chat-specific latent whatever its
 verdict, the best latent of any class (with its relative norm), and a ceiling: a logistic probe on both models'
-activations, fitted on the validation sample and scored on the test sample, which says whether the tokens can be told
-apart at this layer at all. Writes bench/results/detector-sweep.json and .md, and README.md's detector-sweep block.
+activations (and, for comparison, on the base model's alone and on the chat minus the base activation), fitted on the
+validation sample and scored on the test sample, which says whether the tokens can be told apart at this layer at all. Writes bench/results/detector-sweep.json and .md, and README.md's detector-sweep block.
 About 6 minutes on a 2-core CPU.
 """
 import argparse, platform, tempfile, time
@@ -81,14 +81,14 @@ with tempfile.TemporaryDirectory() as tmp:
                      'meets_target': all(any(sv[f'{b}/{w}']['n_meeting'] for w in LABELS) for b in BEH)})
         print({k: rows[-1][k] for k in ('config', 'l0', 'n_chat_specific', 'meets_target')}, flush=True)
 
-# the ceiling: can a linear readout of both models' activations tell the labelled tokens apart at this layer?
+# the ceiling: can a linear readout tell the labelled tokens apart at this layer, from both models, the base alone, or the difference?
 def sample(split: str):
     texts, kinds = planted_texts(heldout_prompts(100, split=split), load_documents(Source('corpus', split=split), 0)[:100])
     tok, hp = models[0].tokenizer, f'blocks.{base.buffer.layer}.hook_resid_pre'
     smp = label_tokens(tok, texts, kinds, 256)
     labels = {'context': smp.flat_labels, 'decision': label_tokens(tok, texts, kinds, smp.tokens.shape[1], where='decision').flat_labels}
-    x = torch.cat([harvest_rows(models, smp.tokens[i:i + 16], hp)[smp.mask[i:i + 16]] for i in range(0, len(smp.tokens), 16)]).flatten(1)
-    return x, labels, smp.behaviours
+    x = torch.cat([harvest_rows(models, smp.tokens[i:i + 16], hp)[smp.mask[i:i + 16]] for i in range(0, len(smp.tokens), 16)])
+    return {'both models': x.flatten(1), 'base model alone': x[:, 0], 'chat minus base': x[:, 1] - x[:, 0]}, labels, smp.behaviours
 def probe_auroc(xv: torch.Tensor, yv: torch.Tensor, xt: torch.Tensor, yt: torch.Tensor) -> float:
     "A class-balanced, L2-regularised logistic probe fitted on (xv, yv); its AUROC on (xt, yt)."
     mu, sd = xv.mean(0), xv.std(0) + 1e-6
@@ -102,7 +102,8 @@ def probe_auroc(xv: torch.Tensor, yv: torch.Tensor, xt: torch.Tensor, yt: torch.
     with torch.no_grad(): score = (xt - mu) / sd @ w
     return float(detection_scores((score - score.min() + 1e-6)[:, None], yt)['auroc'][0])
 (xv, lv, behs), (xt, lt, _) = sample('validation'), sample('test')
-ceiling = {f'{name}/{w}': probe_auroc(xv, lv[w][:, j], xt, lt[w][:, j]) for j, name in enumerate(behs) for w in LABELS}
+ceiling = {src: {f'{name}/{w}': probe_auroc(xv[src], lv[w][:, j], xt[src], lt[w][:, j]) for j, name in enumerate(behs) for w in LABELS}
+           for src in xv}
 minutes = (time.time() - t0) / 60
 
 pct = lambda x: f'{100 * x:.0f}%'
@@ -121,16 +122,16 @@ for r in rows:
         f"{c} | {cell(r['detection'][c]['best'], norm=True)} | {cell(r['detection'][c]['best_chat_specific'])} | "
         f"{cell(r['detection'][c]['best_passing'])} | {('**yes**' if r['meets_target'] else 'no') if i == 0 else ''} |"
         for i, c in enumerate(cols)) + '\n'
-md += ('\n| labels | ' + ' | '.join(cols) + ' |\n|' + '---|' * (len(cols) + 1) + '\n| logistic probe on both models\' activations (AUROC, test) | '
-       + ' | '.join(f'{ceiling[c]:.3f}' for c in cols) + ' |\n')
+md += ('\n| logistic probe (AUROC, test) on | ' + ' | '.join(cols) + ' |\n|' + '---|' * (len(cols) + 1) + '\n' +
+       ''.join(f'| {src} | ' + ' | '.join(f'{auc[c]:.3f}' for c in cols) + ' |\n' for src, auc in ceiling.items()))
 md += (f"\nOne training seed ({a.seed}) per config, all on one harvest of {a.n_tokens:,} activations at the demo's layer; every "
        "other setting as in the demo. AUROC and density over every token of the validation detection sample (100 plain and 100 "
        "trigger dialogs in validation phrasings, 100 held-out paragraphs), against each behaviour's context (its output "
        "included) and its decision tokens (`organisms.planted_spans`); r: relative decoder norm (1 = chat only). Latent "
        "Scaling on the report's evaluation text. The target (fixed before the run): for each behaviour, a chat-specific latent "
        f"that passes Latent Scaling with AUROC >= {AUROC_MIN} at density <= {pct(DENSITY_MAX)}, against either label set. "
-       "The probe: class-balanced logistic regression on the two models' activations, fitted on the validation sample and "
-       f"scored on the test sample. Generated by `python bench/detector_sweep.py` in {minutes:.1f} min ({platform.machine()} "
-       f"CPU, {torch.get_num_threads()} threads).\n")
+       "The probe: class-balanced logistic regression on both models' activations, on the base model's alone, or on the chat "
+       "minus the base activation, fitted on the validation sample and scored on the test sample. "
+       f"Generated by `python bench/detector_sweep.py` in {minutes:.1f} min ({platform.machine()} CPU, {torch.get_num_threads()} threads).\n")
 publish('detector-sweep', md, {'rows': rows, 'probe_auroc_test': ceiling, 'n_tokens': a.n_tokens, 'seed': a.seed,
                                'auroc_min': AUROC_MIN, 'density_max': DENSITY_MAX}, readme=not a.no_readme)

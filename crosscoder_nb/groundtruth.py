@@ -89,13 +89,14 @@ class GroundTruthBatches:
 MATCH_COS = 0.8   # a true feature counts as recovered when its best latent has at least this cosine
 
 def _nested_scores(gt: GroundTruth, W: Tensor, live: Tensor, pred: Tensor, r: Tensor, sim: Tensor) -> dict:
-    "Nested B-only features: the share recovered as B-only latents, the share learnt merged with their parent, and those latents' median r."
+    "Nested B-only features: the share recovered as B-only latents, the share absorbed into a latent of their parent, and those latents' median r."
     if not len(gt.nested): return {'recall_b_nested': None, 'merged_b_nested': None, 'merged_r': None}
     best, best_j = sim[gt.nested].max(1)
-    merged = gt.decoders[gt.parents] + gt.decoders[gt.nested]   # (u, u + v): the parent's decoders plus the child's B direction
-    msim = F.normalize(merged.flatten(1), dim=-1) @ F.normalize(W.flatten(1), dim=-1).T
-    msim[:, ~live] = -2
-    mbest, mj = msim.max(1); ok = mbest >= MATCH_COS
+    u, v = gt.decoders[gt.parents, 0], gt.decoders[gt.nested, 1]
+    writes_u = F.normalize(u, dim=-1) @ F.normalize(W[:, 0], dim=-1).T            # the latent writes the parent into A ...
+    adds_v = F.normalize(v, dim=-1) @ F.normalize(W[:, 1] - W[:, 0], dim=-1).T   # ... and, in B, the child on top (0 for equal decoders)
+    m = torch.minimum(writes_u, adds_v); m[:, ~live] = -2
+    mbest, mj = m.max(1); ok = mbest >= MATCH_COS
     return {'recall_b_nested': ((pred[best_j] == 3) & (best >= MATCH_COS)).float().mean().item(),
             'merged_b_nested': ok.float().mean().item(), 'merged_r': r[mj[ok]].median().item() if ok.any() else None}
 
