@@ -103,14 +103,14 @@ def cmd_train(args) -> int:
     cfg = _run_config(args)
     if args.show_config: print(json.dumps(cfg.to_dict(), indent=1)); return 0
     if args.out is None: raise CLIError("train: pass --out RUN_DIR, the folder for the checkpoint and metrics.")
-    from crosscoder_nb.distributed import init_from_env, local_device
+    from crosscoder_nb.distributed import exit_rank, init_from_env, local_device
     rank, world = init_from_env(args.device)   # under torchrun: data-parallel (05b_distributed); train_run checks the batch first
     res = train_run(cfg, args.out, overwrite=args.overwrite, resume=args.resume, device=local_device(args.device), cache=args.cache,
                     progress=rank == 0)
-    if world > 1:   # every rank leaves the process group before it exits (gloo's threads can abort a process that exits inside it)
+    if world > 1:   # every rank leaves the process group, then ends with exit_rank (the interpreter's teardown can abort in gloo's threads)
         import torch.distributed as dist
         dist.barrier(); dist.destroy_process_group()
-    if rank != 0: return 0   # rank 0 reports
+        if rank != 0: exit_rank(0)   # rank 0 reports
     f = res['final'] or {}
     ev = ', '.join(f'{n} {e:.1%}' for n, e in zip(['base', 'chat'] + [f'model{i}' for i in range(2, 9)], f.get('explained_variance', [])))
     print(f"trained {res['steps']} steps on {res['tokens']:,} activations in {res['wall_seconds'] / 60:.1f} min: "
@@ -119,6 +119,7 @@ def cmd_train(args) -> int:
     else: print(f"harvesting {res['harvest_tokens_per_s']:,.0f} tokens/s (models in {res['model_dtype']}), training {res['train_tokens_per_s']:,.0f} tokens/s")
     print(f"checkpoint: {Path(res['checkpoint']).resolve()}")
     if args.json: Path(args.json).write_text(json.dumps(res, indent=1))
+    if world > 1: exit_rank(0)
     return 0
 
 def cmd_harvest(args) -> int:

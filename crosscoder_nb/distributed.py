@@ -4,14 +4,14 @@
 
 # %% ../nbs/05b_distributed.ipynb 3
 from __future__ import annotations
-import os
+import os, sys
 import torch, torch.distributed as dist
 from torch import Tensor
 
 # %% auto 0
-__all__ = ['PARALLEL', 'rank_world', 'is_main', 'init_from_env', 'local_device', 'check_global_batch', 'broadcast_state',
-           'average_gradients', 'global_sq_dev', 'any_rank', 'global_cut', 'shard_fsdp', 'full_state_dict',
-           'full_optimizer_state', 'shard_optimizer_state']
+__all__ = ['PARALLEL', 'rank_world', 'is_main', 'init_from_env', 'exit_rank', 'local_device', 'check_global_batch',
+           'broadcast_state', 'average_gradients', 'global_sq_dev', 'any_rank', 'global_cut', 'shard_fsdp',
+           'full_state_dict', 'full_optimizer_state', 'shard_optimizer_state']
 
 # %% ../nbs/05b_distributed.ipynb
 def rank_world() -> tuple[int, int]:
@@ -29,6 +29,10 @@ def init_from_env(device: str | None = None) -> tuple[int, int]:
     if cuda: torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', '0')))
     dist.init_process_group('nccl' if cuda else 'gloo')
     return rank_world()
+
+def exit_rank(code: int = 0):
+    "End this torchrun rank now: flush its output, then exit without the interpreter's teardown (see below). Every file must be written."
+    sys.stdout.flush(); sys.stderr.flush(); os._exit(code)
 
 def local_device(device: str | None) -> str | None:
     "This rank's device: `cuda` becomes `cuda:LOCAL_RANK` under torchrun."

@@ -5,6 +5,7 @@ from pathlib import Path
 import torch, torch.distributed as dist
 from torch.distributed.tensor import DTensor
 from crosscoder_nb.crosscoder import CrossCoder, CrossCoderConfig
+from crosscoder_nb.distributed import exit_rank
 from crosscoder_nb.trainer import TrainConfig, Trainer, synthetic_activations, tensor_batches
 
 B, STEPS = 64, 24
@@ -33,4 +34,5 @@ if __name__ == '__main__':
         assert isinstance(t.cc.W_enc, DTensor) and isinstance(next(iter(t.opt.state.values()))['exp_avg'], DTensor)
         res = t.train(progress=False)
         assert res['steps'] == STEPS, res
-    dist.destroy_process_group()
+    dist.barrier(); dist.destroy_process_group()
+    exit_rank(0)   # without the interpreter's teardown, where gloo's threads can abort the process
