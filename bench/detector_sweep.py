@@ -13,8 +13,8 @@ validation sample (the report's detection sample: held-out dialogs and general t
 its decision tokens. Besides, for each behaviour and label set, the table gives the best chat-specific latent whatever its
 verdict, the best latent of any class (with its relative norm), and a ceiling: a logistic probe on both models'
 activations (and, for comparison, on the base model's alone and on the chat minus the base activation), fitted on the
-validation sample and scored on the test sample, which says whether the tokens can be told apart at this layer at all. Writes bench/results/detector-sweep.json and .md, and README.md's detector-sweep block.
-About 6 minutes on a 2-core CPU.
+validation sample and scored on the test sample, which says whether the tokens can be told apart at this layer at all.
+Writes bench/results/detector-sweep.json and .md, and README.md's detector-sweep block. About 6 minutes on a 2-core CPU.
 """
 import argparse, platform, tempfile, time
 from pathlib import Path
@@ -22,11 +22,9 @@ import torch, torch.nn.functional as F
 from _results import publish
 from crosscoder_nb.buffer import harvest_activations
 from crosscoder_nb.crosscoder import CrossCoder
-from crosscoder_nb.data import Source, load_documents
-from crosscoder_nb.diffing import detection_scores, label_tokens, planted_detection, planted_texts
+from crosscoder_nb.diffing import detection_sample, detection_scores, planted_detection
 from crosscoder_nb.evals import harvest_rows
 from crosscoder_nb.models import load_model
-from crosscoder_nb.organisms import heldout_prompts
 from crosscoder_nb.pipeline import organisms_config, set_fields, train_run
 from crosscoder_nb.report import report_run
 
@@ -83,10 +81,8 @@ with tempfile.TemporaryDirectory() as tmp:
 
 # the ceiling: can a linear readout tell the labelled tokens apart at this layer, from both models, the base alone, or the difference?
 def sample(split: str):
-    texts, kinds = planted_texts(heldout_prompts(100, split=split), load_documents(Source('corpus', split=split), 0)[:100])
-    tok, hp = models[0].tokenizer, f'blocks.{base.buffer.layer}.hook_resid_pre'
-    smp = label_tokens(tok, texts, kinds, 256)
-    labels = {'context': smp.flat_labels, 'decision': label_tokens(tok, texts, kinds, smp.tokens.shape[1], where='decision').flat_labels}
+    smp, decision = detection_sample(models[0].tokenizer, split)   # the sample planted_detection scores the latents on
+    labels, hp = {'context': smp.flat_labels, 'decision': decision}, f'blocks.{base.buffer.layer}.hook_resid_pre'
     x = torch.cat([harvest_rows(models, smp.tokens[i:i + 16], hp)[smp.mask[i:i + 16]] for i in range(0, len(smp.tokens), 16)])
     return {'both models': x.flatten(1), 'base model alone': x[:, 0], 'chat minus base': x[:, 1] - x[:, 0]}, labels, smp.behaviours
 def probe_auroc(xv: torch.Tensor, yv: torch.Tensor, xt: torch.Tensor, yt: torch.Tensor) -> float:

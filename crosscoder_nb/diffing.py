@@ -21,7 +21,7 @@ __all__ = ['GROUPS', 'relative_norms', 'DiffThresholds', 'latent_groups', 'clust
            'decoder_cosines', 'cosine_histogram', 'latent_table', 'top_latents', 'html_table', 'specific_density',
            'relative_norm_counts', 'diff_summary', 'planted_texts', 'PlantedSample', 'label_tokens', 'top_activations',
            'score_latents', 'planted_recovery', 'planted_recovery_figure', 'detection_scores', 'sample_activations',
-           'planted_detection']
+           'detection_sample', 'planted_detection']
 
 # %% ../nbs/07_diffing.ipynb
 def _decoder_norms(x) -> Float[Tensor, "d_latent n_models"]:
@@ -389,6 +389,13 @@ def _detect(f: Tensor, labels: Tensor, r: Tensor, chat_specific: list[int], late
             'best_chat_specific': None if bc is None else _row(bc, sc, r, frequencies),
             'latents': [_row(j, sc, r, frequencies) for j in latents]}
 
+def detection_sample(tokenizer, split: str = 'test', n_dialogs: int = 100, n_general: int = 100, seq_len: int = 256,
+                    ) -> tuple[PlantedSample, Bool[Tensor, "n_tokens n_behaviours"]]:
+    "The held-out sample detection is scored on (dialogs in `split`'s phrasings, and its general text): labelled by context, and its decision labels."
+    texts, kinds = planted_texts(heldout_prompts(n_dialogs, split=split), load_documents(Source('corpus', split=split), 0)[:n_general])
+    sample = label_tokens(tokenizer, texts, kinds, seq_len)
+    return sample, label_tokens(tokenizer, texts, kinds, sample.tokens.shape[1], where='decision').flat_labels   # same rows, other labels
+
 def planted_detection(cc: CrossCoder, models, latents: list[int] | None = None,  # latents to report besides the best ones
                       n_dialogs: int = 100, n_general: int = 100, seq_len: int = 256, thresholds: DiffThresholds | None = None,
                       base: int = 0, chat: int = 1, norm_factors=None, hook_point: str | None = None, batch_size: int = 16,
@@ -398,13 +405,11 @@ def planted_detection(cc: CrossCoder, models, latents: list[int] | None = None, 
     models, names = as_model_list(cc, models)
     hp = check_eval_models(cc, models, names, hook_point)
     if norm_factors is None: resolve_norm_factors(cc)
-    texts, kinds = planted_texts(heldout_prompts(n_dialogs, split=split), load_documents(Source('corpus', split=split), 0)[:n_general])
-    sample = label_tokens(models[0].tokenizer, texts, kinds, min([seq_len] + [m.cfg.n_ctx for m in models]))
+    sample, decision = detection_sample(models[0].tokenizer, split, n_dialogs, n_general, min([seq_len] + [m.cfg.n_ctx for m in models]))
     s, _ = resolve_norm_factors(cc, norm_factors, models, sample.tokens, hp, batch_size, mask=sample.mask)
     f = sample_activations(cc, models, sample, hp, s, batch_size, progress)
     r, th = relative_norms(cc, base, chat), thresholds or DiffThresholds()
     chat_specific = latent_groups(r, th, (f > 0).float().mean(0) if frequencies is None else frequencies, cc.cfg.n_shared)['chat_specific'].tolist()
-    decision = label_tokens(models[0].tokenizer, texts, kinds, sample.tokens.shape[1], where='decision').flat_labels   # same rows, other labels
     out = {'n_tokens': sample.n_tokens, 'split': split}
     for b, name in enumerate(sample.behaviours):
         out[name] = _detect(f, sample.flat_labels[:, b], r, chat_specific, latents or [], frequencies) | \
