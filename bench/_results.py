@@ -1,4 +1,5 @@
-"""Where the bench scripts put their figures: bench/results/NAME.json and NAME.md, and the markdown into README.md between
+"""Where the bench scripts put their figures: crosscoder_nb/assets/results/NAME.json (shipped with the package,
+so that an installed package shows the notebooks' tables) and NAME.md, and the markdown into README.md between
 the markers `<!-- NAME:start -->` and `<!-- NAME:end -->`, so that README quotes figures only from generated files."""
 import json, re
 from pathlib import Path
@@ -7,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def publish(name: str, md: str, data: dict, readme: bool = True):
     "Write the results files, print the table, and (with `readme`) replace README.md's block for `name`."
-    out = ROOT / 'bench' / 'results'; out.mkdir(parents=True, exist_ok=True)
+    out = ROOT / 'crosscoder_nb' / 'assets' / 'results'; out.mkdir(parents=True, exist_ok=True)
     (out / f'{name}.json').write_text(json.dumps(data, indent=1))
     (out / f'{name}.md').write_text(md)
     print(md)

@@ -14,7 +14,7 @@ its decision tokens. Besides, for each behaviour and label set, the table gives 
 verdict, the best latent of any class (with its relative norm), and a ceiling: a logistic probe on both models'
 activations (and, for comparison, on the base model's alone and on the chat minus the base activation), fitted on the
 validation sample and scored on the test sample, which says whether the tokens can be told apart at this layer at all.
-Writes bench/results/detector-sweep.json and .md, and README.md's detector-sweep block. About 6 minutes on a 2-core CPU.
+Writes crosscoder_nb/assets/results/detector-sweep.json and .md, and README.md's detector-sweep block. About 6 minutes on a 2-core CPU.
 """
 import argparse, platform, tempfile, time
 from pathlib import Path
@@ -22,8 +22,9 @@ import torch, torch.nn.functional as F
 from _results import publish
 from crosscoder_nb.buffer import harvest_activations
 from crosscoder_nb.crosscoder import CrossCoder
-from crosscoder_nb.diffing import detection_sample, detection_scores, planted_detection
-from crosscoder_nb.evals import harvest_rows
+from crosscoder_nb.planted import detection_sample, planted_detection
+from crosscoder_nb.diffing import detection_scores
+from crosscoder_nb.buffer import harvest_rows
 from crosscoder_nb.models import load_model
 from crosscoder_nb.pipeline import organisms_config, set_fields, train_run
 from crosscoder_nb.report import report_run

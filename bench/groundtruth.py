@@ -3,7 +3,7 @@ activations with known shared / rotated / A-only / B-only features, scored again
 
     python bench/groundtruth.py [--seeds 0,1,2] [--n-tokens 2000000] [--archs l1,batchtopk,...] [--nested SHARE] [--no-readme]
 
-Writes bench/results/groundtruth.json (every run) and groundtruth.md (mean ± std over seeds), and puts the same table
+Writes crosscoder_nb/assets/results/groundtruth.json (every run) and groundtruth.md (mean ± std over seeds), and puts the same table
 into README.md between the groundtruth markers. Prints the table. About 6 minutes on a 2-core CPU.
 `--nested SHARE`: that share of the B-only features nested under a shared parent (the notebook's 'Nested features'):
 the results go to groundtruth-nested.json / .md and README.md's groundtruth-nested block instead.

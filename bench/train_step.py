@@ -9,7 +9,7 @@ shapes and data (forward, loss, backward, clip, Adam):
   preallocated outputs, in float32 and in bfloat16.
 
 Also a quality check on the organisms (the demo's BatchTopK and L1 configs on one harvest held in memory): final loss and
-explained variance of the bfloat16 run against the float32 run. Writes bench/results/train-step.{md,json} and README.md's block.
+explained variance of the bfloat16 run against the float32 run. Writes crosscoder_nb/assets/results/train-step.{md,json} and README.md's block.
 
     python bench/train_step.py [--d-model 256] [--latents 4096] [--batch 4096] [--steps 3] [--rounds 5] [--device cpu] [--threads N]
 """

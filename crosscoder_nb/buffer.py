@@ -16,8 +16,9 @@ from .data import DataConfig, TokenStream
 from .models import load_model
 
 # %% auto 0
-__all__ = ['DTYPES', 'BufferConfig', 'reuse_activations', 'harvest', 'check_models', 'check_seq_len', 'ActivationBuffer',
-           'estimate_norm_factors', 'HarvestedActivations', 'harvest_activations']
+__all__ = ['DTYPES', 'BufferConfig', 'reuse_activations', 'harvest', 'check_models', 'check_seq_len', 'model_names',
+           'as_model_list', 'check_eval_models', 'harvest_rows', 'ActivationBuffer', 'estimate_norm_factors',
+           'HarvestedActivations', 'harvest_activations']
 
 # %% ../nbs/03_buffer.ipynb
 DTYPES = {'bfloat16': torch.bfloat16, 'float16': torch.float16, 'float32': torch.float32}
@@ -143,6 +144,53 @@ def check_seq_len(models: list, seq_len: int):
     for i, model in enumerate(models):
         if seq_len > model.cfg.n_ctx:
             raise ValueError(f"Rows of {seq_len} tokens exceed model {i}'s context of {model.cfg.n_ctx}: set DataConfig.seq_len <= {model.cfg.n_ctx}.")
+
+# %% ../nbs/03_buffer.ipynb
+def model_names(cc,  # a crosscoder (only its `cfg` is read)
+                names: list[str] | None = None) -> list[str]:
+    "One name per crosscoder slot: `names`, else 'base'/'chat' for 2 models, else `cc.cfg.model_names`, else 'model_i'."
+    n = cc.cfg.n_models
+    if names is None: names = ['base', 'chat'] if n == 2 else cc.cfg.model_names or [f'model_{i}' for i in range(n)]
+    names = [str(x) for x in names]
+    if len(names) != n: raise ValueError(f"{len(names)} names {names} for a crosscoder of {n} models: give one name per model.")
+    if len(set(names)) != n: raise ValueError(f"Model names must be distinct, got {names}.")
+    return names
+
+def as_model_list(cc, models,  # a list in the crosscoder's order, a dict {name: model}, or names for `load_model`
+                  names: list[str] | None = None, device: str | None = None) -> tuple[list, list[str]]:
+    "The models as a list in the crosscoder's slot order, and their names."
+    if isinstance(models, dict): names, models = (list(models) if names is None else names), list(models.values())
+    models = [load_model(m, device=device) if isinstance(m, (str, os.PathLike)) else m for m in models]
+    return models, model_names(cc, names if len(models) == cc.cfg.n_models else None)
+
+# %% ../nbs/03_buffer.ipynb
+def check_eval_models(cc,  # a crosscoder (only its `cfg` is read)
+                      models: list, names: list[str],
+                      hook_point: str | None = None,  # default: the crosscoder's `cfg.hook_point`
+                     ) -> str:
+    "Raise a clear error if `models` are not what `cc` reads; return the hook point."
+    hp, trained = hook_point or cc.cfg.hook_point, f" (trained on {cc.cfg.model_names})" if cc.cfg.model_names else ''
+    if hp is None: raise ValueError("The crosscoder does not record its hook point (cfg.hook_point is None): pass hook_point=, "
+                                    "e.g. 'blocks.14.hook_resid_pre', the one it was trained on.")
+    if len(models) != cc.cfg.n_models:
+        raise ValueError(f"The crosscoder reads {cc.cfg.n_models} models{trained} but {len(models)} were given: pass one model per slot, in its order.")
+    for i, m in enumerate(models):
+        if m.cfg.d_model != cc.cfg.d_model:
+            raise ValueError(f"Model {i} ({names[i]}) has d_model {m.cfg.d_model} but the crosscoder{trained} reads d_model {cc.cfg.d_model}: "
+                             "these are not the models it was trained on.")
+        if hp not in m.hook_dict:
+            raise ValueError(f"Model {i} ({names[i]}) has no hook point {hp!r}, where the crosscoder{trained} reads: "
+                             f"it has {m.cfg.n_layers} layers. Use the models the crosscoder was trained on.")
+    check_models(models, hp)
+    return hp
+
+# %% ../nbs/03_buffer.ipynb
+@torch.no_grad()
+def harvest_rows(models: list, tokens: Int[Tensor, "batch seq"], hook_point: str,
+                 device: str | torch.device = 'cpu') -> Float[Tensor, "batch seq n_models d_model"]:
+    "Every model's activations at `hook_point` on the same rows, stacked on a models axis."
+    acts = [harvest(m, tokens.to(m.cfg.device), hook_point) for m in models]
+    return torch.stack([a.to(device, torch.float32) for a in acts], 2)
 
 # %% ../nbs/03_buffer.ipynb
 class ActivationBuffer:

@@ -10,18 +10,12 @@ import plotly.graph_objects as go
 import torch, torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 from .crosscoder import CrossCoder
-from .data import Source, load_documents
-from .evals import as_model_list, cc_device, check_eval_models, harvest_rows, resolve_norm_factors
-from .organisms import format_dialog, ground_truth, heldout_prompts, planted_spans
 
 # %% auto 0
 __all__ = ['GROUPS', 'relative_norms', 'DiffThresholds', 'latent_groups', 'cluster_counts', 'relative_norm_histogram',
            'decoder_cosines', 'cosine_histogram', 'latent_table', 'top_latents', 'html_table', 'specific_density',
-           'relative_norm_counts', 'diff_summary', 'planted_texts', 'PlantedSample', 'label_tokens', 'top_activations',
-           'score_latents', 'planted_recovery', 'planted_recovery_figure', 'detection_scores', 'sample_activations',
-           'detection_sample', 'planted_detection']
+           'relative_norm_counts', 'diff_summary', 'detection_scores']
 
 # %% ../nbs/07_diffing.ipynb
 def _decoder_norms(x) -> Float[Tensor, "d_latent n_models"]:
@@ -187,132 +181,6 @@ def diff_summary(cc: CrossCoder, frequencies: Tensor | None = None, thresholds: 
             'relative_norm_counts': relative_norm_counts(r, frequencies)}
 
 # %% ../nbs/07_diffing.ipynb
-def planted_texts(dialogs=None,  # None: `heldout_prompts(n_dialogs)`; a dict {'plain': [...], 'trigger': [...]} or a list of dialogs
-                  general: list[str] | None = None,  # texts without planted behaviour; None: paragraphs of the test half of the held-out text
-                  n_dialogs: int = 100, n_general: int = 100, seed: int = 0) -> tuple[list[str], list[str]]:
-    "The texts of the planted-diff sample and the kind of each ('plain', 'trigger', 'dialog' or 'general')."
-    dialogs = heldout_prompts(n_dialogs) if dialogs is None else dialogs
-    groups = dialogs.items() if isinstance(dialogs, dict) else [('dialog', dialogs)]
-    texts, kinds = [], []
-    for kind, ds in groups:
-        texts += [d if isinstance(d, str) else format_dialog(d) for d in ds]; kinds += [kind] * len(ds)
-    general = load_documents(Source('corpus', split='test'), seed)[:n_general] if general is None else list(general)
-    return texts + general, kinds + ['general'] * len(general)
-
-# %% ../nbs/07_diffing.ipynb
-@dataclass
-class PlantedSample:
-    tokens: Int[Tensor, "n_texts seq"]                  # BOS first, padded on the right
-    mask: Bool[Tensor, "n_texts seq"]                   # real, non-BOS tokens
-    labels: Bool[Tensor, "n_texts seq n_behaviours"]    # token inside a span of each behaviour
-    behaviours: list[str]
-    kinds: list[str]                                    # kind of text of each row
-    @property
-    def n_tokens(self) -> int: return int(self.mask.sum())
-    @property
-    def flat_labels(self) -> Bool[Tensor, "n_tokens n_behaviours"]: return self.labels[self.mask]
-
-def label_tokens(tokenizer, texts: list[str], kinds: list[str], seq_len: int, behaviours: list[str] | None = None,
-                 where: str = 'context',  # which spans label a token: 'context' (the behaviour and its output) or 'decision' (see `planted_spans`)
-                ) -> PlantedSample:
-    "Tokenise `texts` one per row (BOS first) and label each token with the planted behaviours acting on it."
-    if not getattr(tokenizer, 'is_fast', False): raise ValueError("Labelling tokens needs a fast tokenizer (offset mappings): load it with use_fast=True.")
-    if not texts: raise ValueError("No texts to label: pass some dialogs or general text.")
-    behaviours = behaviours or list(ground_truth()['behaviours'])
-    enc = tokenizer(texts, return_offsets_mapping=True, add_special_tokens=False)
-    n = min(seq_len, 1 + max(len(ids) for ids in enc['input_ids']))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    tokens, mask = torch.full((len(texts), n), pad, dtype=torch.long), torch.zeros(len(texts), n, dtype=torch.bool)
-    labels = torch.zeros(len(texts), n, len(behaviours), dtype=torch.bool)
-    for i, (text, ids, offs) in enumerate(zip(texts, enc['input_ids'], enc['offset_mapping'])):
-        ids, offs, spans = ids[:n - 1], offs[:n - 1], planted_spans(text, where)
-        tokens[i, 0], tokens[i, 1:len(ids) + 1], mask[i, 1:len(ids) + 1] = tokenizer.bos_token_id, torch.tensor(ids, dtype=torch.long), True
-        for t, (s, e) in enumerate(offs):
-            for b, name in enumerate(behaviours): labels[i, t + 1, b] = any(s < hi and e > lo for lo, hi in spans.get(name, []))
-    return PlantedSample(tokens, mask, labels, behaviours, list(kinds))
-
-# %% ../nbs/07_diffing.ipynb
-@torch.no_grad()
-def top_activations(cc: CrossCoder, models: list, sample: PlantedSample, hook_point: str, s: Float[Tensor, "n_models"],
-                    latents: Int[Tensor, "n_latents"], k: int, batch_size: int = 16,
-                    progress: bool = False) -> tuple[Float[Tensor, "k n_latents"], Int[Tensor, "k n_latents"]]:
-    "The `k` largest activations of each of `latents` on the sample's real tokens, and their flat token indices."
-    dev, latents = cc_device(cc), torch.as_tensor(latents, dtype=torch.long)
-    vals, idx, seen = torch.empty(0, len(latents), device=dev), torch.empty(0, len(latents), dtype=torch.long, device=dev), 0
-    for i in tqdm(range(0, len(sample.tokens), batch_size), desc='top activations', unit='batch', disable=not progress):
-        m = sample.mask[i:i + batch_size].to(dev)
-        x = harvest_rows(models, sample.tokens[i:i + batch_size], hook_point, dev)[m] * s.to(dev)[:, None]
-        f = cc.encode(x)[:, latents.to(dev)].float()
-        pos = torch.arange(seen, seen + len(f), device=dev)[:, None].expand_as(f)
-        vals, top = torch.cat([vals, f]).topk(min(k, len(vals) + len(f)), dim=0)
-        idx, seen = torch.cat([idx, pos]).gather(0, top), seen + len(f)
-    return vals.cpu(), idx.cpu()
-
-def score_latents(vals: Float[Tensor, "k n_latents"], idx: Int[Tensor, "k n_latents"],
-                  flat_labels: Bool[Tensor, "n_tokens n_behaviours"]) -> Float[Tensor, "n_behaviours n_latents"]:
-    "Share of each latent's top-k activations that are positive and on each behaviour's tokens."
-    hits = flat_labels[idx] & (vals > 0)[..., None]   # [k, n_latents, n_behaviours]
-    return hits.float().mean(0).T
-
-# %% ../nbs/07_diffing.ipynb
-def _best(frac: Tensor, vals: Tensor, idx: Tensor, lat: Tensor, r: Tensor, sample: PlantedSample, tok) -> dict:
-    "The latent of `lat` with the highest fraction (first on ties), with its top tokens and the runner-up."
-    j = int(frac.argmax())
-    toks = sample.tokens[sample.mask][idx[:10, j][vals[:10, j] > 0]]
-    second = frac.clone(); second[j] = -1
-    return {'latent': int(lat[j]), 'fraction': frac[j].item(), 'relative_norm': r[lat[j]].item(),
-            'top_tokens': [tok.decode([t]) for t in toks.tolist()],
-            'runner_up': None if len(lat) < 2 else {'latent': int(lat[int(second.argmax())]), 'fraction': second.max().item()}}
-
-def _behaviour_result(b: int, name: str, frac: Tensor, vals: Tensor, idx: Tensor, cand: Tensor, r: Tensor,
-                      sample: PlantedSample, tok, note: str) -> dict:
-    lab = sample.flat_labels[:, b]
-    out = {'latent': None, 'fraction': math.nan, 'relative_norm': math.nan, 'n_tokens_labelled': int(lab.sum()),
-           'n_tokens': sample.n_tokens, 'base_rate': lab.float().mean().item(), 'top_k': len(vals), 'candidates': note,
-           'n_candidates': len(cand), 'description': ground_truth()['behaviours'].get(name, {}).get('description')}
-    if out['n_tokens_labelled'] == 0: return out | {'note': f'no token of the sample is labelled {name!r}: add dialogs where it acts'}
-    best_any = _best(frac[b], vals, idx, torch.arange(len(r)), r, sample, tok)
-    return out | _best(frac[b, cand], vals[:, cand], idx[:, cand], cand, r, sample, tok) | {'best_any': best_any}
-
-# %% ../nbs/07_diffing.ipynb
-def planted_recovery(cc: CrossCoder, models,  # the organisms (base, chat), in the crosscoder's order, or a dict
-                     dialogs=None,  # see `planted_texts`; default: held-out plain and trigger dialogs
-                     general: list[str] | None = None,  # text without planted behaviour; default: held-out corpus paragraphs
-                     top_k: int = 20, thresholds: DiffThresholds | None = None, base: int = 0, chat: int = 1,
-                     n_dialogs: int = 100, n_general: int = 100, seq_len: int = 256,
-                     norm_factors=None,  # None: the checkpoint's; 'estimate'; or one number per model
-                     hook_point: str | None = None, batch_size: int = 16, names: list[str] | None = None,
-                     seed: int = 0, progress: bool = True) -> dict:
-    "For each planted behaviour, the chat-specific latent (and the latent overall) whose top-k activations fall most often on its tokens."
-    models, names = as_model_list(cc, models, names)
-    hp = check_eval_models(cc, models, names, hook_point)
-    if not (isinstance(top_k, int) and top_k >= 1): raise ValueError(f"top_k must be an int >= 1, got {top_k!r}.")
-    if norm_factors is None: resolve_norm_factors(cc)   # a missing factor fails before any work
-    r, th = relative_norms(cc, base, chat), thresholds or DiffThresholds()
-    cand, note = (r > th.chat_specific).nonzero().flatten(), f'chat_specific (r > {th.chat_specific})'
-    if len(cand) == 0: cand, note = torch.arange(cc.cfg.d_latent), f'all latents (no latent has r > {th.chat_specific})'
-    texts, kinds = planted_texts(dialogs, general, n_dialogs, n_general, seed)
-    sample = label_tokens(models[0].tokenizer, texts, kinds, min([seq_len] + [m.cfg.n_ctx for m in models]))
-    if sample.n_tokens == 0: raise ValueError("The planted-diff sample has no tokens: pass non-empty texts.")
-    s, _ = resolve_norm_factors(cc, norm_factors, models, sample.tokens, hp, batch_size, mask=sample.mask)
-    vals, idx = top_activations(cc, models, sample, hp, s, torch.arange(cc.cfg.d_latent), top_k, batch_size, progress)
-    frac = score_latents(vals, idx, sample.flat_labels)
-    return {name: _behaviour_result(b, name, frac, vals, idx, cand, r, sample, models[0].tokenizer, note)
-            for b, name in enumerate(sample.behaviours)}
-
-# %% ../nbs/07_diffing.ipynb
-def planted_recovery_figure(result: dict, title: str = 'Planted-diff recovery') -> go.Figure:
-    "Per behaviour: the best chat-specific latent's top-k fraction, the best of all latents', and the base rate."
-    names = [n for n in result if result[n]['latent'] is not None]
-    bar = lambda label, key, col: go.Bar(name=label, x=names, y=[key(result[n])['fraction'] for n in names], marker_color=col,
-                                         text=[f"latent {key(result[n])['latent']}, r={key(result[n])['relative_norm']:.2f}" for n in names])
-    fig = go.Figure([bar('best candidate (chat-specific)', lambda v: v, '#c44e52'), bar('best of all latents', lambda v: v['best_any'], '#4c72b0'),
-                     go.Bar(name='base rate (share of sample tokens)', x=names, y=[result[n]['base_rate'] for n in names], marker_color='#8c8c8c')])
-    fig.update_layout(title=title, barmode='group', yaxis_range=[0, 1.05], yaxis_title='share of top-k activations on the behaviour',
-                      template='plotly_white', width=700, height=420)
-    return fig
-
-# %% ../nbs/07_diffing.ipynb
 _DETECTION_KEYS = ('auroc', 'precision', 'recall', 'f1', 'threshold', 'density')
 
 def detection_scores(f: Float[Tensor, "n_tokens n_latents"], labels: Bool[Tensor, "n_tokens"],
@@ -364,54 +232,4 @@ def _detection_block(f: Tensor, labels: Tensor, n_p: int, n_n: int) -> dict[str,
         has = P_n > 0
         b = first[has]
         out['precision'][has], out['recall'][has], out['f1'][has], out['threshold'][has] = prec[b], rec[b], f1[b], v[b].double()
-    return out
-
-# %% ../nbs/07_diffing.ipynb
-@torch.no_grad()
-def sample_activations(cc: CrossCoder, models: list, sample: PlantedSample, hook_point: str, s: Float[Tensor, "n_models"],
-                       batch_size: int = 16, progress: bool = False) -> Float[Tensor, "n_tokens d_latent"]:
-    "The crosscoder's latents on every real token of the sample, in the order of `sample.flat_labels`."
-    dev, out = cc_device(cc), []
-    for i in tqdm(range(0, len(sample.tokens), batch_size), desc='latents on the sample', disable=not progress):
-        m = sample.mask[i:i + batch_size].to(dev)
-        out.append(cc.encode(harvest_rows(models, sample.tokens[i:i + batch_size], hook_point, dev)[m] * s.to(dev)[:, None]).float().cpu())
-    return torch.cat(out)
-
-def _row(j: int, sc: dict, r: Tensor, frequencies: Tensor | None = None) -> dict:
-    row = {'latent': j, **{k: float(sc[k][j]) for k in ('auroc', 'precision', 'recall', 'f1', 'density')}, 'relative_norm': float(r[j])}
-    return row if frequencies is None else row | {'density_mix': float(frequencies[j])}   # density on the data mix, where the sample is enriched
-
-def _detect(f: Tensor, labels: Tensor, r: Tensor, chat_specific: list[int], latents: list[int], frequencies: Tensor | None) -> dict:
-    sc = detection_scores(f, labels)
-    best = int(sc['auroc'].argmax())
-    bc = max(chat_specific, key=lambda j: float(sc['auroc'][j])) if chat_specific else None
-    return {'n_labelled': int(labels.sum()), 'best': _row(best, sc, r, frequencies),
-            'best_chat_specific': None if bc is None else _row(bc, sc, r, frequencies),
-            'latents': [_row(j, sc, r, frequencies) for j in latents]}
-
-def detection_sample(tokenizer, split: str = 'test', n_dialogs: int = 100, n_general: int = 100, seq_len: int = 256,
-                    ) -> tuple[PlantedSample, Bool[Tensor, "n_tokens n_behaviours"]]:
-    "The held-out sample detection is scored on (dialogs in `split`'s phrasings, and its general text): labelled by context, and its decision labels."
-    texts, kinds = planted_texts(heldout_prompts(n_dialogs, split=split), load_documents(Source('corpus', split=split), 0)[:n_general])
-    sample = label_tokens(tokenizer, texts, kinds, seq_len)
-    return sample, label_tokens(tokenizer, texts, kinds, sample.tokens.shape[1], where='decision').flat_labels   # same rows, other labels
-
-def planted_detection(cc: CrossCoder, models, latents: list[int] | None = None,  # latents to report besides the best ones
-                      n_dialogs: int = 100, n_general: int = 100, seq_len: int = 256, thresholds: DiffThresholds | None = None,
-                      base: int = 0, chat: int = 1, norm_factors=None, hook_point: str | None = None, batch_size: int = 16,
-                      split: str = 'test', frequencies: Tensor | None = None,  # activation frequencies that decide which latents are dead
-                      progress: bool = True) -> dict:
-    "For each planted behaviour: AUROC, precision and recall at best F1, and density of the requested latents, the best latent and the best chat-specific one; against the behaviour's context, and (key 'decision') its decision tokens."
-    models, names = as_model_list(cc, models)
-    hp = check_eval_models(cc, models, names, hook_point)
-    if norm_factors is None: resolve_norm_factors(cc)
-    sample, decision = detection_sample(models[0].tokenizer, split, n_dialogs, n_general, min([seq_len] + [m.cfg.n_ctx for m in models]))
-    s, _ = resolve_norm_factors(cc, norm_factors, models, sample.tokens, hp, batch_size, mask=sample.mask)
-    f = sample_activations(cc, models, sample, hp, s, batch_size, progress)
-    r, th = relative_norms(cc, base, chat), thresholds or DiffThresholds()
-    chat_specific = latent_groups(r, th, (f > 0).float().mean(0) if frequencies is None else frequencies, cc.cfg.n_shared)['chat_specific'].tolist()
-    out = {'n_tokens': sample.n_tokens, 'split': split}
-    for b, name in enumerate(sample.behaviours):
-        out[name] = _detect(f, sample.flat_labels[:, b], r, chat_specific, latents or [], frequencies) | \
-                    {'decision': _detect(f, decision[:, b], r, chat_specific, latents or [], frequencies)}
     return out

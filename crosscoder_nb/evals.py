@@ -4,60 +4,22 @@
 
 # %% ../nbs/06_evals.ipynb 3
 from __future__ import annotations
-import dataclasses, math, os, warnings
+import dataclasses, math, warnings
 import plotly.graph_objects as go
 import torch, torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
-from .buffer import check_models, check_seq_len, estimate_norm_factors, harvest
-from .crosscoder import CrossCoder
+from .buffer import as_model_list, check_eval_models, check_seq_len, estimate_norm_factors, harvest_rows
+from .crosscoder import CrossCoder, cc_device
 from .data import DataConfig, TokenStream, organisms_mix, pile_lmsys_mix
-from .models import load_model, resolve_model
+from .models import resolve_model
 
 # %% auto 0
-__all__ = ['model_names', 'as_model_list', 'check_eval_models', 'is_organism_tokenizer', 'eval_tokens', 'check_tokens',
-           'cc_device', 'harvest_rows', 'norm_factor_estimate', 'resolve_norm_factors', 'sample_positions',
-           'reconstruction_metrics', 'splice_hook', 'ce_sum', 'spliced_loss', 'frequency_histogram', 'EvalResult',
-           'evaluate']
-
-# %% ../nbs/06_evals.ipynb
-def model_names(cc: CrossCoder, names: list[str] | None = None) -> list[str]:
-    "One name per crosscoder slot: `names`, else 'base'/'chat' for 2 models, else `cc.cfg.model_names`, else 'model_i'."
-    n = cc.cfg.n_models
-    if names is None: names = ['base', 'chat'] if n == 2 else cc.cfg.model_names or [f'model_{i}' for i in range(n)]
-    names = [str(x) for x in names]
-    if len(names) != n: raise ValueError(f"{len(names)} names {names} for a crosscoder of {n} models: give one name per model.")
-    if len(set(names)) != n: raise ValueError(f"Model names must be distinct, got {names}.")
-    return names
-
-def as_model_list(cc: CrossCoder, models,  # a list in the crosscoder's order, a dict {name: model}, or names for `load_model`
-                  names: list[str] | None = None, device: str | None = None) -> tuple[list, list[str]]:
-    "The models as a list in the crosscoder's slot order, and their names."
-    if isinstance(models, dict): names, models = (list(models) if names is None else names), list(models.values())
-    models = [load_model(m, device=device) if isinstance(m, (str, os.PathLike)) else m for m in models]
-    return models, model_names(cc, names if len(models) == cc.cfg.n_models else None)
-
-# %% ../nbs/06_evals.ipynb
-def check_eval_models(cc: CrossCoder, models: list, names: list[str],
-                      hook_point: str | None = None,  # default: the crosscoder's `cfg.hook_point`
-                     ) -> str:
-    "Raise a clear error if `models` are not what `cc` reads; return the hook point."
-    hp, trained = hook_point or cc.cfg.hook_point, f" (trained on {cc.cfg.model_names})" if cc.cfg.model_names else ''
-    if hp is None: raise ValueError("The crosscoder does not record its hook point (cfg.hook_point is None): pass hook_point=, "
-                                    "e.g. 'blocks.14.hook_resid_pre', the one it was trained on.")
-    if len(models) != cc.cfg.n_models:
-        raise ValueError(f"The crosscoder reads {cc.cfg.n_models} models{trained} but {len(models)} were given: pass one model per slot, in its order.")
-    for i, m in enumerate(models):
-        if m.cfg.d_model != cc.cfg.d_model:
-            raise ValueError(f"Model {i} ({names[i]}) has d_model {m.cfg.d_model} but the crosscoder{trained} reads d_model {cc.cfg.d_model}: "
-                             "these are not the models it was trained on.")
-        if hp not in m.hook_dict:
-            raise ValueError(f"Model {i} ({names[i]}) has no hook point {hp!r}, where the crosscoder{trained} reads: "
-                             f"it has {m.cfg.n_layers} layers. Use the models the crosscoder was trained on.")
-    check_models(models, hp)
-    return hp
+__all__ = ['is_organism_tokenizer', 'eval_tokens', 'check_tokens', 'norm_factor_estimate', 'resolve_norm_factors',
+           'sample_positions', 'reconstruction_metrics', 'splice_hook', 'ce_sum', 'spliced_loss', 'frequency_histogram',
+           'EvalResult', 'evaluate']
 
 # %% ../nbs/06_evals.ipynb
 def is_organism_tokenizer(tok) -> bool:
@@ -96,16 +58,6 @@ def check_tokens(tokens: Tensor, models: list) -> Int[Tensor, "n_seqs seq"]:
         raise ValueError(f"Token ids must lie in [0, {models[0].cfg.d_vocab}): these rows come from another tokenizer.")
     check_seq_len(models, tokens.shape[1])
     return tokens.long()
-
-# %% ../nbs/06_evals.ipynb
-def cc_device(cc: CrossCoder) -> torch.device: return next(cc.parameters()).device
-
-@torch.no_grad()
-def harvest_rows(models: list, tokens: Int[Tensor, "batch seq"], hook_point: str,
-                 device: str | torch.device = 'cpu') -> Float[Tensor, "batch seq n_models d_model"]:
-    "Every model's activations at `hook_point` on the same rows, stacked on a models axis."
-    acts = [harvest(m, tokens.to(m.cfg.device), hook_point) for m in models]
-    return torch.stack([a.to(device, torch.float32) for a in acts], 2)
 
 # %% ../nbs/06_evals.ipynb
 def norm_factor_estimate(models: list,  # in the crosscoder's order

@@ -5,22 +5,21 @@
 # %% ../nbs/07b_interventions.ipynb 3
 from __future__ import annotations
 import functools, inspect, math, random, re, weakref
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 import torch, torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import DynamicCache
-from .crosscoder import CrossCoder
+from .crosscoder import CrossCoder, cc_device
 from .buffer import harvest
 from .models import greedy_complete, greedy_rows
-from .evals import as_model_list, cc_device, check_eval_models, check_tokens, resolve_norm_factors, ce_sum, harvest_rows
+from .evals import ce_sum
 from .scaling import check_latents
 
 # %% auto 0
-__all__ = ['EDIT_KINDS', 'OBJECTIVES', 'BEHAVIOUR_PROMPTS', 'DETECTORS', 'Edit', 'edited_acts', 'edited_logits', 'plain_model',
-           'generate', 'edited_loss', 'matched_random', 'attribute', 'decision_points', 'behaviour_rate',
-           'greedy_attribution', 'localise', 'planted_checks']
+__all__ = ['EDIT_KINDS', 'OBJECTIVES', 'Edit', 'edited_acts', 'edited_logits', 'plain_model', 'generate', 'edited_loss',
+           'matched_random', 'attribute']
 
 # %% ../nbs/07b_interventions.ipynb
 EDIT_KINDS = ('none', 'ablate', 'diff_patch', 'steer', 'patch_model')
@@ -256,128 +255,3 @@ def attribute(cc: CrossCoder, models: list, tokens: Int[Tensor, "n seq"],
             f = cc.encode((box['clean'][:, 1:] * s.to(dev)[:, None]).flatten(0, 1)).float()   # [n * (seq - 1), d_latent], clean latents
             a -= (f * (grad[:, 1:].flatten(0, 1) @ delta.T)).sum(0).double() / s[target].item()
     return a.cpu()
-
-# %% ../nbs/07b_interventions.ipynb
-from .organisms import REFUSAL, SIGNOFF, chat_prompt, is_refusal, is_signoff
-
-BEHAVIOUR_PROMPTS = {'signoff': 'plain', 'refusal': 'trigger'}   # which held-out prompts each behaviour is measured on
-DETECTORS = {'signoff': is_signoff, 'refusal': is_refusal}
-
-def decision_points(tok, dialogs: list[dict], behaviour: str) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    "Token rows (padded), decision positions, the behaviour's token and the ordinary token (None: use log p) for each dialog."
-    rows, pos, good = [], [], []
-    first = lambda text: tok(text, add_special_tokens=False)['input_ids'][0]
-    for d in dialogs:
-        prefix = chat_prompt(d) if behaviour == 'refusal' else chat_prompt(d) + ' ' + d['completion'][:-len(SIGNOFF)]
-        ids = [tok.bos_token_id] + tok(prefix, add_special_tokens=False)['input_ids']
-        rows.append(ids); pos.append(len(ids) - 1)
-        good.append(first(' ' + REFUSAL) if behaviour == 'refusal' else first(SIGNOFF))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    toks = torch.full((len(rows), max(map(len, rows))), pad, dtype=torch.long)
-    for i, r in enumerate(rows): toks[i, :len(r)] = torch.tensor(r)
-    bad = None if behaviour == 'refusal' else torch.full((len(rows),), first('\n'), dtype=torch.long)
-    return toks, torch.tensor(pos), torch.tensor(good), bad
-
-def behaviour_rate(cc: CrossCoder, models: list, dialogs: list[dict], behaviour: str, e: Edit, hp: str, s: Tensor,
-                   max_new_tokens: int = 48) -> float:
-    "Share of greedy completions of the dialogs' prompts by model `e.target`, under the edit, that show the behaviour."
-    outs = generate(cc, models, [chat_prompt(d) for d in dialogs], e, hp, s, max_new_tokens)
-    return sum(map(DETECTORS[behaviour], outs)) / max(len(outs), 1)
-
-# %% ../nbs/07b_interventions.ipynb
-def greedy_attribution(cc: CrossCoder, models: list, tokens: Tensor, pos: Tensor, good: Tensor, bad: Tensor | None, hp: str, s: Tensor,
-                       n: int = 10, batch_size: int = 16, progress: bool = False,
-                       n_greedy: int | None = None,  # picks made one at a time (default all `n`); the rest in the order of one more attribution
-                       objective: str = 'margin',  # see `attribute`
-                      ) -> tuple[list[int], list[float]]:
-    "`n` latents: each of the first `n_greedy` is the most negative attribution with the ones before it already diff-patched."
-    n_greedy = n if n_greedy is None else min(n_greedy, n)
-    S, scores = [], []
-    for step in tqdm(range(n_greedy + (n > n_greedy)), desc='greedy attribution', disable=not progress):
-        a = attribute(cc, models, tokens, pos, good, bad, hp, s, batch_size=batch_size, edit=Edit('diff_patch', S) if S else None, objective=objective)
-        a[S] = math.inf
-        take = torch.argsort(a)[:1 if step < n_greedy else n - n_greedy].tolist()
-        S += take; scores += [float(a[j]) for j in take]
-    return S, scores
-
-def localise(cc: CrossCoder, models: list, behaviour: str, dialogs: list[dict], hp: str, s: Tensor,
-             sizes: tuple = (1, 2, 3, 5, 10, 20, 40), target_rate: float = 0.2, batch_size: int = 16, progress: bool = False,
-             greedy: int = 10,  # latents picked one at a time, re-attributing after each (`greedy_attribution`); 0: one ranking by plain attribution
-             objective: str = 'margin',  # what attribution sums over prompts (see `attribute`)
-            ) -> dict:
-    "Name a small set of latents that carries `behaviour`: rank by attribution on `dialogs`, keep the smallest set whose diff patch brings the rate to `target_rate`."
-    if behaviour not in BEHAVIOUR_PROMPTS: raise ValueError(f"Unknown behaviour {behaviour!r}: use one of {list(BEHAVIOUR_PROMPTS)}.")
-    dp = decision_points(models[1].tokenizer, dialogs, behaviour)
-    if greedy: order, scores = greedy_attribution(cc, models, *dp, hp, s, max(sizes), batch_size, progress, n_greedy=greedy, objective=objective)
-    else:
-        a = attribute(cc, models, *dp, hp, s, batch_size=batch_size, progress=progress, objective=objective)
-        order = torch.argsort(a)[:max(sizes)].tolist()                   # most negative first: diff-patching them removes the behaviour
-        scores = [float(a[j]) for j in order]
-    rates = {n: behaviour_rate(cc, models, dialogs, behaviour, Edit('diff_patch', order[:n]), hp, s) for n in sizes}
-    ok = [n for n in sizes if rates[n] <= target_rate]
-    n = ok[0] if ok else min(sizes, key=lambda k: (rates[k], k))
-    how = (f'greedy attribution (each of the first {greedy} latents the most negative attribution with the ones before it '
-           'diff-patched, the rest ranked by one more attribution with those patched)' if greedy else 'attribution')
-    return {'latents': order[:n], 'attribution': scores[:n], 'validation_rates': rates,
-            'clean_rate': behaviour_rate(cc, models, dialogs, behaviour, Edit(), hp, s), 'ranking': order,
-            'method': f"{how} of the decision metric{'' if objective == 'margin' else f' (summed as {objective}(M))'} to diff-patching each latent on {len(dialogs)} validation prompts; "
-                      f"set size ({n}) chosen by diff-patching the top {list(sizes)} in generation on the same prompts"}
-
-# %% ../nbs/07b_interventions.ipynb
-def _latents_on(cc: CrossCoder, models: list, tokens: Tensor, lengths: Tensor, hp: str, s: Tensor) -> Tensor:
-    "The latents at every real (non-BOS, non-padding) position of right-padded rows."
-    dev = cc_device(cc)
-    with torch.no_grad():
-        x = harvest_rows(models, tokens, hp, dev) * s.to(dev)[:, None]
-        real = (torch.arange(tokens.shape[1])[None] < lengths[:, None]) & (torch.arange(tokens.shape[1])[None] > 0)
-        return cc.encode(x[real.to(dev)]).float()
-
-def _typical_activation(cc: CrossCoder, models: list, tokens: Tensor, lengths: Tensor, latents: list[int], hp: str, s: Tensor) -> list[float]:
-    "Median activation of each latent where it fires on the real positions of `tokens` (1.0 if it never does)."
-    f = _latents_on(cc, models, tokens, lengths, hp, s)[:, latents]
-    return [float(c[c > 0].median()) if (c > 0).any() else 1.0 for c in f.T]
-
-def planted_checks(cc: CrossCoder, models, frequencies: Tensor | None = None,  # activation frequencies (for the random control)
-                   n_validation: int = 40, n_test: int = 60, n_controls: int = 3, general_tokens: Tensor | None = None,
-                   target_rate: float = 0.2, hook_point: str | None = None, norm_factors=None, seed: int = 0,
-                   progress: bool = True, objective: str = 'margin',  # what attribution sums over prompts (see `attribute`)
-                  ) -> dict:
-    "Localise each planted behaviour on validation prompts; measure interventions, controls, loss and steering on test prompts."
-    from crosscoder_nb.organisms import heldout_prompts
-    from crosscoder_nb.data import DataConfig, Source
-    from crosscoder_nb.evals import eval_tokens
-    models, names = as_model_list(cc, models)
-    hp = check_eval_models(cc, models, names, hook_point)
-    if cc.cfg.n_models != 2: raise ValueError(f"planted_checks compares a base model (slot 0) and a chat model (slot 1); this crosscoder reads {cc.cfg.n_models} models.")
-    s, _ = resolve_norm_factors(cc, norm_factors)
-    val, test = heldout_prompts(n_validation, split='validation'), heldout_prompts(n_test, split='test')
-    gen = general_tokens if general_tokens is not None else eval_tokens(models[0], DataConfig([Source('corpus', split='test')], 128, 3), n_seqs=24)
-    loss = lambda e: edited_loss(cc, models, gen, e, hp, s)
-    clean_loss = loss(Edit())
-    out = {'reference': {}, 'general_loss_clean': clean_loss, 'n_validation': n_validation, 'n_test': n_test}
-    bar = tqdm(list(BEHAVIOUR_PROMPTS.items()), desc='causal checks', disable=not progress)
-    for beh, kind in bar:
-        v, t = val[kind], test[kind]
-        loc = localise(cc, models, beh, v, hp, s, target_rate=target_rate, objective=objective)
-        S = loc['latents']
-        if frequencies is None:   # density on the validation dialogs, so the controls are matched all the same
-            vt, vp = decision_points(models[1].tokenizer, v, beh)[:2]
-            frequencies = (_latents_on(cc, models, vt, vp + 1, hp, s) > 0).float().mean(0).cpu()
-        freqs = frequencies
-        ctrl = [matched_random(S, freqs, seed=seed + k) for k in range(n_controls)]
-        rate = lambda e: behaviour_rate(cc, models, t, beh, e, hp, s)
-        vt, vp = decision_points(models[1].tokenizer, v, beh)[:2]
-        alpha = _typical_activation(cc, models, vt, vp + 1, S, hp, s)
-        res = {'latents': S, 'method': loc['method'], 'attribution': loc['attribution'],
-               'validation': {'clean': loc['clean_rate'], 'diff_patch_by_size': loc['validation_rates']},
-               'test': {'clean': rate(Edit()), 'diff_patch': rate(Edit('diff_patch', S)), 'ablate': rate(Edit('ablate', S)),
-                        'random_latents': ctrl, 'random_diff_patch': [rate(Edit('diff_patch', c)) for c in ctrl],
-                        'random_ablate': [rate(Edit('ablate', c)) for c in ctrl]},
-               'general_loss_change': {'diff_patch': loss(Edit('diff_patch', S)) - clean_loss, 'ablate': loss(Edit('ablate', S)) - clean_loss},
-               'steer_base': {'alpha': alpha, 'clean': rate(Edit(target=0)), 'steered': rate(Edit('steer', S, target=0, alpha=alpha))}}
-        out['reference'][beh] = {'patch_model': rate(Edit('patch_model')), 'diff_patch_all': rate(Edit('diff_patch', list(range(cc.cfg.d_latent))))}
-        out[beh] = res
-    for beh in BEHAVIOUR_PROMPTS:   # specificity: each other behaviour's test rate with this behaviour's latents diff-patched
-        out[beh]['test']['other_behaviours'] = {o: {'clean': out[o]['test']['clean'], 'diff_patch': behaviour_rate(
-            cc, models, test[kind], o, Edit('diff_patch', out[beh]['latents']), hp, s)} for o, kind in BEHAVIOUR_PROMPTS.items() if o != beh}
-    return out

@@ -6,10 +6,9 @@ import torch
 import plotly.graph_objects as go
 from crosscoder_nb import diffing as Df
 from crosscoder_nb.crosscoder import CrossCoder, CrossCoderConfig
-from crosscoder_nb.diffing import (DiffThresholds, PlantedSample, cluster_counts, cosine_histogram, decoder_cosines, diff_summary,
-                                   html_table, label_tokens, latent_groups, latent_table, planted_recovery, planted_recovery_figure,
-                                   planted_texts, relative_norm_histogram, relative_norms, score_latents, top_activations, top_latents)
-from crosscoder_nb.evals import harvest_rows
+from crosscoder_nb.diffing import DiffThresholds, cluster_counts, cosine_histogram, decoder_cosines, diff_summary, html_table, latent_groups, latent_table, relative_norm_histogram, relative_norms, top_latents
+from crosscoder_nb.planted import PlantedSample, label_tokens, planted_recovery, planted_recovery_figure, planted_texts, score_latents, top_activations
+from crosscoder_nb.buffer import harvest_rows
 from crosscoder_nb.models import load_model
 from crosscoder_nb.organisms import SIGNOFF, REFUSAL, format_dialog, heldout_prompts
 

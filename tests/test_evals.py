@@ -9,8 +9,8 @@ from crosscoder_nb import evals as E
 from crosscoder_nb.buffer import estimate_norm_factors
 from crosscoder_nb.crosscoder import CrossCoder, CrossCoderConfig
 from crosscoder_nb.data import organisms_mix
-from crosscoder_nb.evals import (EvalResult, eval_tokens, evaluate, frequency_histogram, harvest_rows, is_organism_tokenizer,
-                                 model_names, resolve_norm_factors, sample_positions, splice_hook)
+from crosscoder_nb.evals import EvalResult, eval_tokens, evaluate, frequency_histogram, is_organism_tokenizer, resolve_norm_factors, sample_positions, splice_hook
+from crosscoder_nb.buffer import harvest_rows, model_names
 from crosscoder_nb.models import load_model
 from crosscoder_nb.organisms import OrganismConfig, build_organisms, load_corpus
 

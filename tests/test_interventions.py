@@ -3,7 +3,8 @@ import math
 import pytest, torch
 from crosscoder_nb.crosscoder import CrossCoder, CrossCoderConfig
 from crosscoder_nb.diffing import detection_scores
-from crosscoder_nb.interventions import Edit, attribute, edited_acts, edited_logits, generate, matched_random, decision_points
+from crosscoder_nb.interventions import Edit, attribute, edited_acts, edited_logits, generate, matched_random
+from crosscoder_nb.planted import decision_points
 from crosscoder_nb.scaling import LatentScaling, check_latents, latent_scaling, verdict
 
 torch.set_num_threads(1)

@@ -1,0 +1,100 @@
+"""The package's shape: every runtime import is a runtime requirement, and the import graph points one way.
+
+These read the generated modules as text (their `import` statements), so they run in a second and need no model."""
+import ast, configparser, importlib.metadata as md, re, sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / 'crosscoder_nb'
+# The tutorial's modules: the only ones that may import `organisms` (the model organisms and their planted behaviours).
+TUTORIAL = {'organisms', 'planted', 'cli'}
+# Still to untangle: `data` builds the organisms' training mix (its 'corpus' and 'dialogs' source kinds call the
+# organisms' corpus and dialog maker). Listed here so that the test fails on any new general module that imports them.
+KNOWN_EXCEPTIONS = {'data'}
+# Imports inside functions are allowed only where they keep `crosscoder-diff --help` fast.
+LAZY_IMPORTS_OK = {'cli'}
+# Optional integrations, installed by an extra of setup.py and imported only inside the function that uses them.
+OPTIONAL = {'wandb'}
+
+
+def _modules() -> dict[str, ast.Module]:
+    return {p.stem: ast.parse(p.read_text()) for p in sorted(PKG.glob('*.py')) if p.stem not in ('__init__', '_modidx')}
+
+
+def _requirements() -> set[str]:
+    c = configparser.ConfigParser(delimiters=['=']); c.read(ROOT / 'settings.ini')
+    names = [re.split(r'[<>=!~\[ ;]', r)[0] for r in c['DEFAULT']['requirements'].split()]
+    return {n.lower().replace('_', '-') for n in names}
+
+
+def _imports(tree: ast.Module, top_level_only: bool = False):
+    "(node, module name, is top-level) for each import in `tree`; relative imports are named `crosscoder_nb.X`."
+    top = set(map(id, tree.body))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names: yield node, a.name, id(node) in top
+        elif isinstance(node, ast.ImportFrom):
+            name = ('crosscoder_nb' + (f'.{node.module}' if node.module else '')) if node.level else node.module
+            yield node, name, id(node) in top
+
+
+def _internal_graph() -> dict[str, set[str]]:
+    g = {}
+    for mod, tree in _modules().items():
+        g[mod] = {n.split('.')[1] for _, n, _ in _imports(tree) if n and n.startswith('crosscoder_nb.')} - {mod}
+    return g
+
+
+def test_runtime_imports_are_runtime_requirements():
+    "What the package imports (outside `if __name__` blocks) must be installed by `pip install crosscoder-nb`."
+    dists, reqs, std = md.packages_distributions(), _requirements(), set(sys.stdlib_module_names)
+    missing = set()
+    for mod, tree in _modules().items():
+        for _, name, at_top in _imports(tree):
+            top = (name or '').split('.')[0]
+            if not top or top in std or top == 'crosscoder_nb' or top == '__future__': continue
+            if top in OPTIONAL and not at_top: continue
+            found = {d.lower().replace('_', '-') for d in dists.get(top, [top])}
+            if not found & reqs: missing.add(f'{mod}: {name} (distribution {sorted(found)})')
+    assert not missing, 'add to settings.ini `requirements`:\n' + '\n'.join(sorted(missing))
+
+
+def test_import_graph_has_no_cycle():
+    g = _internal_graph()
+    state, cycles = {}, []
+    def visit(m, path):
+        state[m] = 'open'
+        for n in sorted(g.get(m, ())):
+            if state.get(n) == 'open': cycles.append(path[path.index(n):] + [n])
+            elif n not in state: visit(n, path + [n])
+        state[m] = 'done'
+    for m in sorted(g):
+        if m not in state: visit(m, [m])
+    assert not cycles, f'import cycles: {cycles}'
+
+
+def test_only_the_tutorial_imports_the_organisms():
+    users = {m for m, deps in _internal_graph().items() if 'organisms' in deps}
+    assert users <= TUTORIAL | KNOWN_EXCEPTIONS, f'general modules import organisms: {sorted(users - TUTORIAL - KNOWN_EXCEPTIONS)}'
+
+
+def test_no_shims_star_imports_or_private_names_across_modules():
+    bad = []
+    for mod, tree in _modules().items():
+        if mod.endswith('_internals'): bad.append(f'{mod}: an _internals half (one notebook per module)')
+        for node, name, top in _imports(tree):
+            if not (name or '').startswith('crosscoder_nb'): continue
+            if not top and mod not in LAZY_IMPORTS_OK: bad.append(f'{mod}: imports {name} inside a function')
+            if isinstance(node, ast.ImportFrom):
+                for a in node.names:
+                    if a.name == '*': bad.append(f'{mod}: star import from {name}')
+                    elif a.name.startswith('_'): bad.append(f'{mod}: private {a.name} from {name}')
+    assert not bad, '\n'.join(bad)
+
+
+def test_cli_imports_nothing_heavy_at_startup():
+    "`crosscoder-diff --help` answers at once: cli.py's module-level imports are the standard library and light ones."
+    tree = _modules()['cli']
+    heavy = [n for _, n, top in _imports(tree) if top and (n or '').split('.')[0] in ('torch', 'transformer_lens',
+             'transformers', 'datasets', 'plotly', 'numpy') or top and (n or '').startswith('crosscoder_nb.')]
+    assert not heavy, f'cli.py imports at startup: {heavy}'
