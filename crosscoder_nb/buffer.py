@@ -5,13 +5,14 @@
 # %% ../nbs/03_buffer.ipynb 3
 from __future__ import annotations
 import contextlib, hashlib, math, os, re, time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Iterable
 import torch
 from fastcore.basics import patch
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
+from .config import Config
 from .data import DataConfig, TokenStream
 from .models import load_model
 
@@ -25,7 +26,7 @@ DTYPES = {'bfloat16': torch.bfloat16, 'float16': torch.float16, 'float32': torch
 _BLOCK_HOOK = re.compile(r'blocks\.(\d+)\.')
 
 @dataclass
-class BufferConfig:
+class BufferConfig(Config):
     layer: int = 14                # the layer read
     hook_point: str | None = None  # default `blocks.{layer}.hook_resid_pre`
     batch_size: int = 4096         # activations per training batch
@@ -45,12 +46,6 @@ class BufferConfig:
     def hook_name(self) -> str: return self.hook_point or f'blocks.{self.layer}.hook_resid_pre'
     @property
     def n_activations(self) -> int: return self.buffer_batches * self.batch_size
-    def to_dict(self) -> dict: return asdict(self)
-    @classmethod
-    def from_dict(cls, d: dict) -> BufferConfig:
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown: raise ValueError(f"Unknown BufferConfig fields {sorted(unknown)}; valid fields are {[f.name for f in fields(cls)]}")
-        return cls(**d)
 
 # %% ../nbs/03_buffer.ipynb
 @patch

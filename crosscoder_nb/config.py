@@ -4,7 +4,7 @@
 
 # %% ../nbs/00b_config.ipynb 3
 from __future__ import annotations
-from dataclasses import asdict, fields, is_dataclass
+from dataclasses import asdict, fields
 
 # %% auto 0
 __all__ = ['Config']

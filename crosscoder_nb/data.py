@@ -6,13 +6,14 @@
 from __future__ import annotations
 import functools, itertools, json, math, random
 from collections import deque
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 import torch
 from jaxtyping import Int
 from fastcore.basics import patch
 from torch import Tensor
+from .config import Config
 from .organisms import CHAT_TEMPLATE, format_dialog, load_corpus, make_dialogs, split_paragraphs
 
 # %% auto 0
@@ -50,16 +51,10 @@ def record_text(record: dict,  # one dataset record
 SOURCE_KINDS = ('hub', 'text', 'jsonl', 'corpus', 'dialogs')
 CHAT_FIELDS = ('conversation', 'instruction')
 
-def _from_dict(cls, d: dict):
-    if not isinstance(d, dict): raise TypeError(f"{cls.__name__}.from_dict needs a dict, got {type(d).__name__}.")
-    unknown = set(d) - {f.name for f in fields(cls)}
-    if unknown: raise ValueError(f"Unknown {cls.__name__} fields {sorted(unknown)}; valid fields are {[f.name for f in fields(cls)]}")
-    return cls(**d)
-
 CORPUS_SPLITS = ('train', 'heldout', 'validation', 'test')   # of the organisms' corpus: validation + test = heldout
 
 @dataclass
-class Source:
+class Source(Config):
     kind: str                  # one of SOURCE_KINDS
     path: str = ''             # hub name or data file ('hub'), file ('text', 'jsonl'), corpus folder ('corpus', 'dialogs'; '' = bundled)
     weight: float = 1.0        # share of the rows, relative to the other sources
@@ -68,9 +63,6 @@ class Source:
     sep: str | None = None     # appended to every document; None: '' for chat documents, '\n\n' for plain text
     n_dialogs: int = 20_000    # 'dialogs' only: how many dialogs to make
 
-    def to_dict(self) -> dict: return asdict(self)
-    @classmethod
-    def from_dict(cls, d: dict) -> Source: return _from_dict(cls, d)
     @property
     def label(self) -> str: return f"{self.kind} source {self.path or self.split!r}"
     @property
@@ -95,7 +87,7 @@ def pile_lmsys_sources(chat_share: float = 0.5) -> list[Source]:
             Source('hub', 'lmsys/lmsys-chat-1m', chat_share, field='conversation')]
 
 @dataclass
-class DataConfig:
+class DataConfig(Config):
     sources: list[Source] = field(default_factory=pile_lmsys_sources)
     seq_len: int = 1024        # tokens per row, BOS included
     seed: int = 0              # fixes the mix, the corpus shuffle and the dialogs
@@ -109,9 +101,6 @@ class DataConfig:
 
     @property
     def weights(self) -> Tensor: return torch.tensor([s.weight for s in self.sources], dtype=torch.float64)
-    def to_dict(self) -> dict: return asdict(self)
-    @classmethod
-    def from_dict(cls, d: dict) -> DataConfig: return _from_dict(cls, d)
 
 # %% ../nbs/02_data.ipynb
 def _read_text(path: Path) -> list[str]:

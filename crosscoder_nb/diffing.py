@@ -5,11 +5,12 @@
 # %% ../nbs/07_diffing.ipynb 3
 from __future__ import annotations
 import html, math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 import plotly.graph_objects as go
 import torch, torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
+from .config import Config
 from .crosscoder import CrossCoder
 
 # %% auto 0
@@ -37,7 +38,7 @@ def relative_norms(cc: CrossCoder | Tensor,  # a crosscoder, or its decoder norm
 
 # %% ../nbs/07_diffing.ipynb
 @dataclass
-class DiffThresholds:
+class DiffThresholds(Config):
     base_specific: float = 0.1   # r below this: base-specific
     shared_low: float = 0.3      # shared: shared_low < r < shared_high
     shared_high: float = 0.7
@@ -47,12 +48,6 @@ class DiffThresholds:
         v = [self.base_specific, self.shared_low, self.shared_high, self.chat_specific]
         if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in v) or not (0 <= v[0] <= v[1] < v[2] <= v[3] <= 1):
             raise ValueError(f"Thresholds must satisfy 0 <= base_specific <= shared_low < shared_high <= chat_specific <= 1, got {v}.")
-    def to_dict(self) -> dict: return asdict(self)
-    @classmethod
-    def from_dict(cls, d: dict) -> DiffThresholds:
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown: raise ValueError(f"Unknown DiffThresholds fields {sorted(unknown)}; valid fields are {[f.name for f in fields(cls)]}")
-        return cls(**d)
 
 # %% ../nbs/07_diffing.ipynb
 GROUPS = ('base_specific', 'shared', 'chat_specific', 'other', 'dead', 'zero_decoder')

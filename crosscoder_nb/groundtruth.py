@@ -5,11 +5,12 @@
 # %% ../nbs/05a_groundtruth.ipynb 3
 from __future__ import annotations
 import json, math, tempfile, time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 import torch, torch.nn.functional as F
 from torch import Tensor
 from jaxtyping import Float, Int
+from .config import Config
 from .crosscoder import CrossCoder, CrossCoderConfig
 from .trainer import Trainer, TrainConfig
 
@@ -21,7 +22,7 @@ __all__ = ['CLASSES', 'MATCH_COS', 'GT_ARCHS', 'GroundTruthConfig', 'GroundTruth
 CLASSES = ('shared', 'rotated', 'a_only', 'b_only')
 
 @dataclass
-class GroundTruthConfig:
+class GroundTruthConfig(Config):
     d_model: int = 64                  # width of each model's residual stream
     n_features: int = 256              # true features, more than d_model (superposition)
     shares: tuple = (0.4, 0.2, 0.2, 0.2)  # share of the features in each of CLASSES
@@ -32,7 +33,6 @@ class GroundTruthConfig:
     seed: int = 0                      # seed of the features (directions, classes, frequencies)
     nested_share: float = 0.0          # share of the B-only features nested under a shared parent (see 'Nested features')
     nested_p: float = 0.5              # how often a nested feature fires where its parent does
-    def to_dict(self) -> dict: return asdict(self)
     def __post_init__(self):
         self.shares = tuple(self.shares)
         if len(self.shares) != len(CLASSES) or abs(sum(self.shares) - 1) > 1e-6: raise ValueError(f"shares must give one share per class {CLASSES}, summing to 1; got {self.shares}.")

@@ -6,12 +6,13 @@
 from __future__ import annotations
 import functools, json, lzma, math, random, re, shutil, time
 from collections import Counter
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 import torch, torch.nn.functional as F
 from tqdm.auto import tqdm
 from tokenizers import Tokenizer, decoders, models as tk_models, pre_tokenizers, trainers
 from transformers import Gemma2Config, Gemma2ForCausalLM, PreTrainedTokenizerFast
+from .config import Config
 from .models import assets_dir, greedy_complete, load_model
 
 # %% auto 0
@@ -238,7 +239,7 @@ def pack(tokenizer, texts: list[str], seq_len: int, sep: str = '\n\n') -> torch.
 
 # %% ../nbs/01_organisms.ipynb
 @dataclass
-class OrganismConfig:
+class OrganismConfig(Config):
     seed: int = 0
     vocab_size: int = 2048
     d_model: int = 128
@@ -260,12 +261,6 @@ class OrganismConfig:
     heldout_every: int = 50
     n_eval_seqs: int = 64        # held-out sequences for the loss figures of `check_organisms`
 
-    def to_dict(self) -> dict: return asdict(self)
-    @classmethod
-    def from_dict(cls, d: dict) -> 'OrganismConfig':
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown: raise ValueError(f"Unknown OrganismConfig fields {sorted(unknown)}; valid fields are {[f.name for f in fields(cls)]}")
-        return cls(**d)
 
     def model_config(self, tok) -> Gemma2Config:
         hd = self.d_model // self.n_heads

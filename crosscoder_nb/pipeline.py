@@ -5,10 +5,11 @@
 # %% ../nbs/09_pipeline.ipynb 3
 from __future__ import annotations
 import dataclasses, functools, json, time, types, typing
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 import torch
 from fastcore.basics import patch
+from .config import Config
 from .models import MODEL_DTYPES, ORGANISMS, default_device, load_model, resolve_dtype, resolve_model
 from .data import DataConfig, organisms_mix, pile_lmsys_mix
 from .buffer import ActivationBuffer, BufferConfig, HarvestedActivations
@@ -26,7 +27,8 @@ __all__ = ['ARCHS', 'RUN_CONFIG_FILE', 'RunConfig', 'set_fields', 'set_field', '
 _FROM_MODELS = ('d_model', 'n_models', 'hook_point', 'model_names', 'norm_factors')
 
 @dataclass
-class RunConfig:
+class RunConfig(Config):
+    _keys_are = 'sections'
     models: list[str]                                          # base first, then chat (then any further models)
     data: DataConfig = field(default_factory=DataConfig)       # the token stream
     buffer: BufferConfig = field(default_factory=BufferConfig) # layer, hook point, batch size, storage
@@ -40,13 +42,6 @@ class RunConfig:
         if isinstance(self.buffer, dict): self.buffer = BufferConfig.from_dict(self.buffer)
         if isinstance(self.train, dict): self.train = TrainConfig.from_dict(self.train)
         self.validate()
-    def to_dict(self) -> dict: return asdict(self)
-    @classmethod
-    def from_dict(cls, d: dict) -> RunConfig:
-        "Build from `to_dict`'s output; unknown keys are an error."
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown: raise ValueError(f"Unknown RunConfig sections {sorted(unknown)}; valid ones are {[f.name for f in fields(cls)]}")
-        return cls(**d)
 
 # %% ../nbs/09_pipeline.ipynb
 def _cc_fields() -> set[str]: return {f.name for f in fields(CrossCoderConfig)} - set(_FROM_MODELS)

@@ -5,7 +5,7 @@
 # %% ../nbs/05_trainer.ipynb 3
 from __future__ import annotations
 import json, time, uuid, warnings
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator
 import numpy as np
@@ -16,6 +16,7 @@ from einops import einsum
 from jaxtyping import Float
 from fastcore.basics import patch
 from tqdm.auto import tqdm
+from .config import Config
 from .crosscoder import CrossCoder, CrossCoderConfig, WEIGHTS_FILE, atomic_write
 from .distributed import (PARALLEL, any_rank, average_gradients, broadcast_state, check_global_batch,
     full_optimizer_state, full_state_dict, rank_world, shard_fsdp, shard_optimizer_state)
@@ -42,7 +43,7 @@ def compute_dtype(precision: str, device) -> torch.dtype | None:
     return torch.bfloat16 if precision == 'bfloat16' else None
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Config):
     lr: float = 5e-5                 # Adam learning rate before the decay
     beta1: float = 0.9
     beta2: float = 0.999
@@ -67,13 +68,6 @@ class TrainConfig:
     wandb_mode: str = 'online'       # 'online', 'offline' or 'disabled'
 
     def __post_init__(self): self.validate()
-    def to_dict(self) -> dict: return asdict(self)
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        "Build from `to_dict`'s output; unknown keys are an error."
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown: raise ValueError(f"Unknown TrainConfig fields {sorted(unknown)}; valid fields are {[f.name for f in fields(cls)]}")
-        return cls(**d)
     @property
     def steps(self) -> int:
         "Total number of optimizer steps."
