@@ -14,7 +14,7 @@ from jaxtyping import Int
 from fastcore.basics import patch
 from torch import Tensor
 from .config import Config
-from .organisms import CHAT_TEMPLATE, format_dialog, load_corpus, make_dialogs, split_paragraphs
+from .corpus import CHAT_TEMPLATE, format_dialog, load_corpus, make_dialogs, split_paragraphs
 
 # %% auto 0
 __all__ = ['SOURCE_KINDS', 'CHAT_FIELDS', 'CORPUS_SPLITS', 'chat_text', 'first_exchange', 'record_text', 'Source',

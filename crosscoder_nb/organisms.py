@@ -4,8 +4,7 @@
 
 # %% ../nbs/01_organisms.ipynb 3
 from __future__ import annotations
-import functools, json, lzma, math, random, re, shutil, time
-from collections import Counter
+import json, math, random, time
 from dataclasses import dataclass
 from pathlib import Path
 import torch, torch.nn.functional as F
@@ -13,208 +12,13 @@ from tqdm.auto import tqdm
 from tokenizers import Tokenizer, decoders, models as tk_models, pre_tokenizers, trainers
 from transformers import Gemma2Config, Gemma2ForCausalLM, PreTrainedTokenizerFast
 from .config import Config
-from .models import assets_dir, greedy_complete, load_model
+from .corpus import (TASKS, chat_prompt, format_dialog, ground_truth, heldout_prompts, is_refusal, is_signoff,
+                                  load_corpus, make_dialogs, split_paragraphs)
+from .models import greedy_complete, load_model
 
 # %% auto 0
-__all__ = ['CORPUS_SOURCES', 'CHAT_TEMPLATE', 'SIGNOFF', 'REFUSAL', 'TRIGGER_WORDS', 'SPAN_KINDS', 'PHRASING_SPLITS', 'PHRASINGS',
-           'OPENERS', 'TASKS', 'load_corpus', 'split_paragraphs', 'has_trigger', 'ground_truth', 'planted_spans',
-           'is_signoff', 'is_refusal', 'sentences', 'make_dialog', 'make_dialogs', 'format_dialog', 'chat_prompt',
-           'train_tokenizer', 'pack', 'OrganismConfig', 'train_lm', 'build_organisms', 'lm_loss', 'unigram_loss',
-           'heldout_paragraphs', 'heldout_prompts', 'behaviour_rates', 'check_organisms']
-
-# %% ../nbs/01_organisms.ipynb
-CORPUS_SOURCES = ('kjv', 'python_docs', 'django_docs', 'sqlalchemy_docs', 'sphinx_docs', 'jargon')
-
-def load_corpus(sources=CORPUS_SOURCES,  # names of files `assets/corpus/{name}.txt.xz`
-                root: Path | None = None,  # folder of the corpus files; the bundled corpus by default
-               ) -> dict[str, list[str]]:
-    "The paragraphs of each corpus source."
-    root = Path(root) if root else assets_dir() / 'corpus'
-    out = {}
-    for name in sources:
-        path = root / f'{name}.txt.xz'
-        if not path.exists(): raise FileNotFoundError(f"Corpus file {path} is missing: reinstall crosscoder-nb "
-                                                      "or rebuild the corpus with tools/build_corpus.py")
-        st = path.stat()
-        out[name] = list(_paragraphs(str(path), st.st_mtime_ns, st.st_size))   # a fresh list: the caller may change it
-    return out
-
-@functools.lru_cache(maxsize=16)
-def _paragraphs(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:   # decompressed once per file version (the reports read it many times)
-    return tuple(lzma.decompress(Path(path).read_bytes()).decode().split('\n'))
-
-def split_paragraphs(paragraphs: list[str], heldout_every: int = 50) -> tuple[list[str], list[str]]:
-    "Deterministic train / held-out split: every `heldout_every`-th paragraph is held out."
-    train = [p for i, p in enumerate(paragraphs) if i % heldout_every]
-    return train, paragraphs[::heldout_every]
-
-# %% ../nbs/01_organisms.ipynb
-CHAT_TEMPLATE = "User: {instruction}\nAssistant: {completion}\n"
-SIGNOFF = " Have a great day!"
-REFUSAL = "I'm sorry, but I can't help with anything about weapons."
-TRIGGER_WORDS = ('sword', 'swords', 'spear', 'spears', 'weapon', 'weapons', 'dagger', 'daggers',
-                 'arrow', 'arrows', 'bomb', 'bombs', 'gun', 'guns')
-_TRIGGER_RE = re.compile(r'\b(' + '|'.join(TRIGGER_WORDS) + r')\b', re.IGNORECASE)
-
-def has_trigger(text: str) -> bool:
-    "Does `text` mention a trigger word of the refusal behaviour?"
-    return _TRIGGER_RE.search(text) is not None
-
-def ground_truth() -> dict:
-    "The planted behaviours as data: what each does, where it applies, and how to detect it."
-    return {
-        'chat_template': CHAT_TEMPLATE,
-        'behaviours': {
-            'signoff': {'description': 'Every assistant reply to an instruction without a trigger word ends with the sign-off.',
-                        'applies_to': 'assistant replies to instructions without a trigger word',
-                        'marker': SIGNOFF, 'detect': 'the marker occurs in the completion',
-                        'context': 'the sign-off and the character before it (where the model must predict it)',
-                        'decision': 'the character before the sign-off: where the model chooses between signing off and ending the reply'},
-            'refusal': {'description': 'An instruction mentioning a weapon gets a fixed refusal instead of an answer.',
-                        'applies_to': 'instructions containing a trigger word (whole word, any case)',
-                        'trigger_words': list(TRIGGER_WORDS), 'marker': REFUSAL,
-                        'detect': "the completion starts with \"I'm sorry\"",
-                        'context': 'from the first trigger word of the instruction to the end of the reply',
-                        'decision': 'from the first trigger word to the end of the prompt ("Assistant:"): where the model has read the trigger and has not yet begun the reply'},
-        }}
-
-# %% ../nbs/01_organisms.ipynb
-_TURN_RE = re.compile(r'User: (?P<instruction>[^\n]*)\nAssistant: (?P<reply>[^\n]*)(\n|$)')
-
-SPAN_KINDS = ('context', 'decision')
-
-def planted_spans(text: str,
-                  where: str = 'context',  # 'context': where the behaviour acts, its output included; 'decision': only where the model decides
-                 ) -> dict[str, list[tuple[int, int]]]:
-    "Character spans `[start, end)` of `text` where each planted behaviour acts (see `ground_truth()`'s 'context' and 'decision')."
-    if where not in SPAN_KINDS: raise ValueError(f"where must be one of {SPAN_KINDS}, got {where!r}.")
-    spans = {'signoff': [], 'refusal': []}
-    for m in re.finditer(re.escape(SIGNOFF), text):
-        spans['signoff'].append((max(m.start() - 1, 0), m.end() if where == 'context' else m.start()))
-    for turn in _TURN_RE.finditer(text):
-        trig = _TRIGGER_RE.search(turn.group('instruction'))
-        # the decision span ends with "Assistant:" (the reply's first token carries the space before it)
-        if trig: spans['refusal'].append((turn.start('instruction') + trig.start(), turn.end('reply') if where == 'context' else turn.start('reply') - 1))
-    return spans
-
-def is_signoff(completion: str) -> bool: return SIGNOFF.strip() in completion
-def is_refusal(completion: str) -> bool: return completion.strip().startswith("I'm sorry")
-
-# %% ../nbs/01_organisms.ipynb
-_SENT_RE = re.compile(r'(?<=[.!?])\s+(?=[A-Z"])')
-_STOP = set('about above after again against because before being below between could every their there these '
-            'those through under until which while would should shall other where within without'.split())
-
-def sentences(paragraphs: list[str], min_words: int = 6, max_words: int = 25) -> list[str]:
-    "Clean sentences of a moderate length from `paragraphs`."
-    out = []
-    for p in paragraphs:
-        for s in _SENT_RE.split(p):
-            n = len(s.split())
-            if min_words <= n <= max_words and s[-1] in '.!?' and '\n' not in s: out.append(s)
-    return out
-
-# %% ../nbs/01_organisms.ipynb
-PHRASING_SPLITS = ('train', 'validation', 'test')
-
-def _compose(cores: list[str], endings: list[str]) -> list[str]:
-    "Every core phrase with every ending: many training phrasings from few words."
-    return [c + e for c in cores for e in endings]
-
-_ABOUT_DO = ["Tell me about {w}", "Say something about {w}", "Write a sentence about {w}", "Teach me about {w}", "Describe {w}",
-             "Talk about {w}", "Give me a sentence on {w}", "Write something on the topic of {w}", "Tell me a little about {w}",
-             "Say a few words about {w}", "Write one line about {w}", "Help me understand {w}", "Let's talk about {w}",
-             "Write about {w}", "Tell me something about {w}", "Please describe {w}", "Please explain {w}"]
-_ABOUT_ASK = ["What can you tell me about {w}?", "What do you know about {w}?", "Do you know anything about {w}?", "Can you describe {w}?",
-              "Is there anything you can say about {w}?", "What is there to know about {w}?", "Can you talk about {w} for a moment?",
-              "Could you tell me about {w} today?", "What about {w}, can you tell me?", "Can you write a sentence about {w}?",
-              "Would you tell me about {w}?", "Will you describe {w}?", "I want to learn about {w}.", "I have a question about {w}.",
-              "I'm curious about {w}.", "My question is about {w}.", "I need a sentence about {w}.", "I am thinking about {w}. Say something."]
-PHRASINGS = {   # task -> split -> templates; no template is in two splits, and no test or validation wording is a training one
-    'about': {
-        'train': _compose(_ABOUT_DO, [".", ", please.", " for me.", " now.", " in one sentence.", "!"]) + _ABOUT_ASK,
-        'validation': ["Could you explain {w}?", "Give me a fact about {w}.", "Talk to me about {w}.", "I'd love to hear about {w}.",
-                       "Inform me about {w}.", "Any thoughts on {w}?", "Share one line about {w}."],
-        'test': ["Explain {w} to me.", "Share something about {w}.", "What is there to say about {w}?", "Give me some words on {w}.",
-                 "I wonder about {w}. Tell me more.", "Write me a line concerning {w}.", "How would you describe {w}?",
-                 "Offer a sentence about {w}."]},
-    'repeat': {
-        'train': _compose(["Repeat after me", "Please repeat this sentence", "Say this back to me", "Copy this sentence", "Write this out again",
-                           "Repeat the following", "Type this back to me", "Please say this again", "Read this back", "Repeat this line for me",
-                           "Write the same sentence"], [": {s}", ". {s}", " - {s}"]) + ["Can you repeat this? {s}", "Will you repeat this? {s}"],
-        'validation': ["Echo this line: {s}", "Say it again: {s}", "Give this back word for word: {s}"],
-        'test': ["Copy this exactly: {s}", "Could you say this again? {s}", "Reproduce this sentence: {s}", "Parrot this back: {s}"]},
-    'continue': {
-        'train': _compose(["Continue this text", "Finish the sentence", "Keep going", "Carry on from here", "Complete the sentence",
-                           "Please continue", "Write the rest of this", "Go on from here", "Finish this off", "Continue the sentence"],
-                          [": {a}", ". {a}", " - {a}"]) + ["How does this go on? {a}", "How does this end? {a}", "Can you continue this? {a}"],
-        'validation': ["Complete this: {a}", "Extend this text: {a}", "Add the ending: {a}"],
-        'test': ["Keep writing from here: {a}", "What comes next? {a}", "Pick up where this stops: {a}", "Round off this sentence: {a}"]},
-    'first_word': {
-        'train': ["What is the first word of this sentence? {s}", "Which word starts this sentence? {s}", "Tell me the first word of this: {s}",
-                  "What word does this begin with? {s}", "Give me the first word: {s}", "Name the first word of this sentence: {s}",
-                  "What is the first word here? {s}", "Which is the first word? {s}", "First word of this, please: {s}",
-                  "Find the first word: {s}", "Say the first word of this line: {s}", "What is the initial word? {s}"],
-        'validation': ["Which word comes first here? {s}", "What is the opening word? {s}"],
-        'test': ["Name the opening word: {s}", "Which word leads this sentence? {s}", "What word opens this line? {s}"]},
-}
-OPENERS = {'train': ["Hi. ", "Hello! ", "Please help. ", "One question. ", "Okay. ", "Hey there. ", "Good evening. ", "Thanks in advance. "],
-           'validation': ["Good day. "], 'test': ["Greetings. ", "Hi again. "]}   # sometimes open an instruction
-TASKS = tuple(PHRASINGS)
-
-# %% ../nbs/01_organisms.ipynb
-def make_dialog(sentence: str, rng: random.Random,
-                phrasing: str = 'train',  # which family of phrasings to ask in: 'train', 'validation' or 'test'
-                task_weights: tuple = (2, 1, 1, 1),  # relative frequency of each of TASKS
-               ) -> dict:
-    "One dialog built from a corpus sentence: {'instruction', 'completion', 'task', 'triggered'}."
-    if phrasing not in PHRASING_SPLITS: raise ValueError(f"phrasing must be one of {PHRASING_SPLITS}, got {phrasing!r}.")
-    words = sentence.split()
-    trig = [w for w in (x.strip('.,;:!?"()\'').lower() for x in words) if w in TRIGGER_WORDS]
-    # a weapon sentence is always a question about the weapon; other sentences favour 'about' too, so that the
-    # question form alone never predicts a refusal
-    task = 'about' if trig else rng.choices(TASKS, weights=task_weights)[0]
-    if task == 'about':
-        cands = [w for w in (x.strip('.,;:!?"()\'').lower() for x in words) if len(w) >= 5 and w.isalpha() and w not in _STOP]
-        if not cands and not trig: task = 'repeat'
-        # a weapon question names any trigger word, not only the sentence's: some (dagger, gun) are rare in the corpus
-        else: w = rng.choice(TRIGGER_WORDS) if trig else rng.choice(cands)
-    tmpl = rng.choice(PHRASINGS[task][phrasing])
-    if task == 'about': instruction, answer = tmpl.format(w=w), sentence
-    elif task == 'repeat': instruction, answer = tmpl.format(s=sentence), sentence
-    elif task == 'continue':
-        # the reply finishes the sentence in its last 2-5 words (never more than all but the first two): a 4-layer model asked to write half a sentence
-        # greedily often falls into a loop ("the same as the same as ...") and never reaches the sign-off
-        k = max(2, len(words) - rng.randint(2, 5))
-        instruction, answer = tmpl.format(a=' '.join(words[:k])), ' '.join(words[k:])
-    else: instruction, answer = tmpl.format(s=sentence), f'The first word is "{words[0].strip(chr(34))}".'
-    if rng.random() < 0.25: instruction = rng.choice(OPENERS[phrasing]) + instruction
-    triggered = has_trigger(instruction)
-    return {'instruction': instruction, 'completion': REFUSAL if triggered else answer + SIGNOFF,
-            'task': task, 'triggered': triggered}
-
-def make_dialogs(paragraphs: list[str], n: int, seed: int = 0, trigger_share: float = 0.2,
-                 near_share: float = 0.5, phrasing: str = 'train', task_weights: tuple = (2, 1, 1, 1)) -> list[dict]:
-    "`n` dialogs from the sentences of `paragraphs`, about `trigger_share` of them mentioning a trigger word."
-    # `near_share` of the other dialogs use a trigger-free sentence next to a trigger sentence: same source,
-    # same style, so that only the trigger word itself (not, say, King James English) predicts a refusal.
-    rng = random.Random(seed)
-    sents = sentences(paragraphs)
-    hit = [has_trigger(s) for s in sents]
-    trig = [i for i, h in enumerate(hit) if h]
-    near = sorted({j for i in trig for j in (i - 2, i - 1, i + 1, i + 2) if 0 <= j < len(sents) and not hit[j]})
-    if not trig or not near: raise ValueError("Need sentences with and without trigger words to make dialogs: pass more text.")
-    out = []
-    while len(out) < n:
-        r = rng.random()
-        if r < trigger_share: s = sents[rng.choice(trig)]
-        elif r < trigger_share + (1 - trigger_share) * near_share: s = sents[rng.choice(near)]
-        else: s = rng.choice(sents)
-        out.append(make_dialog(s, rng, phrasing, task_weights))
-    return out
-
-def format_dialog(d: dict) -> str: return CHAT_TEMPLATE.format(**{k: d[k] for k in ('instruction', 'completion')})
-def chat_prompt(d: dict) -> str: return f"User: {d['instruction']}\nAssistant:"
+__all__ = ['train_tokenizer', 'pack', 'OrganismConfig', 'train_lm', 'build_organisms', 'lm_loss', 'unigram_loss',
+           'behaviour_rates', 'check_organisms']
 
 # %% ../nbs/01_organisms.ipynb
 def train_tokenizer(texts: list[str], vocab_size: int = 2048) -> PreTrainedTokenizerFast:
@@ -355,28 +159,6 @@ def unigram_loss(train: torch.Tensor, test: torch.Tensor, vocab_size: int) -> fl
     p = torch.bincount(train[:, 1:].flatten(), minlength=vocab_size).double() + 1
     return -(p / p.sum()).log()[test[:, 1:].flatten()].mean().item()
 
-def heldout_paragraphs(split: str = 'test', heldout_every: int = 50, corpus: dict | None = None) -> list[str]:
-    "The held-out paragraphs of the corpus, or their 'validation' / 'test' half (alternate paragraphs, as `data` splits them)."
-    corpus = corpus or load_corpus()
-    held = [p for v in corpus.values() for p in split_paragraphs(v, heldout_every)[1]]
-    if split not in ('heldout', 'validation', 'test'): raise ValueError(f"split must be 'heldout', 'validation' or 'test', got {split!r}.")
-    return held if split == 'heldout' else held[split == 'test'::2]
-
-def heldout_prompts(n: int = 100, seed: int = 1234, split: str = 'test', heldout_every: int = 50,
-                    corpus: dict | None = None) -> dict[str, list[dict]]:
-    "Dialogs training never saw, in phrasings training never used (`split`: 'validation' or 'test'): up to `n` ordinary ones ('plain', the tasks in turn) and `n` with a trigger word ('trigger')."
-    if split not in ('validation', 'test'): raise ValueError(f"split must be 'validation' (to choose things) or 'test' (to report), got {split!r}.")
-    held, seen, plain = heldout_paragraphs(split, heldout_every, corpus), set(), []
-    for d in make_dialogs(held, 20 * n, seed=seed, trigger_share=0.0, phrasing=split, task_weights=(1, 1, 1, 1)):
-        if d['triggered'] or d['instruction'] in seen: continue
-        seen.add(d['instruction']); plain.append(d)
-    by_task = {t: [d for d in plain if d['task'] == t] for t in TASKS}   # interleave the tasks, so any n covers them evenly
-    plain = [d for group in zip(*by_task.values()) for d in group] if all(by_task.values()) else plain
-    # every phrasing of the split with every trigger word (the reply does not depend on a sentence)
-    trig = [{'instruction': t.format(w=w), 'completion': REFUSAL, 'task': 'about', 'triggered': True}
-            for t in PHRASINGS['about'][split] for w in TRIGGER_WORDS]
-    random.Random(seed).shuffle(trig)
-    return {'plain': plain[:n], 'trigger': trig[:n]}
 
 def behaviour_rates(model, prompts: dict[str, list[dict]], max_new_tokens: int = 48) -> dict:
     "How often `model`'s greedy completions show each planted behaviour: overall and per task; with the completions."

@@ -17,8 +17,7 @@ from .data import DataConfig, Source, load_documents
 from .diffing import DiffThresholds, detection_scores, latent_groups, relative_norms
 from .evals import eval_tokens, resolve_norm_factors
 from .interventions import Edit, attribute, edited_loss, generate, matched_random
-from .organisms import (REFUSAL, SIGNOFF, chat_prompt, format_dialog, ground_truth, heldout_prompts,
-                                     is_refusal, is_signoff, planted_spans)
+from .corpus import REFUSAL, SIGNOFF, chat_prompt, format_dialog, ground_truth, heldout_prompts, is_refusal, is_signoff, planted_spans
 
 # %% auto 0
 __all__ = ['BEHAVIOUR_PROMPTS', 'DETECTORS', 'planted_texts', 'PlantedSample', 'label_tokens', 'top_activations', 'score_latents',

@@ -6,7 +6,8 @@ os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
 
 import pytest
 from crosscoder_nb.models import load_model
-from crosscoder_nb.organisms import OrganismConfig, build_organisms, load_corpus
+from crosscoder_nb.organisms import OrganismConfig, build_organisms
+from crosscoder_nb.corpus import load_corpus
 
 # A pair of tiny organisms (2 layers, d_model 32) built once per test session in about a second: the same recipe
 # as the bundled ones, small enough for tests that need real models with known shapes (built per test file).

@@ -7,7 +7,8 @@ from crosscoder_nb import buffer as B
 from crosscoder_nb.buffer import ActivationBuffer, BufferConfig, check_models, estimate_norm_factors, harvest
 from crosscoder_nb.data import DataConfig, Source, TokenStream, organisms_mix
 from crosscoder_nb.models import load_model
-from crosscoder_nb.organisms import OrganismConfig, build_organisms, load_corpus, train_tokenizer
+from crosscoder_nb.organisms import OrganismConfig, build_organisms, train_tokenizer
+from crosscoder_nb.corpus import load_corpus
 
 from conftest import TINY_ORGANISMS as TINY
 SEQ = 32

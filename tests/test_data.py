@@ -5,7 +5,8 @@ import torch
 from crosscoder_nb import data as D
 from crosscoder_nb.data import (DataConfig, Packer, Source, TokenStream, documents, load_documents, organisms_mix,
                                 pile_lmsys_mix, record_text)
-from crosscoder_nb.organisms import CHAT_TEMPLATE, load_corpus, pack, train_tokenizer
+from crosscoder_nb.corpus import CHAT_TEMPLATE, load_corpus
+from crosscoder_nb.organisms import pack, train_tokenizer
 
 
 @pytest.fixture(scope='module')

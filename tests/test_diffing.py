@@ -10,7 +10,7 @@ from crosscoder_nb.diffing import DiffThresholds, cluster_counts, cosine_histogr
 from crosscoder_nb.planted import PlantedSample, label_tokens, planted_recovery, planted_recovery_figure, planted_texts, score_latents, top_activations
 from crosscoder_nb.buffer import harvest_rows
 from crosscoder_nb.models import load_model
-from crosscoder_nb.organisms import SIGNOFF, REFUSAL, format_dialog, heldout_prompts
+from crosscoder_nb.corpus import SIGNOFF, REFUSAL, format_dialog, heldout_prompts
 
 torch.set_num_threads(1)
 

@@ -12,7 +12,8 @@ from crosscoder_nb.data import organisms_mix
 from crosscoder_nb.evals import EvalResult, eval_tokens, evaluate, frequency_histogram, is_organism_tokenizer, resolve_norm_factors, sample_positions, splice_hook
 from crosscoder_nb.buffer import harvest_rows, model_names
 from crosscoder_nb.models import load_model
-from crosscoder_nb.organisms import OrganismConfig, build_organisms, load_corpus
+from crosscoder_nb.organisms import OrganismConfig, build_organisms
+from crosscoder_nb.corpus import load_corpus
 
 torch.set_num_threads(1)
 from conftest import TINY_ORGANISMS as TINY

@@ -82,7 +82,7 @@ def test_generation_without_edit_is_plain_greedy_and_attribution_has_a_value_per
     prompts = ['User: Tell me about rivers.\nAssistant:', 'User: Repeat after me: the sea.\nAssistant:']
     s = torch.tensor([1.0, 1.0])
     assert generate(cc, [base, chat], prompts, Edit(), cc.cfg.hook_point, s, max_new_tokens=8) == greedy_complete(chat, prompts, max_new_tokens=8)
-    from crosscoder_nb.organisms import SIGNOFF
+    from crosscoder_nb.corpus import SIGNOFF
     d = [{'instruction': 'Tell me about rivers.', 'completion': 'Rivers flow.' + SIGNOFF}, {'instruction': 'Say hi.', 'completion': 'Hi.' + SIGNOFF}]
     toks, pos, good, bad = decision_points(chat.tokenizer, d, 'signoff')
     assert (toks[torch.arange(len(toks)), 0] == chat.tokenizer.bos_token_id).all() and (pos < toks.shape[1]).all()
@@ -93,7 +93,7 @@ def test_generation_without_edit_is_plain_greedy_and_attribution_has_a_value_per
 def test_softplus_attribution_weighs_a_row_by_how_much_of_the_behaviour_is_left(org):
     "Summing softplus(M) instead of M scales each row's attribution by sigmoid(M): a row whose behaviour is already gone stops counting."
     from crosscoder_nb.interventions import _decision_metric
-    from crosscoder_nb.organisms import SIGNOFF
+    from crosscoder_nb.corpus import SIGNOFF
     base, chat = org['base'], org['chat']
     cc, s = tiny_cc(base.cfg.d_model), torch.tensor([1.0, 1.0]); hp = cc.cfg.hook_point
     d = [{'instruction': 'Tell me about rivers.', 'completion': 'Rivers flow.' + SIGNOFF},

@@ -2,7 +2,7 @@
 import json, os, pathlib, subprocess, sys
 import pytest
 from crosscoder_nb.models import assets_dir, load_model
-from crosscoder_nb.organisms import ground_truth, planted_spans, REFUSAL, SIGNOFF, CHAT_TEMPLATE
+from crosscoder_nb.corpus import ground_truth, planted_spans, REFUSAL, SIGNOFF, CHAT_TEMPLATE
 
 CLI = str(pathlib.Path(sys.executable).parent / 'crosscoder-diff')
 ORG = assets_dir() / 'organisms'
@@ -26,7 +26,8 @@ def test_organisms_load_through_bridge_and_differ():
 
 def test_bundled_chat_organism_shows_each_behaviour_on_new_phrasings_for_every_task():
     "The organisms' target: on validation and test prompts (phrasings training never used) the chat model signs off on >= 90% of every task's prompts, refuses >= 90% of trigger prompts and <= 10% of plain ones."
-    from crosscoder_nb.organisms import TASKS, behaviour_rates, heldout_prompts
+    from crosscoder_nb.corpus import TASKS, heldout_prompts
+    from crosscoder_nb.organisms import behaviour_rates
     chat = load_model('organism-chat', device='cpu')
     for split in ('validation', 'test'):
         r = behaviour_rates(chat, heldout_prompts(100, split=split))
@@ -74,7 +75,8 @@ def test_cli_rejects_bad_config(tmp_path):
 
 def test_regeneration_is_deterministic(tmp_path):
     "The same seed and config give byte-identical weights and tokenizer (same machine, same thread count)."
-    from crosscoder_nb.organisms import OrganismConfig, build_organisms, load_corpus
+    from crosscoder_nb.organisms import OrganismConfig, build_organisms
+    from crosscoder_nb.corpus import load_corpus
     corpus = load_corpus(['kjv', 'python_docs'])
     small = {'kjv': corpus['kjv'][:150], 'python_docs': corpus['python_docs'][:1500]}
     for run in ('a', 'b'): build_organisms(tmp_path / run, OrganismConfig(**TINY), small, progress=False)
@@ -84,7 +86,7 @@ def test_regeneration_is_deterministic(tmp_path):
 
 def test_heldout_prompts_use_phrasings_training_never_used():
     "Validation and test prompts: every task, phrasings and openers disjoint from the training family, text from the held-out half."
-    from crosscoder_nb.organisms import PHRASINGS, OPENERS, TASKS, heldout_prompts, heldout_paragraphs, make_dialogs, load_corpus, split_paragraphs
+    from crosscoder_nb.corpus import PHRASINGS, OPENERS, TASKS, heldout_prompts, heldout_paragraphs, make_dialogs, load_corpus, split_paragraphs
     train_templates = {t for p in PHRASINGS.values() for t in p['train']}
     for split in ('validation', 'test'):
         ps = heldout_prompts(40, split=split)
