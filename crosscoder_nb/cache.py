@@ -10,8 +10,8 @@ import numpy as np, torch
 from torch import Tensor
 from tqdm.auto import tqdm
 from .buffer import DTYPES, ActivationBuffer, BufferConfig, estimate_norm_factors
-from .crosscoder import atomic_write
 from .data import DataConfig, TokenStream
+from .fileio import atomic_write, check_out_dir
 from .models import resolve_model
 
 # %% auto 0
@@ -157,7 +157,6 @@ def write_cache(models: list,  # loaded models, in the crosscoder's order (base,
                 resume: bool = False,  # continue an interrupted harvest in `out`
                 overwrite: bool = False, progress: bool = True) -> ActivationCache:
     "Harvest `n_tokens` activations of every model at the hook point into a cache folder; returns it opened."
-    from crosscoder_nb.pipeline import check_out_dir
     out = Path(out)
     if not (isinstance(n_tokens, int) and n_tokens >= 1): raise ValueError(f"n_tokens must be an int >= 1, got {n_tokens!r}.")
     if not (isinstance(shard_tokens, int) and shard_tokens >= 1): raise ValueError(f"shard_tokens must be an int >= 1, got {shard_tokens!r}.")

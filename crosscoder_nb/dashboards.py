@@ -13,7 +13,8 @@ from jaxtyping import Float, Int
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 from .buffer import check_models, harvest
-from .crosscoder import SEED_WEIGHTS_FILE, WEIGHTS_FILE, CrossCoder
+from .checkpoint import SEED_WEIGHTS_FILE, WEIGHTS_FILE
+from .crosscoder import CrossCoder
 from .data import DataConfig, TokenStream
 from .diffing import decoder_cosines, relative_norms
 from .evals import check_eval_models, model_names

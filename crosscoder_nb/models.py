@@ -10,8 +10,8 @@ from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
 # %% auto 0
-__all__ = ['ORGANISMS', 'MODEL_DTYPES', 'assets_dir', 'resolve_model', 'default_device', 'resolve_dtype', 'HubError', 'hub_error',
-           'hub_errors', 'load_model', 'stop_token_mask', 'greedy_rows', 'greedy_complete']
+__all__ = ['ORGANISMS', 'MODEL_DTYPES', 'assets_dir', 'resolve_model', 'default_device', 'resolve_dtype', 'HubError',
+           'hub_offline', 'hub_error', 'hub_errors', 'load_model', 'stop_token_mask', 'greedy_rows', 'greedy_complete']
 
 # %% ../nbs/00_models.ipynb
 ORGANISMS = {'organism-base': 'organisms/base', 'organism-chat': 'organisms/chat'}  # alias -> folder under assets/
@@ -66,7 +66,8 @@ def resolve_dtype(dtype: str | torch.dtype | None,  # a torch dtype, a name in M
 class HubError(OSError):
     "A model or crosscoder the Hugging Face hub cannot provide here; the message names the fix."
 
-def _hub_offline() -> bool:
+def hub_offline() -> bool:
+    "Whether the hub is off for this process (`HF_HUB_OFFLINE`): only the local cache is read."
     from huggingface_hub import constants
     return bool(constants.HF_HUB_OFFLINE) or os.environ.get('HF_HUB_OFFLINE', '').upper() in ('1', 'ON', 'YES', 'TRUE')
 
@@ -92,9 +93,9 @@ def hub_error(e: BaseException,  # what transformers or huggingface_hub raised
                         f"https://huggingface.co/{name} if it has one, then run again.")
     if any(k.__name__ in ('LocalEntryNotFoundError', 'OfflineModeIsEnabled', 'ConnectionError', 'TransportError', 'TimeoutError')
            for c in chain for k in type(c).__mro__) or any("couldn't connect" in str(c) for c in chain):
-        why = 'HF_HUB_OFFLINE is set' if _hub_offline() else 'no network'
+        why = 'HF_HUB_OFFLINE is set' if hub_offline() else 'no network'
         return HubError(f"The {what} {name} is not in the local Hugging Face cache and the hub cannot be reached ({why}): pass a local folder "
-                        f"instead, or go online{' (unset HF_HUB_OFFLINE)' if _hub_offline() else ''} to download it once.")
+                        f"instead, or go online{' (unset HF_HUB_OFFLINE)' if hub_offline() else ''} to download it once.")
     if has(E.EntryNotFoundError): return HubError(f"The {what} {name} lacks a file on the hub ({str(e).splitlines()[0][:200]}): check the subfolder or file name.")
     return None
 

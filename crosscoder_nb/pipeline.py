@@ -13,7 +13,10 @@ from .config import Config
 from .models import MODEL_DTYPES, ORGANISMS, default_device, load_model, resolve_dtype, resolve_model
 from .data import DataConfig, organisms_mix, pile_lmsys_mix
 from .buffer import ActivationBuffer, BufferConfig, HarvestedActivations
-from .crosscoder import CrossCoder, CrossCoderConfig, WEIGHTS_FILE, atomic_write
+from .cache import ActivationCache
+from .checkpoint import WEIGHTS_FILE
+from .crosscoder import CrossCoder, CrossCoderConfig
+from .fileio import atomic_write, check_out_dir
 from .trainer import Trainer, TrainConfig, tensor_batches
 import torch.distributed as dist
 from .data import TokenStream
@@ -21,7 +24,7 @@ from .distributed import check_global_batch, rank_world
 
 # %% auto 0
 __all__ = ['ARCHS', 'RUN_CONFIG_FILE', 'RunConfig', 'set_fields', 'set_field', 'typed_value', 'seed_config', 'organisms_config',
-           'is_organism', 'default_config', 'check_out_dir', 'open_cache_for', 'train_run']
+           'is_organism', 'default_config', 'open_cache_for', 'train_run']
 
 # %% ../nbs/09_pipeline.ipynb
 _FROM_MODELS = ('d_model', 'n_models', 'hook_point', 'model_names', 'norm_factors')
@@ -181,15 +184,6 @@ class _Timed:
     def state_dict(self): return self.it.state_dict()
     def load_state_dict(self, sd): self.it.load_state_dict(sd)
 
-def check_out_dir(out: str | Path, overwrite: bool = False, what: str = 'Output folder') -> Path:
-    "`out` as a folder that is absent or empty (or `overwrite` is set); never deletes anything."
-    out = Path(out)
-    if out.exists() and not out.is_dir(): raise ValueError(f"{what} {out} exists and is a file: pick a folder path.")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"{what} {out} exists and is not empty: pick a new folder, or pass overwrite=True (--overwrite) "
-                         "to write there. Nothing was changed.")
-    return out
-
 def _check_out(out: Path, overwrite: bool, resume: bool):
     if resume and not (out / WEIGHTS_FILE).exists(): raise ValueError(f"Nothing to resume in {out}: it holds no checkpoint ({WEIGHTS_FILE}).")
     check_out_dir(out, overwrite or resume, 'Run directory')   # resume=True (--resume) continues the checkpoint instead
@@ -198,7 +192,6 @@ def _check_out(out: Path, overwrite: bool, resume: bool):
 def open_cache_for(cfg: RunConfig, path: str | Path):
     "The activation cache at `path`, checked against the run: its models, hook point and tokenizers, and enough activations."
     from transformers import AutoTokenizer
-    from crosscoder_nb.cache import ActivationCache
     c = ActivationCache.open(path)
     toks = []
     for m in cfg.models:   # a local model's tokenizer is read (no weights) to catch a folder that changed since the harvest

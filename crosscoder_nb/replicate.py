@@ -11,7 +11,8 @@ import plotly.graph_objects as go
 import torch, torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
-from .crosscoder import CrossCoder, SEED_CONFIG_FILE, SEED_WEIGHTS_FILE
+from .checkpoint import SEED_CONFIG_FILE, SEED_WEIGHTS_FILE
+from .crosscoder import CrossCoder
 from .dashboards import DashboardConfig, DashboardData, compute_dashboards, write_dashboards
 from .data import organisms_mix, pile_lmsys_mix
 from .diffing import DiffThresholds, cluster_counts, cosine_histogram, decoder_cosines, latent_groups, relative_norm_histogram, relative_norms

@@ -17,7 +17,9 @@ from jaxtyping import Float
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 from .config import Config
-from .crosscoder import CrossCoder, CrossCoderConfig, WEIGHTS_FILE, atomic_write
+from .checkpoint import WEIGHTS_FILE
+from .crosscoder import CrossCoder, CrossCoderConfig
+from .fileio import atomic_write
 from .distributed import (PARALLEL, any_rank, average_gradients, broadcast_state, check_global_batch,
     full_optimizer_state, full_state_dict, rank_world, shard_fsdp, shard_optimizer_state)
 

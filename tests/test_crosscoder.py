@@ -1,10 +1,10 @@
-"Checkpoint round trips, crash safety, the seed's released format, bad inputs and pluggable parts of `crosscoder_nb.crosscoder`."
+"Checkpoint round trips, crash safety, the seed's released format, bad inputs and pluggable parts of `crosscoder_nb.crosscoder` and `crosscoder_nb.checkpoint`."
 import json, os, warnings
 from pathlib import Path
 import pytest, torch, torch.nn as nn
-import crosscoder_nb.crosscoder as ccmod
-from crosscoder_nb.crosscoder import (ACTIVATIONS, SPARSITIES, CONFIG_FILE, WEIGHTS_FILE, CrossCoder, CrossCoderConfig,
-                                      register_activation, register_sparsity)
+import crosscoder_nb.checkpoint as ckpt, crosscoder_nb.fileio as fileio
+from crosscoder_nb.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from crosscoder_nb.crosscoder import ACTIVATIONS, SPARSITIES, CrossCoder, CrossCoderConfig, register_activation, register_sparsity
 
 torch.set_num_threads(1)
 
@@ -120,7 +120,7 @@ def test_save_load_round_trip(tmp_path):
     with torch.no_grad(): cc.b_dec.normal_()
     cc.save(tmp_path / 'ck', train_config={'lr': 1e-3}, extra={'step': 3})
     meta = json.loads((tmp_path / 'ck' / CONFIG_FILE).read_text())
-    assert meta['format_version'] == ccmod.CHECKPOINT_FORMAT and meta['train_config'] == {'lr': 1e-3}
+    assert meta['format_version'] == ckpt.CHECKPOINT_FORMAT and meta['train_config'] == {'lr': 1e-3}
     cc2 = CrossCoder.load(tmp_path / 'ck')
     assert same_weights(cc, cc2) and cc2.cfg == cc.cfg and cc2.extra == {'step': 3}
     x = torch.randn(4, 3, 8)
@@ -135,7 +135,7 @@ def test_crash_during_weights_write_keeps_old_checkpoint(tmp_path, monkeypatch):
     def crashing_save_file(tensors, filename, metadata=None):
         Path(filename).write_bytes(b'half a file')
         raise KeyboardInterrupt('killed mid-save')
-    monkeypatch.setattr(ccmod, 'save_file', crashing_save_file)
+    monkeypatch.setattr(ckpt, 'save_file', crashing_save_file)
     with pytest.raises(KeyboardInterrupt): small(seed=2).save(tmp_path, extra={'step': 2})
     monkeypatch.undo()
     loaded = CrossCoder.load(tmp_path)
@@ -150,7 +150,7 @@ def test_crash_between_weights_and_config_uses_inner_config(tmp_path, monkeypatc
     def replace(src, dst):
         if str(dst).endswith(CONFIG_FILE): raise KeyboardInterrupt('killed between the two renames')
         return real_replace(src, dst)
-    monkeypatch.setattr(ccmod.os, 'replace', replace)
+    monkeypatch.setattr(fileio.os, 'replace', replace)
     with pytest.raises(KeyboardInterrupt): new.save(tmp_path, extra={'step': 2})
     monkeypatch.undo()
     with pytest.warns(UserWarning, match='different saves'): loaded = CrossCoder.load(tmp_path)

@@ -5,8 +5,9 @@ from pathlib import Path
 from types import SimpleNamespace
 import huggingface_hub, pytest, torch
 from huggingface_hub import errors as E
-from crosscoder_nb.crosscoder import (CONFIG_FILE, SEED_CONFIG_FILE, SEED_WEIGHTS_FILE, WEIGHTS_FILE, CrossCoder, CrossCoderConfig,
-                                      eval_table, load_pt, model_card)
+from crosscoder_nb.checkpoint import (CONFIG_FILE, SEED_CONFIG_FILE, SEED_WEIGHTS_FILE, WEIGHTS_FILE, eval_markdown, load_pt,
+                                      model_card)
+from crosscoder_nb.crosscoder import CrossCoder, CrossCoderConfig
 from crosscoder_nb.models import HubError, hub_error, hub_errors
 
 SUB = 'blocks.14.hook_resid_pre'
@@ -155,11 +156,11 @@ def test_push_to_hub_without_login_names_the_fix(monkeypatch):
     with pytest.raises(HubError, match='hf auth login'): small().push_to_hub('me/cc')
 
 
-def test_model_card_of_a_seed_checkpoint_and_eval_table(tmp_path, quiet):
+def test_model_card_of_a_seed_checkpoint_and_eval_markdown(tmp_path, quiet):
     seed_folder(tmp_path / 's')
     card = model_card(CrossCoder.load(tmp_path / 's'), 'me/seed', SUB)
     assert '400,000,000' in card and 'none stored' in card and 'base_model' not in card   # no model names: no hub ids to link
-    assert eval_table({'l0': 3, 'note': 'text', 'flag': True}) == ['| metric | value |', '|---|---|', '| l0 | 3 |']
+    assert eval_markdown({'l0': 3, 'note': 'text', 'flag': True}) == ['| metric | value |', '|---|---|', '| l0 | 3 |']
 
 
 # ---------------------------------------------------------------- .pt files that hold more than tensors

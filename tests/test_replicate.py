@@ -3,7 +3,8 @@ against the post, one norm-factor estimate through evals and dashboards, the com
 import configparser, dataclasses, json, re, warnings
 from pathlib import Path
 import pytest, torch
-from crosscoder_nb.crosscoder import CrossCoder, CrossCoderConfig, SEED_CONFIG_FILE, SEED_WEIGHTS_FILE
+from crosscoder_nb.checkpoint import SEED_CONFIG_FILE, SEED_WEIGHTS_FILE
+from crosscoder_nb.crosscoder import CrossCoder, CrossCoderConfig
 from crosscoder_nb.data import TokenStream, organisms_mix
 from crosscoder_nb.evals import norm_factor_estimate
 from crosscoder_nb.models import load_model
