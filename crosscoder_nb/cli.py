@@ -4,29 +4,468 @@
 
 # %% ../nbs/90_cli.ipynb 3
 from __future__ import annotations
-import argparse, errno, json, sys
+import argparse, errno, json, os, sys
 from pathlib import Path
-from .models import MODEL_DTYPES, HubError, resolve_model
-from .cli_commands import *
-_all_ = ['CLIError', 'format_check', 'cmd_organisms', 'cmd_compare', 'cmd_train', 'cmd_harvest', 'cmd_demo',
-         'cmd_report', 'cmd_dashboards', 'build_parser']   # re-exported: `from crosscoder_nb.cli import *` gives them too
+from . import __version__
+# Only light modules are imported here, so that `crosscoder-diff --help` and `--version` answer at once. Each cmd_*
+# function imports the heavy ones it needs (torch, the models, the pipeline) inside it: the one place in the package
+# where imports sit inside functions, for startup time alone.
 
 # %% auto 0
-__all__ = ['main', 'CLIError', 'format_check', 'cmd_organisms', 'cmd_compare', 'cmd_train', 'cmd_harvest', 'cmd_demo',
-           'cmd_report', 'cmd_dashboards', 'build_parser']
+__all__ = ['CLIError', 'format_check', 'cmd_organisms', 'cmd_compare', 'cmd_train', 'cmd_harvest', 'cmd_demo', 'cmd_report',
+           'cmd_dashboards', 'build_parser', 'main']
+
+# %% ../nbs/90_cli.ipynb
+class CLIError(Exception):
+    "A mistake in the command line or its inputs; `main` prints it and exits with status 2."
+
+def _fresh_dir(path: str | Path, overwrite: bool = False) -> Path:
+    "`path` as an output folder that is absent or empty (or `overwrite` is set); never deletes anything."
+    from crosscoder_nb.pipeline import check_out_dir
+    try: return check_out_dir(path, overwrite, '--out')
+    except ValueError as e: raise CLIError(str(e)) from None
+
+def _model_arg(name: str) -> str:
+    "Resolve a model argument early, so that a missing directory is a clear CLI error."
+    from crosscoder_nb.models import resolve_model
+    try: return resolve_model(name)
+    except FileNotFoundError as e: raise CLIError(str(e)) from None
+
+# %% ../nbs/90_cli.ipynb
+def _check_device(flag: str, device: str | None) -> None:
+    "Refuse (`CLIError`) a device this machine's torch cannot use; None (the default device) is always fine."
+    if device is None: return
+    import torch
+    try: d = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise CLIError(f"{flag} {device}: not a torch device; use cpu, cuda, cuda:N or mps") from None
+    if d.type == 'cpu': return
+    if d.type == 'cuda' and torch.version.cuda is None and getattr(torch.version, 'hip', None) is None:
+        raise CLIError(f"{flag} {device}: this PyTorch build has no CUDA (torch {torch.__version__}); "
+                       f"use {flag} cpu or install a CUDA build of torch")
+    acc = torch.accelerator.current_accelerator()
+    n = torch.accelerator.device_count() if acc is not None and acc.type == d.type else 0
+    if n == 0: raise CLIError(f"{flag} {device}: this machine has no {d.type} device; use {flag} cpu")
+    if (d.index or 0) >= n:
+        raise CLIError(f"{flag} {device}: this machine has {n} {d.type} device(s), {d.type}:0 to {d.type}:{n - 1}")
+
+def _check_devices(args) -> None:
+    "The command's --device and --model-device, checked before it runs (`--show-config` only prints: any device)."
+    if getattr(args, 'show_config', False): return
+    for flag in ('--device', '--model-device'): _check_device(flag, getattr(args, flag[2:].replace('-', '_'), None))
+
+# %% ../nbs/90_cli.ipynb
+_MODEL_DTYPES = ('float32', 'bfloat16', 'float16', 'float64')   # the names of models.MODEL_DTYPES, without torch
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    "Shows each flag's default in `--help`, unless it has none (None) or is a switch."
+    def _get_help_string(self, action):
+        if action.default is None or isinstance(action.default, bool): return action.help
+        return super()._get_help_string(action)
+
+def _subparser(sub, name: str, func, text: str) -> argparse.ArgumentParser:
+    "The subcommand `name`, run by `func`, described by `text` (one line) in `--help`."
+    p = sub.add_parser(name, help=text, description=text, formatter_class=_HelpFormatter)
+    p.set_defaults(func=func)
+    return p
+
+# %% ../nbs/90_cli.ipynb
+def format_check(res: dict) -> str:
+    "The figures of `check_organisms` as a small text table."
+    L, B = res['loss'], res['behaviour']
+    lines = ['held-out loss (nats/token)   general    chat',
+             f"  unigram model              {L['unigram']['general']:7.3f}       -"]
+    lines += [f"  {m:<26} {L[m]['general']:7.3f} {L[m]['chat']:7.3f}" for m in ('base', 'chat')]
+    for sp, r in B['chat'].get('by_split', {'test': B['chat']}).items():
+        rb = B['base'].get('by_split', {'test': B['base']})[sp]
+        lines += [f'planted behaviour in greedy completions of {sp} prompts, phrased in ways training never used '
+                  f"({r['n_plain']} plain, {r['n_trigger']} trigger; target: chat >= 90%, base <= 10%)",
+                  '                             chat    base']
+        lines += [f"  {b:<26} {r[b]:6.0%}  {rb[b]:6.0%}" for b in ('signoff', 'refusal', 'refusal_on_plain')]
+        lines += [f"  signoff, task {t:<14} {v:6.0%}  {rb['signoff_by_task'].get(t, float('nan')):6.0%}"
+                  for t, v in r.get('signoff_by_task', {}).items()]
+    return '\n'.join(lines)
+
+# %% ../nbs/90_cli.ipynb
+def cmd_organisms(args) -> int:
+    from crosscoder_nb.organisms import OrganismConfig, build_organisms, check_organisms
+    if args.out is None and not args.check:
+        raise CLIError("organisms: pass --out DIR to regenerate the organisms, or --check to measure them.")
+    if args.out is not None:
+        out = _fresh_dir(args.out)
+        changes = {**json.loads(args.config or '{}'), 'seed': args.seed}
+        cfg = OrganismConfig.from_dict({**OrganismConfig().to_dict(), **changes})
+        log = build_organisms(out, cfg)
+        print(f"organisms written to {out}/base and {out}/chat in {log['seconds'] / 60:.1f} min "
+              f"({log['n_params']:,} parameters, {log['corpus_train_tokens']:,} training tokens of general text)")
+    if args.check:
+        base = _model_arg(args.base or (f'{args.out}/base' if args.out else 'organism-base'))
+        chat = _model_arg(args.chat or (f'{args.out}/chat' if args.out else 'organism-chat'))
+        res = check_organisms(base, chat, n_prompts=args.n_prompts, splits=tuple(args.splits.split(',')))
+        print(format_check(res))
+        if args.json: Path(args.json).write_text(json.dumps(res, indent=1))
+    return 0
+
+# %% ../nbs/90_cli.ipynb
+def _organisms_parser(sub):
+    o = _subparser(sub, 'organisms', cmd_organisms, 'regenerate (--out DIR) or measure (--check) the model organisms')
+    o.add_argument('--out', help='folder to write base/ and chat/ into (must be absent or empty)')
+    o.add_argument('--seed', type=int, default=0, help='seed of the whole recipe')
+    o.add_argument('--config',
+                   help='JSON object of OrganismConfig fields to override, e.g. \'{"base_tokens": 1000000}\'')
+    o.add_argument('--check', action='store_true', help='measure held-out losses and planted-behaviour rates')
+    o.add_argument('--base', help='base model to check (default: the bundled organism, or OUT/base)')
+    o.add_argument('--chat', help='chat model to check (default: the bundled organism, or OUT/chat)')
+    o.add_argument('--n-prompts', type=int, default=100, help='held-out prompts per behaviour')
+    o.add_argument('--splits', default='validation,test', help='phrasing families to measure on (validation, test)')
+    o.add_argument('--json', help='also write the figures to this JSON file')
+
+# %% ../nbs/90_cli.ipynb
+def cmd_compare(args) -> int:
+    from crosscoder_nb.models import greedy_complete, load_model
+    from crosscoder_nb.organisms import chat_prompt, heldout_prompts
+    base, chat = _model_arg(args.base), _model_arg(args.chat)
+    models = {'base': load_model(base, device=args.device), 'chat': load_model(chat, device=args.device)}
+    ps = heldout_prompts(args.n)
+    prompts = [chat_prompt(d) for d in ps['plain'][:args.n // 2 + args.n % 2] + ps['trigger'][:args.n // 2]]
+    outs = {k: greedy_complete(m, prompts) for k, m in models.items()}
+    for i, p in enumerate(prompts):
+        print(f"\n{p}\n  base: {outs['base'][i]!r}\n  chat: {outs['chat'][i]!r}")
+    return 0
+
+def _compare_parser(sub):
+    d = _subparser(sub, 'compare', cmd_compare, "show two models' greedy completions of held-out prompts side by side")
+    d.add_argument('--base', default='organism-base', help='base model: organism alias, local HF folder or hub name')
+    d.add_argument('--chat', default='organism-chat', help='chat model: organism alias, local HF folder or hub name')
+    d.add_argument('--n', type=int, default=6, help='number of held-out prompts to show')
+    d.add_argument('--device', help='torch device (default: cuda if available, else cpu)')
+
+# %% ../nbs/90_cli.ipynb
+def _settings(pairs: list[str] | None) -> dict:
+    "`--set` pairs `section.field=value` as a dict (the values are strings: `set_fields` parses and checks them)."
+    out = {}
+    for kv in pairs or []:
+        if '=' not in kv: raise CLIError(f"--set {kv!r}: write it as section.field=value, e.g. --set train.lr=1e-4")
+        k, v = kv.split('=', 1); out[k.strip()] = v
+    return out
+
+def _config_file(path: str) -> dict:
+    "The settings a `--config` JSON file holds; sections given as objects are set field by field."
+    try: d = json.loads(Path(path).read_text())
+    except FileNotFoundError: raise CLIError(f"--config {path} does not exist.") from None
+    except json.JSONDecodeError as e: raise CLIError(f"--config {path} is not valid JSON: {e}") from None
+    if not isinstance(d, dict):
+        raise CLIError(f"--config {path} must hold a JSON object (a RunConfig, as --show-config prints).")
+    out = {}
+    for k, v in d.items():   # sections given as objects are merged field by field into the defaults
+        if isinstance(v, dict) and k != 'data': out.update({f'{k}.{n}': x for n, x in v.items()})
+        else: out[k] = v
+    return out
+
+# %% ../nbs/90_cli.ipynb
+def _run_config(args):
+    "The RunConfig the arguments describe: defaults, then --config, then flags, then --set (later wins)."
+    from crosscoder_nb.pipeline import default_config, set_fields
+    models = [args.base, args.chat] + list(args.model or [])
+    for m in models: _model_arg(m)
+    cfg = default_config(args.base, args.chat, args.layer, args.arch)
+    settings = {'models': models, **(_config_file(args.config) if args.config else {})}
+    if args.layer is not None: settings.update({'buffer.layer': args.layer, 'buffer.hook_point': None})
+    flags = {'crosscoder.d_latent': args.d_latent, 'train.lr': args.lr, 'train.n_tokens': args.n_tokens,
+             'train.l1_coeff': args.l1_coeff, 'crosscoder.l1_coeff': args.l1_coeff, 'train.seed': args.seed,
+             'data.seq_len': args.seq_len}
+    settings.update({k: v for k, v in flags.items() if v is not None})
+    if args.model_dtype is not None: settings['model_dtype'] = None if args.model_dtype == 'auto' else args.model_dtype
+    if args.model_device is not None: settings['model_device'] = args.model_device
+    if args.batch_size is not None:
+        settings.update({'train.batch_size': args.batch_size, 'buffer.batch_size': args.batch_size})
+    settings.update(_settings(args.set))
+    cfg = set_fields(cfg, settings)
+    if not args.show_config: _check_device('model_device', cfg.model_device)   # also when --config or --set gave it
+    return cfg
+
+# %% ../nbs/90_cli.ipynb
+def _run_flags(q: argparse.ArgumentParser, n_tokens: str):
+    "The flags of a run config, the same for `train` and `harvest`; `n_tokens`: the help of --n-tokens."
+    q.add_argument('--base', default='organism-base', help='base model: organism alias, local HF folder or hub name')
+    q.add_argument('--chat', default='organism-chat', help='chat model: organism alias, local HF folder or hub name')
+    q.add_argument('--model', action='append', help='a further model read by the same crosscoder (repeatable)')
+    q.add_argument('--layer', type=int,
+                   help='read blocks.LAYER.hook_resid_pre (default 3 for the organisms, 14 otherwise)')
+    q.add_argument('--n-tokens', type=int, help=n_tokens)
+    q.add_argument('--batch-size', type=int, help='activations per step (sets train and buffer batch size)')
+    q.add_argument('--seq-len', type=int, help='tokens per row of the data stream')
+    q.add_argument('--device', help='torch device (default: cuda if available, else cpu)')
+    q.add_argument('--model-dtype', choices=['auto', *_MODEL_DTYPES], help="the models' dtype (auto: bfloat16 on a "
+                   "GPU, float32 elsewhere; the crosscoder's is --set crosscoder.dtype=...)")
+    q.add_argument('--model-device', help='torch device for the models (default: --device)')
+    q.add_argument('--config', help='a JSON file holding a RunConfig (as --show-config prints), or part of one')
+    q.add_argument('--set', action='append', metavar='SECTION.FIELD=VALUE',
+                   help='set any config field, e.g. --set buffer.dtype=float32 (repeatable)')
+    q.add_argument('--show-config', action='store_true', help='print the full config and exit')
+    q.add_argument('--json', help='also write the summary to this JSON file')
+
+# %% ../nbs/90_cli.ipynb
+def _train_summary(res: dict) -> str:
+    "What `train` prints at the end: the figures, the speeds, and where the checkpoint is."
+    f = res['final'] or {}
+    names = ['base', 'chat'] + [f'model{i}' for i in range(2, 9)]
+    ev = ', '.join(f'{n} {e:.1%}' for n, e in zip(names, f.get('explained_variance', [])))
+    lines = [f"trained {res['steps']} steps on {res['tokens']:,} activations in {res['wall_seconds'] / 60:.1f} min: "
+             f"L0 {f.get('l0', float('nan')):.1f}, explained variance {ev}"]
+    if res['cache']:
+        lines.append(f"read from the cache {res['cache']}, training {res['train_tokens_per_s']:,.0f} tokens/s")
+    else: lines.append(f"harvesting {res['harvest_tokens_per_s']:,.0f} tokens/s (models in {res['model_dtype']}), "
+                       f"training {res['train_tokens_per_s']:,.0f} tokens/s")
+    lines.append(f"checkpoint: {Path(res['checkpoint']).resolve()}")
+    return '\n'.join(lines)
+
+# %% ../nbs/90_cli.ipynb
+def cmd_train(args) -> int:
+    from crosscoder_nb.pipeline import train_run
+    cfg = _run_config(args)
+    if args.show_config: print(json.dumps(cfg.to_dict(), indent=1)); return 0
+    if args.out is None: raise CLIError("train: pass --out RUN_DIR, the folder for the checkpoint and metrics.")
+    from crosscoder_nb.distributed import exit_rank, init_from_env, local_device
+    rank, world = init_from_env(args.device)   # under torchrun: data-parallel (05b_distributed)
+    res = train_run(cfg, args.out, overwrite=args.overwrite, resume=args.resume, device=local_device(args.device),
+                    cache=args.cache, progress=rank == 0)
+    if world > 1:   # every rank leaves the process group, then ends with exit_rank (the teardown can abort in gloo)
+        import torch.distributed as dist
+        dist.barrier(); dist.destroy_process_group()
+        if rank != 0: exit_rank(0)   # rank 0 reports
+    print(_train_summary(res))
+    if args.json: Path(args.json).write_text(json.dumps(res, indent=1))
+    if world > 1: exit_rank(0)
+    return 0
+
+# %% ../nbs/90_cli.ipynb
+def _train_parser(sub):
+    t = _subparser(sub, 'train', cmd_train,
+                   'train a crosscoder on a base and a chat model (or on an activation cache: --cache)')
+    _run_flags(t, 'activations to train on')
+    t.add_argument('--out', help='run directory for the checkpoint, metrics.jsonl and run_config.json')
+    t.add_argument('--cache',
+                   help='train on the activations of this cache (crosscoder-diff harvest) instead of harvesting')
+    t.add_argument('--arch', choices=['batchtopk', 'l1'],
+                   help="crosscoder recipe (default: batchtopk for the organisms, the seed's l1 otherwise)")
+    t.add_argument('--d-latent', type=int, help='number of latents')
+    t.add_argument('--lr', type=float, help='learning rate')
+    t.add_argument('--l1-coeff', type=float, help='sparsity coefficient')
+    t.add_argument('--seed', type=int, help='training seed')
+    t.add_argument('--overwrite', action='store_true', help='start afresh in a non-empty run directory')
+    t.add_argument('--resume', action='store_true', help='continue the checkpoint in the run directory')
+
+# %% ../nbs/90_cli.ipynb
+def cmd_harvest(args) -> int:
+    from crosscoder_nb.cache import CACHE_FILE, write_cache
+    from crosscoder_nb.models import default_device, load_model, resolve_dtype
+    cfg = _run_config(args)
+    if args.show_config: print(json.dumps(cfg.to_dict(), indent=1)); return 0
+    if args.out is None: raise CLIError("harvest: pass --out CACHE, the folder for the activation cache.")
+    if int(os.environ.get('WORLD_SIZE', '1')) > 1: raise CLIError(
+        "harvest writes one cache from one process: run it without torchrun (then train --cache CACHE under torchrun).")
+    out = Path(args.out)
+    if args.resume and not (out / CACHE_FILE).exists():
+        raise CLIError(f"harvest --resume: {out} holds no cache to continue ({CACHE_FILE}); start it without --resume.")
+    if not args.resume: _fresh_dir(out, args.overwrite)
+    device = args.device or default_device(); model_device = cfg.model_device or device
+    dtype = resolve_dtype(cfg.model_dtype, model_device)
+    models = [load_model(m, device=model_device, dtype=dtype) for m in cfg.models]
+    c = write_cache(models, cfg.models, cfg.data, cfg.buffer, cfg.train.n_tokens, out, shard_tokens=args.shard_tokens,
+                    dtype=args.dtype, resume=args.resume, overwrite=args.overwrite)
+    print(f"wrote {len(c.acts):,} activations of {c.model_names} at {c.hook_point} in {len(c.manifest['shards'])} "
+          f"shards ({c.manifest['dtype']}), {c.seconds / 60:.1f} min ({c.tokens_per_s:,.0f} tokens/s)")
+    print(f"cache: {out.resolve()}  (train on it: crosscoder-diff train --cache {out} --out RUN_DIR)")
+    if args.json:
+        s = {'cache': str(out.resolve()), 'n': len(c.acts), 'seconds': c.seconds, 'tokens_per_s': c.tokens_per_s}
+        Path(args.json).write_text(json.dumps(s, indent=1))
+    return 0
+
+# %% ../nbs/90_cli.ipynb
+def _harvest_parser(sub):
+    h = _subparser(sub, 'harvest', cmd_harvest,
+                   "harvest the models' activations once into an on-disk cache (then: train --cache CACHE)")
+    _run_flags(h, 'activations to write')
+    h.add_argument('--out', help='the cache folder (absent or empty, unless --resume)')
+    h.add_argument('--shard-tokens', type=int, default=1 << 20, help='activations per shard file')
+    h.add_argument('--dtype', default='bfloat16', choices=['bfloat16', 'float16', 'float32'],
+                   help='storage dtype of the activations')
+    h.add_argument('--overwrite', action='store_true', help='write into a non-empty folder')
+    h.add_argument('--resume', action='store_true', help='continue an interrupted harvest in --out (the same flags)')
+    h.set_defaults(arch=None, d_latent=None, lr=None, l1_coeff=None, seed=None)   # train's flags, for _run_config
+
+# %% ../nbs/90_cli.ipynb
+def _behaviour_line(b: str, v: dict) -> str:
+    "A planted behaviour's causal checks and best detector, as one line."
+    r = v['rates']
+    other = ''.join(f"; {o} under this patch {x['clean']:.0%} -> {x['diff_patch']:.0%}"
+                    for o, x in r.get('other_behaviours', {}).items())
+    controls = sum(r['random_diff_patch']) / len(r['random_diff_patch'])
+    return (f"{b}: latents {v['latents']} (causal localisation); chat rate {r['clean']:.0%} -> {r['diff_patch']:.0%} "
+            f"diff-patched, {r['ablate']:.0%} ablated; random controls {controls:.0%}{other}; "
+            f"best detector AUROC {v['best_detector']['auroc']:.3f} (latent {v['best_detector']['latent']})")
+
+# %% ../nbs/90_cli.ipynb
+def _summary(m: dict) -> str:
+    "The headline figures of a metrics dict, as lines of text."
+    lines = [f"L0 {m['l0']:.1f}"] + [f"{n}: explained variance {m['explained_variance'][n]:.1%}, CE recovered "
+                                     f"{m['ce_recovered'][n]:.1%}, CE delta {m['ce_delta'][n]:.3f}"
+                                     for n in m['explained_variance']]
+    lines.append(f"latents: {m['n_chat_specific']} chat-specific, {m['n_base_specific']} base-specific, "
+                 f"{m['n_shared']} shared; {m['dead_fraction']:.1%} dead")
+    for a, row in (m.get('comparison') or {}).items():
+        if a == m.get('headline_arch'): continue
+        ev = ', '.join(f"{n} {v:.1%}" for n, v in row['explained_variance'].items())
+        lines.append(f"beside it, {a}: L0 {row['l0']:.1f}, explained variance {ev}, {row['n_chat_specific']} "
+                     f"chat-specific, {row['n_base_specific']} base-specific, {row['dead_fraction']:.1%} dead")
+    lines += [_behaviour_line(b, v) for b, v in (m.get('behaviours') or {}).items()]
+    ls = (m.get('latent_scaling') or {}).get('summary')
+    if ls is not None:
+        passed = ', '.join(f"{s}-only {v['pass']} of {v['tested']} pass" for s, v in ls.items())
+        lines.append('Latent Scaling: ' + (passed or 'no model-specific latent to test'))
+    if m.get('planted_recovery'):
+        lines.append('planted-diff recovery: ' + ', '.join(f'{b} {f:.0%}' for b, f in m['planted_recovery'].items()))
+    return '\n'.join(lines)
+
+# %% ../nbs/90_cli.ipynb
+def cmd_demo(args) -> int:
+    from crosscoder_nb.report import demo
+    _model_arg(args.base); _model_arg(args.chat)
+    out = _fresh_dir(args.out, args.overwrite)
+    m = demo(out, overwrite=args.overwrite, device=args.device, settings=_settings(args.set), base=args.base,
+             chat=args.chat, arch=args.arch, compare=not args.no_compare)
+    print(_summary(m))
+    print(f"demo finished in {m['demo_seconds'] / 60:.1f} min; report: {(out / 'report.html').resolve()}")
+    return 0
+
+# %% ../nbs/90_cli.ipynb
+def _demo_parser(sub):
+    m = _subparser(sub, 'demo', cmd_demo,
+                   'the main job: train on the organisms, evaluate, diff, write report.html and metrics.json')
+    m.add_argument('--out', default='demo_out', help='folder for the run, report.html, metrics.json and dashboards/ '
+                   '(absent or empty)')
+    m.add_argument('--overwrite', action='store_true', help='write into a non-empty --out')
+    m.add_argument('--base', default='organism-base', help='base model: organism alias, local HF folder or hub name')
+    m.add_argument('--chat', default='organism-chat', help='chat model: organism alias, local HF folder or hub name')
+    m.add_argument('--set', action='append', metavar='SECTION.FIELD=VALUE',
+                   help='change the headline run config, e.g. --set train.n_tokens=500000')
+    m.add_argument('--arch', choices=['batchtopk', 'l1'], default='batchtopk',
+                   help="the headline crosscoder (l1: the seed's recipe)")
+    m.add_argument('--no-compare', action='store_true',
+                   help='train only the headline crosscoder, not the other architecture beside it')
+    m.add_argument('--device', help='torch device (default: cuda if available, else cpu)')
+
+# %% ../nbs/90_cli.ipynb
+def cmd_report(args) -> int:
+    from crosscoder_nb.report import report_run
+    models = None if args.base is None and args.chat is None else [args.base, args.chat] + list(args.model or [])
+    if models is not None and None in models:
+        raise CLIError("report: give both --base and --chat, or neither (to use the models the checkpoint names).")
+    for m in models or []: _model_arg(m)
+    out = _fresh_dir(args.out or Path(args.run_dir) / 'report', args.overwrite)
+    m = report_run(args.run_dir, out=out, models=models, device=args.device, overwrite=args.overwrite,
+                   norm_factors='estimate' if args.estimate_norm_factors else None, n_eval_seqs=args.n_eval_seqs,
+                   dashboards=not args.no_dashboards, dashboard_tokens=args.dashboard_tokens, n_top=args.n_top,
+                   latent_scaling=not args.no_latent_scaling, causal=False if args.no_causal else None,
+                   n_test=args.n_test_prompts, n_validation=args.n_validation_prompts, model_dtype=args.model_dtype)
+    print(_summary(m)); print(f"report: {(out / 'report.html').resolve()}")
+    return 0
+
+# %% ../nbs/90_cli.ipynb
+def _report_parser(sub):
+    r = _subparser(sub, 'report', cmd_report,
+                   'evals, diffing and dashboards of a trained run: report.html and metrics.json')
+    r.add_argument('run_dir', help='the run folder (holds the crosscoder checkpoint)')
+    r.add_argument('--out', help='folder for the report (default RUN_DIR/report; absent or empty)')
+    r.add_argument('--overwrite', action='store_true', help='write into a non-empty --out')
+    r.add_argument('--base', help='base model (default: the one the checkpoint names; must match it)')
+    r.add_argument('--chat', help='chat model (default: the one the checkpoint names; must match it)')
+    r.add_argument('--model', action='append', help='a further model, for crosscoders of more than two models')
+    r.add_argument('--estimate-norm-factors', action='store_true',
+                   help='estimate missing normalisation factors on the eval tokens')
+    r.add_argument('--n-eval-seqs', type=int,
+                   help='eval rows (default 64 x 128 for the organisms, 40 x 1024 otherwise)')
+    r.add_argument('--n-top', type=int, default=10, help='latents per table and dashboards per group')
+    r.add_argument('--dashboard-tokens', type=int,
+                   help='tokens the dashboards read (default 100K organisms, 1M otherwise)')
+    r.add_argument('--no-dashboards', action='store_true', help='skip the dashboards')
+    r.add_argument('--no-latent-scaling', action='store_true', help='skip Latent Scaling of the model-specific latents')
+    r.add_argument('--no-causal', action='store_true',
+                   help='skip the causal checks of the planted behaviours (organisms only)')
+    r.add_argument('--n-test-prompts', type=int, default=60, help='test prompts per behaviour for the causal checks')
+    r.add_argument('--n-validation-prompts', type=int, default=40,
+                   help='validation prompts per behaviour, on which the causal checks name latents')
+    r.add_argument('--device', help='torch device')
+    r.add_argument('--model-dtype', choices=['auto', *_MODEL_DTYPES],
+                   help="the models' dtype (default: the run's, else auto: bfloat16 on a GPU, float32 elsewhere)")
+
+# %% ../nbs/90_cli.ipynb
+def cmd_dashboards(args) -> int:
+    from crosscoder_nb.dashboards import check_latents, compute_dashboards, load_run, select_latents, token_sample
+    from crosscoder_nb.dashboards import write_dashboards
+    from crosscoder_nb.data import organisms_mix, pile_lmsys_mix
+    from crosscoder_nb.pipeline import is_organism
+    try: ids = [int(x) for x in args.latents.split(',') if x.strip()] if args.latents else []
+    except ValueError:
+        msg = f"--latents {args.latents!r}: give latent ids separated by commas, e.g. --latents 15,2325"
+        raise CLIError(msg) from None
+    if not ids and not (args.top_chat or args.top_base or args.top_shared):
+        raise CLIError("dashboards: choose latents with --latents 15,2325 and/or --top-chat N / --top-base N "
+                       "/ --top-shared N.")
+    out = _fresh_dir(args.out or Path(args.run_dir) / 'dashboards', args.overwrite)
+    cc, models = load_run(args.run_dir, device=args.device)
+    if ids: check_latents(ids, cc.cfg.d_latent)   # out-of-range ids fail before the pass
+    organisms = all(is_organism(n) for n in cc.cfg.model_names)
+    data = organisms_mix('heldout', seq_len=128, seed=2) if organisms else pile_lmsys_mix(seq_len=1024, seed=2)
+    tokens = token_sample(data, models[0].tokenizer, args.n_tokens or (100_000 if organisms else 1_000_000))
+    pick = select_latents(cc, ids or None, args.top_chat, args.top_base, args.top_shared)
+    d = compute_dashboards(cc, models, tokens, latents=pick)
+    index = write_dashboards(d, out)
+    print(f"{len(pick)} dashboards from {d.n_tokens:,} tokens at {d.tokens_per_s:,.0f} tokens/s: {index.resolve()}")
+    return 0
+
+# %% ../nbs/90_cli.ipynb
+def _dashboards_parser(sub):
+    b = _subparser(sub, 'dashboards', cmd_dashboards, 'dashboards of chosen latents of a trained run')
+    b.add_argument('run_dir', help='the run folder (holds the crosscoder checkpoint)')
+    b.add_argument('--latents', help='latent ids, e.g. 15,2325')
+    b.add_argument('--top-chat', type=int, default=0, help='also the N most chat-specific live latents')
+    b.add_argument('--top-base', type=int, default=0, help='also the N most base-specific live latents')
+    b.add_argument('--top-shared', type=int, default=0, help='also N shared latents')
+    b.add_argument('--n-tokens', type=int, help='tokens to read (default 100K organisms, 1M otherwise)')
+    b.add_argument('--out', help='folder for the pages (default RUN_DIR/dashboards; absent or empty)')
+    b.add_argument('--overwrite', action='store_true', help='write into a non-empty --out')
+    b.add_argument('--device', help='torch device')
+
+# %% ../nbs/90_cli.ipynb
+_PARSERS = (_organisms_parser, _compare_parser, _train_parser, _harvest_parser, _demo_parser, _report_parser,
+            _dashboards_parser)
+
+def build_parser() -> argparse.ArgumentParser:
+    "The parser of `crosscoder-diff`: its --version, and one subparser per subcommand."
+    p = argparse.ArgumentParser(prog='crosscoder-diff', formatter_class=_HelpFormatter,
+                                description='Crosscoder model diffing: organisms, training, evals and reports.')
+    p.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
+    sub = p.add_subparsers(dest='command', required=True, metavar='COMMAND')
+    for add in _PARSERS: add(sub)
+    return p
 
 # %% ../nbs/90_cli.ipynb
 def main(argv: list[str] | None = None) -> int:
     "Run `crosscoder-diff`; returns the exit status (2 for a user error, with the reason on stderr)."
     args = build_parser().parse_args(argv)
-    try: return args.func(args)
-    except (CLIError, ValueError, FileNotFoundError, HubError) as e:
-        print(f'crosscoder-diff {args.command}: error: {e}', file=sys.stderr)
-        return 2
-    except OSError as e:   # a full disk: the message says what was kept and how to continue
-        if e.errno != errno.ENOSPC: raise
-        print(f'crosscoder-diff {args.command}: error: {e.strerror}', file=sys.stderr)
-        return 2
+    try:
+        _check_devices(args)
+        return args.func(args)
+    except (CLIError, ValueError, FileNotFoundError) as e: msg = str(e)
+    except OSError as e:   # a model the hub cannot provide, or a full disk (the message says what was kept)
+        from crosscoder_nb.models import HubError   # already loaded by the command that raised it
+        if isinstance(e, HubError): msg = str(e)
+        elif e.errno == errno.ENOSPC: msg = e.strerror
+        else: raise
+    print(f'crosscoder-diff {args.command}: error: {msg}', file=sys.stderr)
+    return 2
 
 # %% ../nbs/90_cli.ipynb
 #| eval: false
