@@ -21,7 +21,7 @@ class CLIError(Exception):
 
 def _fresh_dir(path: str | Path, overwrite: bool = False) -> Path:
     "`path` as an output folder that is absent or empty (or `overwrite` is set); never deletes anything."
-    from crosscoder_nb.pipeline import check_out_dir
+    from crosscoder_nb.fileio import check_out_dir
     try: return check_out_dir(path, overwrite, '--out')
     except ValueError as e: raise CLIError(str(e)) from None
 
@@ -123,7 +123,7 @@ def _organisms_parser(sub):
 # %% ../nbs/90_cli.ipynb
 def cmd_compare(args) -> int:
     from crosscoder_nb.models import greedy_complete, load_model
-    from crosscoder_nb.organisms import chat_prompt, heldout_prompts
+    from crosscoder_nb.corpus import chat_prompt, heldout_prompts
     base, chat = _model_arg(args.base), _model_arg(args.chat)
     models = {'base': load_model(base, device=args.device), 'chat': load_model(chat, device=args.device)}
     ps = heldout_prompts(args.n)
