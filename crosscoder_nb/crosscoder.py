@@ -5,7 +5,7 @@
 # %% ../nbs/04_crosscoder.ipynb 3
 from __future__ import annotations
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Iterable
 import torch, torch.nn as nn, torch.nn.functional as F
@@ -13,6 +13,7 @@ from torch import Tensor
 from einops import einsum, rearrange, reduce
 from jaxtyping import Bool, Float, Int
 from fastcore.basics import patch
+from .config import Config
 from .checkpoint import (checked_state, find_metrics, model_card, pretrained_folder, read_checkpoint,
                                       upload_checkpoint, write_checkpoint)
 from .distributed import any_rank, global_cut, global_sq_dev, rank_world
@@ -66,7 +67,7 @@ from .models import MODEL_DTYPES
 DTYPES = MODEL_DTYPES   # parameter dtypes by name: the same names the models' dtypes take
 
 @dataclass
-class CrossCoderConfig:
+class CrossCoderConfig(Config):
     d_model: int                             # residual width of each model
     n_models: int = 2                        # models read at once (base and chat for diffing)
     d_latent: int = 16384                    # number of latents (dictionary width)
@@ -91,14 +92,6 @@ class CrossCoderConfig:
     sparse_decode: bool | None = None        # decode by gathering the active rows; None: where k-sparse enough to pay
 
     def __post_init__(self): self.validate()
-    def to_dict(self) -> dict: return asdict(self)
-    @classmethod
-    def from_dict(cls, d: dict) -> CrossCoderConfig:
-        "Build from `to_dict`'s output; unknown keys are an error."
-        valid = [f.name for f in fields(cls)]
-        unknown = set(d) - set(valid)
-        if unknown: raise ValueError(f"Unknown CrossCoderConfig fields {sorted(unknown)}; valid fields are {valid}")
-        return cls(**d)
 
 # %% ../nbs/04_crosscoder.ipynb
 @patch(as_prop=True)
