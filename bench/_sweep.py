@@ -17,7 +17,7 @@ def sweep_row(cfg, d: Path, models, h, n_test: int, n_validation: int, **extra) 
     train_run(cfg, d, device='cpu', models=models, activations=h)
     m = report_run(d, Path(str(d) + 'r'), models=models, device='cpu', dashboards=False, planted=False,
                    causal=True, n_test=n_test, n_validation=n_validation)
-    r = {**extra, 'd_latent': cfg.crosscoder['d_latent'], 'l0': m['l0'], 'ev_base': m['explained_variance']['base'],
+    r = {**extra, 'd_latent': cfg.crosscoder.d_latent, 'l0': m['l0'], 'ev_base': m['explained_variance']['base'],
          'ev_chat': m['explained_variance']['chat'], 'n_chat_specific': m['n_chat_specific'],
          'validation': {}, 'test': {}}
     for b in BEH:

@@ -41,7 +41,7 @@ with tempfile.TemporaryDirectory() as tmp:
         for w in widths:
             for sh in shares:
                 cfg, n_s = organisms_config(arch=arch), int(round(sh * w))
-                k = cfg.crosscoder.get('k')
+                k = cfg.crosscoder.k
                 shared = {'crosscoder.n_shared': n_s} | ({'crosscoder.k_shared': k // 2, 'crosscoder.k': k - k // 2} if n_s and k else {})
                 cfg = set_fields(cfg, {'train.n_tokens': a.n_tokens, 'train.seed': a.seed, 'crosscoder.seed': a.seed, 'crosscoder.d_latent': w} | shared)
                 rows.append(sweep_row(cfg, Path(tmp) / f'{arch}{w}s{n_s}', models, h, a.n_test, a.n_validation,

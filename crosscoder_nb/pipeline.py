@@ -5,7 +5,7 @@
 # %% ../nbs/09_pipeline.ipynb 3
 from __future__ import annotations
 import dataclasses, functools, json, time, types, typing
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, make_dataclass, replace
 from pathlib import Path
 import torch
 from fastcore.basics import patch
@@ -23,11 +23,21 @@ from .data import TokenStream
 from .distributed import check_global_batch, rank_world
 
 # %% auto 0
-__all__ = ['ARCHS', 'RUN_CONFIG_FILE', 'RunConfig', 'set_fields', 'set_field', 'typed_value', 'seed_config', 'organisms_config',
-           'is_organism', 'default_config', 'open_cache_for', 'train_run']
+__all__ = ['CrossCoderSettings', 'ARCHS', 'RUN_CONFIG_FILE', 'RunConfig', 'set_fields', 'set_field', 'typed_value', 'seed_config',
+           'organisms_config', 'is_organism', 'default_config', 'open_cache_for', 'train_run']
 
 # %% ../nbs/09_pipeline.ipynb
-_FROM_MODELS = ('d_model', 'n_models', 'hook_point', 'model_names', 'norm_factors')
+_FROM_MODELS = ('d_model', 'n_models', 'hook_point', 'model_names', 'norm_factors')   # read off the models and the buffer
+
+def _settings_of(cls, skip: tuple, name: str):
+    "A dataclass of `cls`'s fields but `skip`, with the same types and defaults (so each default lives in one place)."
+    fs = [(f.name, f.type, field(default=f.default) if f.default is not MISSING else field(default_factory=f.default_factory))
+          for f in fields(cls) if f.name not in skip]
+    made = make_dataclass(name, fs, bases=(Config,))
+    made.__module__, made.__doc__ = __name__, f"The settable fields of {cls.__name__}: all but {', '.join(skip)}."
+    return made
+
+CrossCoderSettings = _settings_of(CrossCoderConfig, _FROM_MODELS, 'CrossCoderSettings')
 
 @dataclass
 class RunConfig(Config):
@@ -35,7 +45,7 @@ class RunConfig(Config):
     models: list[str]                                          # base first, then chat (then any further models)
     data: DataConfig = field(default_factory=DataConfig)       # the token stream
     buffer: BufferConfig = field(default_factory=BufferConfig) # layer, hook point, batch size, storage
-    crosscoder: dict = field(default_factory=dict)             # CrossCoderConfig fields other than those read off the models
+    crosscoder: CrossCoderSettings = field(default_factory=CrossCoderSettings)  # CrossCoderConfig but what the models fix
     train: TrainConfig = field(default_factory=TrainConfig)    # the optimisation schedule
     model_dtype: str | None = None   # the models' dtype, a name in MODEL_DTYPES; None ('auto'): bfloat16 on a GPU, float32 elsewhere
     model_device: str | None = None  # where the models run; None: where the crosscoder trains
@@ -44,10 +54,18 @@ class RunConfig(Config):
         if isinstance(self.data, dict): self.data = DataConfig.from_dict(self.data)
         if isinstance(self.buffer, dict): self.buffer = BufferConfig.from_dict(self.buffer)
         if isinstance(self.train, dict): self.train = TrainConfig.from_dict(self.train)
+        if isinstance(self.crosscoder, dict): self.crosscoder = _crosscoder_settings(self.crosscoder)
         self.validate()
 
 # %% ../nbs/09_pipeline.ipynb
-def _cc_fields() -> set[str]: return {f.name for f in fields(CrossCoderConfig)} - set(_FROM_MODELS)
+def _cc_fields() -> set[str]: return {f.name for f in fields(CrossCoderSettings)}
+
+def _crosscoder_settings(d: dict):
+    "The crosscoder section from a dict, with a clear error for a field the models fix."
+    fixed = set(d) & set(_FROM_MODELS)
+    if fixed: raise ValueError(f"crosscoder.{sorted(fixed)[0]} is read off the models and the buffer, so it cannot be set; "
+                               f"settable crosscoder fields: {sorted(_cc_fields())}.")
+    return CrossCoderSettings.from_dict(d)
 
 @patch
 def validate(self: RunConfig):
@@ -55,12 +73,7 @@ def validate(self: RunConfig):
     if not isinstance(self.models, (list, tuple)) or len(self.models) < 2:
         raise ValueError(f"RunConfig.models needs at least two models (base first, then chat), got {self.models!r}.")
     self.models = [str(m) for m in self.models]
-    fixed = set(self.crosscoder) & set(_FROM_MODELS)
-    if fixed: raise ValueError(f"crosscoder.{sorted(fixed)[0]} is read off the models and the buffer, so it cannot be set; "
-                               f"settable crosscoder fields: {sorted(_cc_fields())}.")
-    unknown = set(self.crosscoder) - _cc_fields()
-    if unknown: raise ValueError(f"Unknown crosscoder fields {sorted(unknown)}; settable ones: {sorted(_cc_fields())}.")
-    CrossCoderConfig(d_model=1, n_models=len(self.models), **self.crosscoder)   # checks the values themselves
+    CrossCoderConfig(d_model=1, n_models=len(self.models), **self.crosscoder.to_dict())   # checks the values themselves
     if self.model_dtype not in (None, 'auto', *MODEL_DTYPES):
         raise ValueError(f"model_dtype must be one of {['auto', *MODEL_DTYPES]} (auto: bfloat16 on a GPU, float32 elsewhere), got {self.model_dtype!r}.")
     if self.buffer.batch_size != self.train.batch_size:
@@ -260,7 +273,7 @@ def train_run(cfg: RunConfig, out: str | Path,  # the run directory: checkpoint,
     if resume: trainer = Trainer.resume(out, batches, device=device)
     else:
         cc = CrossCoder(CrossCoderConfig(d_model=d_model, n_models=n_models, hook_point=cfg.buffer.hook_name,
-                                         model_names=cfg.models, norm_factors=factors.tolist(), **cfg.crosscoder), device=device)
+                                         model_names=cfg.models, norm_factors=factors.tolist(), **cfg.crosscoder.to_dict()), device=device)
         trainer = Trainer(cc, batches, cfg.train, out, overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
     if activations is None: cfg = replace(cfg, model_dtype=str(dtype).removeprefix('torch.'))   # the dtype used, not 'auto'

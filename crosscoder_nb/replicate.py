@@ -168,7 +168,7 @@ def _bytes(dtype: str | None) -> int: return 2 if dtype in (None, 'auto') else t
 
 def training_memory(cfg: RunConfig, model: ModelShape = GEMMA_2_2B) -> dict[str, float]:
     "GB (1e9 bytes) of each part of a training run, computed from the shapes; 'total' sums them."
-    n, d, L, mb, seq = len(cfg.models), model.d_model, cfg.crosscoder.get('d_latent', 16384), _bytes(cfg.model_dtype), cfg.data.seq_len
+    n, d, L, mb, seq = len(cfg.models), model.d_model, cfg.crosscoder.d_latent, _bytes(cfg.model_dtype), cfg.data.seq_len
     p_cc, B = 2 * n * d * L + L + n * d, cfg.train.batch_size
     parts = {'models': n * model.n_params * mb, 'crosscoder + grads + Adam': 16 * p_cc,
              'buffer': cfg.buffer.n_activations * n * d * DTYPES[cfg.buffer.dtype].itemsize,
@@ -189,7 +189,7 @@ GPUS = [GPU('T4', 16, 8.1, 8.1), GPU('L4', 24, 121, 30.3), GPU('A100 40GB', 40, 
 
 def training_hours(cfg: RunConfig, gpu: GPU, model: ModelShape = GEMMA_2_2B, utilisation: float = 0.4) -> float:
     "Hours of a training run on `gpu`, from FLOPs at `utilisation` of its peak (an assumption, not a measurement)."
-    n, d, L, seq = len(cfg.models), model.d_model, cfg.crosscoder.get('d_latent', 16384), cfg.data.seq_len
+    n, d, L, seq = len(cfg.models), model.d_model, cfg.crosscoder.d_latent, cfg.data.seq_len
     tokens = (cfg.train.n_steps * cfg.train.batch_size if cfg.train.n_steps else cfg.train.n_tokens) * seq / (seq - 1)   # BOS is harvested, then dropped
     per_token = 2 * (model.n_params - model.d_vocab * d) * cfg.buffer.layer / model.n_layers + 4 * seq * d * cfg.buffer.layer
     model_tflops = gpu.bf16_tflops if _bytes(cfg.model_dtype) == 2 else gpu.fp32_tflops

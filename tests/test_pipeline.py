@@ -17,7 +17,7 @@ def small_args(**extra):
 def test_every_section_settable_and_round_trips():
     cfg = set_fields(organisms_config(arch='l1'), {'data.seq_len': 64, 'buffer.dtype': 'float32', 'crosscoder.activation': 'relu',
                                           'train.lr_decay_frac': 0.5, 'train.wandb_mode': 'offline'})
-    assert (cfg.data.seq_len, cfg.train.lr_decay_frac, cfg.crosscoder['activation']) == (64, 0.5, 'relu')
+    assert (cfg.data.seq_len, cfg.train.lr_decay_frac, cfg.crosscoder.activation) == (64, 0.5, 'relu')
     assert RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     assert seed_config().buffer.hook_name == 'blocks.14.hook_resid_pre'
 
@@ -60,7 +60,7 @@ def test_train_command_end_to_end(tmp_path):
     cc = CrossCoder.load(tmp_path / 'run')   # everything needed to use it travels with the checkpoint
     assert cc.cfg.hook_point == 'blocks.3.hook_resid_pre' and cc.cfg.model_names == ['organism-base', 'organism-chat']
     assert cc.cfg.norm_factors == pytest.approx(s['norm_factors']) and cc.train_config['n_tokens'] == 128 * 30
-    assert RunConfig.from_dict(json.loads((tmp_path / 'run' / RUN_CONFIG_FILE).read_text())).crosscoder['d_latent'] == 64
+    assert RunConfig.from_dict(json.loads((tmp_path / 'run' / RUN_CONFIG_FILE).read_text())).crosscoder.d_latent == 64
 
 def test_resume_refuses_other_models_and_keeps_checkpoint(tmp_path):
     cfg = set_fields(organisms_config(), SMALL)
@@ -143,7 +143,7 @@ def test_set_with_a_wrong_type_is_one_line_exit_2_nothing_written(tmp_path, sett
 def test_set_values_of_the_right_type_still_parse():
     cfg = set_fields(organisms_config(), {'train.lr': '1e-4', 'train.l1_coeff': 'null', 'buffer.normalize': 'false', 'train.wandb_project': '42',
                                           'crosscoder.k': '16', 'train.beta1': '0', 'model_dtype': 'bfloat16'})
-    assert (cfg.train.lr, cfg.train.l1_coeff, cfg.buffer.normalize, cfg.train.wandb_project, cfg.crosscoder['k'], cfg.train.beta1, cfg.model_dtype) == \
+    assert (cfg.train.lr, cfg.train.l1_coeff, cfg.buffer.normalize, cfg.train.wandb_project, cfg.crosscoder.k, cfg.train.beta1, cfg.model_dtype) == \
            (1e-4, None, False, '42', 16, 0, 'bfloat16')
 
 
