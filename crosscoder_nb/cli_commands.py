@@ -201,7 +201,9 @@ def cmd_report(args) -> int:
     return 0
 
 def cmd_dashboards(args) -> int:
-    from crosscoder_nb.dashboards import compute_dashboards, load_run, select_latents, token_sample, check_latents, write_dashboards
+    from crosscoder_nb.dashboards import compute_dashboards, load_run, select_latents, token_sample
+    from crosscoder_nb.dashboard_html import write_dashboards
+    from crosscoder_nb.scaling import check_latents
     from crosscoder_nb.data import organisms_mix, pile_lmsys_mix
     from crosscoder_nb.pipeline import is_organism
     try: ids = [int(x) for x in args.latents.split(',') if x.strip()] if args.latents else []

@@ -217,7 +217,8 @@ METRICS_FILE, REPORT_FILE, DASHBOARD_DIR = 'metrics.json', 'report.html', 'dashb
 
 def _dashboards(cc, models, out: Path, organisms: bool, n_tokens, n_top: int, freqs, progress: bool) -> dict:
     "Dashboards of the top chat-specific, base-specific and shared live latents, written to out/dashboards."
-    from crosscoder_nb.dashboards import compute_dashboards, select_latents, token_sample, write_dashboards
+    from crosscoder_nb.dashboards import compute_dashboards, select_latents, token_sample
+    from crosscoder_nb.dashboard_html import write_dashboards
     from crosscoder_nb.data import organisms_mix, pile_lmsys_mix
     data = organisms_mix('test', seq_len=128, seed=2) if organisms else pile_lmsys_mix(seq_len=1024, seed=2)
     tokens = token_sample(data, models[0].tokenizer, n_tokens or (100_000 if organisms else 1_000_000))
