@@ -9,8 +9,10 @@ from pathlib import Path
 import torch
 import plotly.graph_objects as go
 from .models import default_device, load_model, resolve_model
-from .crosscoder import CrossCoder, CrossCoderConfig, WEIGHTS_FILE, atomic_write
-from .pipeline import check_out_dir
+from .crosscoder import CrossCoder, CrossCoderConfig
+from .checkpoint import WEIGHTS_FILE
+from .fileio import atomic_write
+from .fileio import check_out_dir
 from .report_internals import *
 from .report_internals import _add_scaling_columns, _behaviours, _dashboards, _figures_and_tables, _metrics, _pair_metrics, _scaling_section
 _all_ = ['METRICS_FILE', 'REPORT_FILE', 'DASHBOARD_DIR', 'eval_table', 'html_table', 'render_report',
@@ -42,7 +44,8 @@ def report_run(run_dir: str | Path,  # a folder holding a crosscoder checkpoint 
     "Evals, diffing, planted recovery and dashboards of a trained crosscoder: writes report.html and metrics.json; returns the metrics."
     from crosscoder_nb.evals import evaluate, eval_tokens, frequency_histogram
     from crosscoder_nb.data import organisms_mix, pile_lmsys_mix
-    from crosscoder_nb.diffing import DiffThresholds, diff_summary, planted_recovery, relative_norms
+    from crosscoder_nb.diffing import DiffThresholds, diff_summary, relative_norms
+    from crosscoder_nb.planted import planted_recovery
     from crosscoder_nb.scaling import latent_scaling as run_latent_scaling, scaling_figure
     from crosscoder_nb.pipeline import is_organism
     t0, run_dir = time.time(), Path(run_dir)

@@ -9,8 +9,10 @@ from pathlib import Path
 import torch
 import plotly.graph_objects as go
 from .models import default_device, load_model, resolve_model
-from .crosscoder import CrossCoder, CrossCoderConfig, WEIGHTS_FILE, atomic_write
-from .pipeline import check_out_dir
+from .crosscoder import CrossCoder, CrossCoderConfig
+from .checkpoint import WEIGHTS_FILE
+from .fileio import atomic_write
+from .fileio import check_out_dir
 
 # %% auto 0
 __all__ = ['METRICS_FILE', 'REPORT_FILE', 'DASHBOARD_DIR', 'eval_table', 'html_table', 'render_report', 'check_models_match',
@@ -153,8 +155,8 @@ def _scaling_section(ls) -> str:
 # %% ../nbs/10a_report_internals.ipynb
 def _behaviours(cc, models, freqs, th, ls, n_validation: int, n_test: int, progress: bool, norm_factors=None) -> dict:
     "For each planted behaviour: the latents named by causal localisation, their detection scores, rates under interventions and controls."
-    from crosscoder_nb.interventions import planted_checks
-    from crosscoder_nb.diffing import planted_detection
+    from crosscoder_nb.planted import planted_checks
+    from crosscoder_nb.planted import planted_detection
     pc = planted_checks(cc, models, frequencies=freqs, n_validation=n_validation, n_test=n_test, norm_factors=norm_factors, progress=progress)
     named = sorted({j for b in ('signoff', 'refusal') for j in pc[b]['latents']})
     det = planted_detection(cc, models, latents=named, thresholds=th, frequencies=freqs, norm_factors=norm_factors, progress=progress)
@@ -217,7 +219,8 @@ METRICS_FILE, REPORT_FILE, DASHBOARD_DIR = 'metrics.json', 'report.html', 'dashb
 
 def _dashboards(cc, models, out: Path, organisms: bool, n_tokens, n_top: int, freqs, progress: bool) -> dict:
     "Dashboards of the top chat-specific, base-specific and shared live latents, written to out/dashboards."
-    from crosscoder_nb.dashboards import compute_dashboards, select_latents, token_sample, write_dashboards
+    from crosscoder_nb.dashboards import compute_dashboards, select_latents, token_sample
+    from crosscoder_nb.dashboard_html import write_dashboards
     from crosscoder_nb.data import organisms_mix, pile_lmsys_mix
     data = organisms_mix('test', seq_len=128, seed=2) if organisms else pile_lmsys_mix(seq_len=1024, seed=2)
     tokens = token_sample(data, models[0].tokenizer, n_tokens or (100_000 if organisms else 1_000_000))

@@ -12,7 +12,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 from .crosscoder import CrossCoder
-from .evals import as_model_list, cc_device, check_eval_models, check_tokens, eval_tokens, harvest_rows, resolve_norm_factors
+from .buffer import as_model_list, check_eval_models, harvest_rows
+from .crosscoder import cc_device
+from .evals import check_tokens, eval_tokens, resolve_norm_factors
 from .diffing import DiffThresholds, latent_groups, relative_norms
 
 # %% auto 0
@@ -105,33 +107,42 @@ def _finish(sums: _Sums, J: Tensor, own: Tensor, r: Tensor, names: list[str], ba
 # %% ../nbs/07a_latent_scaling.ipynb
 def default_latents(cc: CrossCoder, thresholds: DiffThresholds | None = None, frequencies: Tensor | None = None,
                     base: int = 0, chat: int = 1) -> Int[Tensor, "n"]:
-    "Every model-specific latent of both sides (r above the chat cut-off or below the base one), designated shared ones excluded."
+    "Every model-specific latent of both sides (r beyond either side's cut-off), designated shared ones left out."
     g = latent_groups(relative_norms(cc, base, chat), thresholds, frequencies, cc.cfg.n_shared)
     return torch.cat([g['chat_specific'], g['base_specific']])
 
-def check_latents(latents, d_latent: int) -> Int[Tensor, "n"]:
-    "`latents` as a tensor of ids, or a clear error for an empty set or ids out of range."
-    J = torch.as_tensor(list(latents) if not isinstance(latents, Tensor) else latents, dtype=torch.long).flatten()
-    if len(J) == 0: raise ValueError("The latent set is empty: pass latent ids, or latents=None for every model-specific latent.")
-    bad = J[(J < 0) | (J >= d_latent)]
-    if len(bad): raise ValueError(f"Latent ids {bad.tolist()[:10]} are out of range: this crosscoder has latents 0..{d_latent - 1}.")
-    return J
+# %% ../nbs/07a_latent_scaling.ipynb
+def check_latents(latents, d_latent: int) -> list[int]:
+    "Latent ids as ints in the given order, without repeats; a clear error for no ids, a non-int, or ids out of range."
+    ids = []
+    for j in (latents.flatten() if isinstance(latents, Tensor) else latents):
+        if isinstance(j, Tensor): j = j.item()
+        if isinstance(j, bool) or not hasattr(j, '__index__'): raise TypeError(f"Latent ids must be ints, got {j!r}.")
+        ids.append(int(j))
+    if not ids:
+        raise ValueError("No latents given: the latent set is empty. Pass latent ids, or latents=None for the default "
+                         "set (every latent for the dashboards, every model-specific latent for Latent Scaling).")
+    if bad := [j for j in ids if not 0 <= j < d_latent]:
+        raise ValueError(f"Latent ids {bad[:10]} are out of range: this crosscoder has {d_latent} latents, "
+                         f"ids 0..{d_latent - 1}.")
+    return list(dict.fromkeys(ids))
 
 # %% ../nbs/07a_latent_scaling.ipynb
 @torch.no_grad()
 def latent_scaling(cc: CrossCoder, models,  # in the crosscoder's order, a dict {name: model}, or names
-                   tokens: Tensor | None = None,  # [n_seqs, seq] rows starting with BOS; default `eval_tokens(models[0])`
+                   tokens: Tensor | None = None,  # [n_seqs, seq] rows starting with BOS; default eval_tokens(models[0])
                    latents=None,  # ids to test; None: every model-specific latent of both sides
                    base: int = 0, chat: int = 1, thresholds: DiffThresholds | None = None,
-                   frequencies: Tensor | None = None,  # activation frequencies, to leave dead latents out of the default set
-                   norm_factors=None, hook_point: str | None = None, batch_size: int = 8, names: list[str] | None = None,
-                   progress: bool = True) -> LatentScaling:
+                   frequencies: Tensor | None = None,  # activation frequencies: dead latents leave the default set
+                   norm_factors=None, hook_point: str | None = None, batch_size: int = 8,
+                   names: list[str] | None = None, progress: bool = True) -> LatentScaling:
     "beta^eps, beta^r, nu^eps, nu^r and a verdict for each chosen latent, in one pass over a token sample."
     models, names = as_model_list(cc, models, names)
     hp = check_eval_models(cc, models, names, hook_point)
     if norm_factors is None: resolve_norm_factors(cc)   # a missing factor fails before any work
     r = relative_norms(cc, base, chat)
-    J = default_latents(cc, thresholds, frequencies, base, chat) if latents is None else check_latents(latents, cc.cfg.d_latent)
+    if latents is None: J = default_latents(cc, thresholds, frequencies, base, chat)
+    else: J = torch.tensor(check_latents(latents, cc.cfg.d_latent))
     if len(J) == 0:   # nothing model-specific to test: an empty, honest result
         return LatentScaling([], [], [], [], {n: [] for n in names}, {n: [] for n in names}, [], [], [], 0)
     tokens = check_tokens(eval_tokens(models[0]) if tokens is None else tokens, models)

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import Gemma2Config, Gemma2ForCausalLM
-from crosscoder_nb import dashboard_internals as D   # the pass (and its `harvest`) lives there
+from crosscoder_nb import dashboards as D   # the pass (and its `harvest`) lives there
 from crosscoder_nb.buffer import estimate_norm_factors, harvest
 from crosscoder_nb.crosscoder import CrossCoder, CrossCoderConfig
-from crosscoder_nb.dashboards import (DashboardConfig, check_latents, compute_dashboards, latent_file, load_run, logit_effects,
-                                      render_latent, select_latents, token_sample, write_dashboards)
+from crosscoder_nb.dashboards import DashboardConfig, compute_dashboards, load_run, logit_effects, select_latents, token_sample
+from crosscoder_nb.dashboard_html import latent_file, render_latent, write_dashboards
+from crosscoder_nb.scaling import check_latents
 from crosscoder_nb.data import TokenStream, organisms_mix
 from crosscoder_nb.models import load_model
 
