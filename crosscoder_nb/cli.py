@@ -402,8 +402,9 @@ def _report_parser(sub):
 
 # %% ../nbs/90_cli.ipynb
 def cmd_dashboards(args) -> int:
-    from crosscoder_nb.dashboards import check_latents, compute_dashboards, load_run, select_latents, token_sample
-    from crosscoder_nb.dashboards import write_dashboards
+    from crosscoder_nb.dashboards import compute_dashboards, load_run, select_latents, token_sample
+    from crosscoder_nb.dashboard_html import write_dashboards
+    from crosscoder_nb.scaling import check_latents
     from crosscoder_nb.data import organisms_mix, pile_lmsys_mix
     from crosscoder_nb.pipeline import is_organism
     try: ids = [int(x) for x in args.latents.split(',') if x.strip()] if args.latents else []

@@ -13,10 +13,12 @@ from jaxtyping import Float
 from torch import Tensor
 from .checkpoint import SEED_CONFIG_FILE, SEED_WEIGHTS_FILE
 from .crosscoder import CrossCoder
-from .dashboards import DashboardConfig, DashboardData, compute_dashboards, write_dashboards
+from .dashboards import DashboardConfig, DashboardData, compute_dashboards
+from .dashboard_html import write_dashboards
 from .data import organisms_mix, pile_lmsys_mix
 from .diffing import DiffThresholds, cluster_counts, cosine_histogram, decoder_cosines, latent_groups, relative_norm_histogram, relative_norms
-from .evals import EvalResult, as_model_list, check_eval_models, evaluate, norm_factor_estimate
+from .evals import EvalResult, evaluate, norm_factor_estimate
+from .buffer import as_model_list, check_eval_models
 from .models import MODEL_DTYPES
 from .buffer import BufferConfig, DTYPES
 from .pipeline import RunConfig, seed_config
