@@ -205,7 +205,7 @@ def pretrained_folder(repo_id_or_dir: str | Path,  # a local checkpoint folder, 
     return _hub_folder(str(repo_id_or_dir), subfolder, revision, **hub_kwargs)
 
 # %% ../nbs/04a_checkpoint.ipynb
-def _fmt(v) -> str: return '' if v is None else f'{v:.4g}' if isinstance(v, float) else str(v)
+def _markdown_cell(v) -> str: return '' if v is None else f'{v:.4g}' if isinstance(v, float) else str(v)
 
 def eval_markdown(metrics: dict) -> list[str]:
     "Markdown table lines of the numbers in `metrics`: per-model figures one column per model, then single figures."
@@ -214,10 +214,10 @@ def eval_markdown(metrics: dict) -> list[str]:
     single = {k: v for k, v in metrics.items() if num(v)}
     names = list(dict.fromkeys(n for v in per_model.values() for n in v))
     lines = ['| metric | ' + ' | '.join(names) + ' |', '|---' * (len(names) + 1) + '|'] if per_model else []
-    lines += [f'| {k} | ' + ' | '.join(_fmt(v.get(n)) for n in names) + ' |' for k, v in per_model.items()]
+    lines += [f'| {k} | ' + ' | '.join(_markdown_cell(v.get(n)) for n in names) + ' |' for k, v in per_model.items()]
     if single:
         lines += ([''] if lines else []) + ['| metric | value |', '|---|---|']
-        lines += [f'| {k} | {_fmt(v)} |' for k, v in single.items()]
+        lines += [f'| {k} | {_markdown_cell(v)} |' for k, v in single.items()]
     return lines
 
 def find_metrics(run_dir: str | Path | None) -> dict | None:

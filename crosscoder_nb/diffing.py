@@ -15,8 +15,8 @@ from .crosscoder import CrossCoder
 
 # %% auto 0
 __all__ = ['GROUPS', 'relative_norms', 'DiffThresholds', 'latent_groups', 'cluster_counts', 'relative_norm_histogram',
-           'decoder_cosines', 'cosine_histogram', 'latent_table', 'top_latents', 'html_table', 'specific_density',
-           'relative_norm_counts', 'diff_summary', 'detection_scores']
+           'decoder_cosines', 'cosine_histogram', 'latent_table', 'top_latents', 'cell_text', 'html_table',
+           'specific_density', 'relative_norm_counts', 'diff_summary', 'detection_scores']
 
 # %% ../nbs/07_diffing.ipynb
 def _decoder_norms(x) -> Float[Tensor, "d_latent n_models"]:
@@ -132,14 +132,30 @@ def top_latents(cc: CrossCoder, group: str = 'chat_specific', n: int = 10, frequ
     return sorted(rows, key=lambda d: (sign * d[key], -(d['frequency'] or 0)))[:n]
 
 # %% ../nbs/07_diffing.ipynb
-def html_table(rows: list[dict], title: str | None = None, digits: int = 3) -> str:
-    "A plain HTML table of `rows` (dicts with the same keys)."
-    if not rows: return f"<p>{html.escape(title or '')}: none</p>"
-    fmt = lambda v: f'{v:.{digits}g}' if isinstance(v, float) else html.escape(str(v))
-    head = ''.join(f'<th>{html.escape(str(k))}</th>' for k in rows[0])
-    body = ''.join('<tr>' + ''.join(f'<td>{fmt(v)}</td>' for v in r.values()) + '</tr>' for r in rows)
+def cell_text(v, pct: bool = False, digits: int = 4) -> str:
+    "A table cell's text: '-' for None or NaN, a percentage, a float to `digits` significant figures, or escaped text."
+    if v is None or (isinstance(v, float) and math.isnan(v)): return '-'
+    if pct: return f'{100 * v:.1f}%'
+    return f'{v:,.{digits}g}' if isinstance(v, float) else html.escape(str(v))
+
+def html_table(rows: list[dict],  # one dict per row
+               title: str | None = None,  # a caption
+               digits: int = 4,  # significant figures of floats
+               cols: list | None = None,  # the columns, in order; default the first row's keys
+               pct: tuple = (),  # columns shown as percentages
+               links: dict | None = None,  # a row's 'latent' -> URL
+              ) -> str:
+    "A list of dicts as an HTML table, every cell escaped; no rows: a line that says so."
+    if not rows: return f'<p class="empty">{html.escape(title)}: none</p>' if title else '<p class="empty">(none)</p>'
+    cols = cols or list(rows[0])
+    def cell(r, c):
+        v = cell_text(r.get(c), c in pct, digits)
+        if c == 'latent' and links and r.get(c) in links: v = f'<a href="{html.escape(links[r[c]])}">{v}</a>'
+        return f'<td>{v}</td>'
     cap = f'<caption>{html.escape(title)}</caption>' if title else ''
-    return f'<table class="latents">{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return (f'<table>{cap}<tr>' + ''.join(f'<th>{html.escape(str(c))}</th>' for c in cols) + '</tr>' +
+            ''.join('<tr>' + ''.join(cell(r, c) for c in cols) + '</tr>' for r in rows) + '</table>')
+
 
 # %% ../nbs/07_diffing.ipynb
 def specific_density(r: Float[Tensor, "d_latent"], frequencies: Float[Tensor, "d_latent"], thresholds: DiffThresholds | None = None,

@@ -9,18 +9,17 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from fastcore.basics import patch
 from . import cache, pipeline   # write_cache and train_run are called through their modules
+from .config import Config
+from .fileio import atomic_write, check_out_dir
 from .models import default_device, load_model, resolve_model
 from .crosscoder import CrossCoder, CrossCoderConfig
 from .checkpoint import WEIGHTS_FILE
-from .fileio import atomic_write
 from .pipeline import ARCHS, default_config, is_organism, set_fields
-from .fileio import check_out_dir
 from .data import organisms_mix, pile_lmsys_mix
 from .buffer import reuse_activations
 from .evals import evaluate, eval_tokens
 from .diffing import DiffThresholds, diff_summary, relative_norms
-from .planted import planted_detection, planted_recovery
-from .planted import planted_checks
+from .planted import planted_checks, planted_detection, planted_recovery
 from .scaling import latent_scaling as run_latent_scaling
 from .dashboards import compute_dashboards, select_latents, token_sample
 from .dashboard_html import write_dashboards
@@ -33,7 +32,7 @@ __all__ = ['METRICS_FILE', 'REPORT_FILE', 'DASHBOARD_DIR', 'ReportConfig', 'chec
 
 # %% ../nbs/10_report.ipynb
 @dataclass
-class ReportConfig:
+class ReportConfig(Config):
     "Every setting of `report_run` but the run folder: what it computes, with what, and where it writes."
     out: str | Path | None = None  # where report.html, metrics.json and dashboards/ go; default RUN_DIR/report
     models: list | None = None  # model names (or loaded models) in the crosscoder's order; default: those it records
@@ -71,12 +70,6 @@ def to_dict(self: ReportConfig) -> dict:
     "The settings as a dict (thresholds as a dict too; loaded models as they are)."
     d = {f.name: getattr(self, f.name) for f in fields(self)}
     return d | {'thresholds': None if self.thresholds is None else self.thresholds.to_dict()}
-
-@patch(cls_method=True)
-def from_dict(cls: ReportConfig, d: dict) -> ReportConfig:
-    "Build from `to_dict`'s output; unknown keys are a `ValueError` naming them."
-    _check_names(d, ValueError)
-    return cls(**d)
 
 @patch
 def replace(self: ReportConfig, **overrides) -> ReportConfig:

@@ -7,47 +7,22 @@ from __future__ import annotations
 import html, math
 import plotly.graph_objects as go
 from .crosscoder import CrossCoder
-from .diffing import cosine_histogram, decoder_cosines, latent_groups, relative_norm_histogram
-from .diffing import relative_norms
+from .diffing import (cell_text, cosine_histogram, decoder_cosines, html_table, latent_groups,
+                                   relative_norm_histogram, relative_norms)
 from .evals import frequency_histogram
 from .scaling import scaling_figure
 
 # %% auto 0
-__all__ = ['html_table', 'eval_html', 'render_report', 'scaling_section', 'behaviours_table', 'comparison_table',
-           'report_figures', 'latent_tables', 'density_section']
-
-# %% ../nbs/10a_report_html.ipynb
-def _fmt(v, pct: bool = False, digits: int = 4) -> str:
-    "A cell's text: '-' for None or NaN, a percentage, a float to `digits` significant figures, or escaped text."
-    if v is None or (isinstance(v, float) and math.isnan(v)): return '-'
-    if pct: return f'{100 * v:.1f}%'
-    return f'{v:,.{digits}g}' if isinstance(v, float) else html.escape(str(v))
-
-def html_table(rows: list[dict],  # one dict per row
-               cols: list | None = None,  # the columns, in order; default the first row's keys
-               pct: tuple = (),  # columns shown as percentages
-               links: dict | None = None,  # a row's 'latent' -> URL
-               title: str | None = None,  # a caption
-               digits: int = 4,  # significant figures of floats
-              ) -> str:
-    "A list of dicts as an HTML table, every cell escaped; no rows: a line that says so."
-    if not rows: return f'<p class="empty">{html.escape(title)}: none</p>' if title else '<p class="empty">(none)</p>'
-    cols = cols or list(rows[0])
-    def cell(r, c):
-        v = _fmt(r.get(c), c in pct, digits)
-        if c == 'latent' and links and r.get(c) in links: v = f'<a href="{html.escape(links[r[c]])}">{v}</a>'
-        return f'<td>{v}</td>'
-    cap = f'<caption>{html.escape(title)}</caption>' if title else ''
-    return (f'<table>{cap}<tr>' + ''.join(f'<th>{html.escape(str(c))}</th>' for c in cols) + '</tr>' +
-            ''.join('<tr>' + ''.join(cell(r, c) for c in cols) + '</tr>' for r in rows) + '</table>')
+__all__ = ['eval_html', 'render_report', 'scaling_section', 'behaviours_table', 'comparison_table', 'report_figures',
+           'latent_tables', 'density_section']
 
 # %% ../nbs/10a_report_html.ipynb
 def eval_html(m: dict) -> str:
     "The seed's eval table as HTML, from a metrics dict with keys l0, ce_recovered, ce_delta, explained_variance."
     names = list(m['explained_variance'])
     head = ['L0'] + [f'{c} ({n})' for n in names for c in ('CE recovered', 'CE delta', 'explained variance')]
-    row = [_fmt(m['l0'])] + [x for n in names for x in (_fmt(m['ce_recovered'][n], True), _fmt(m['ce_delta'][n]),
-                                                       _fmt(m['explained_variance'][n], True))]
+    row = [cell_text(m['l0'])] + [x for n in names for x in (cell_text(m['ce_recovered'][n], True), cell_text(m['ce_delta'][n]),
+                                                       cell_text(m['explained_variance'][n], True))]
     return ('<table class="evals"><tr>' + ''.join(f'<th>{h}</th>' for h in head) + '</tr><tr>' +
             ''.join(f'<td>{c}</td>' for c in row) + '</tr></table>')
 
@@ -112,7 +87,7 @@ def _rate_rows(beh: dict) -> list[dict]:
     rows = []
     for b, v in beh.items():
         r = v['rates']
-        other = ', '.join(f"{o} {_fmt(x['clean'], True)} → {_fmt(x['diff_patch'], True)}"
+        other = ', '.join(f"{o} {cell_text(x['clean'], True)} → {cell_text(x['diff_patch'], True)}"
                           for o, x in r.get('other_behaviours', {}).items())
         rows.append({'behaviour': b, 'latents named': ', '.join(map(str, v['latents'])), 'chat rate (test)': r['clean'],
                      'diff patch': r['diff_patch'], 'other behaviour, clean → diff patch': other or None,
@@ -203,7 +178,7 @@ def comparison_table(runs: dict[str, dict]) -> str:
     keys = list(dict.fromkeys(k for c in cols.values() for k in c))
     pct = lambda k: k.startswith(('EV', 'CE', 'dead', 'median')) or 'rate' in k
     head = '<tr><th>metric</th>' + ''.join(f'<th>{html.escape(l)}</th>' for l in cols) + '</tr>'
-    row = lambda k: ''.join(f'<td>{_fmt(c.get(k), pct(k))}</td>' for c in cols.values())
+    row = lambda k: ''.join(f'<td>{cell_text(c.get(k), pct(k))}</td>' for c in cols.values())
     body = ''.join(f'<tr><th>{html.escape(k)}</th>{row(k)}</tr>' for k in keys)
     links = [f'<a href="{html.escape(m["report"])}">{html.escape(l)} report</a>'
              for l, m in runs.items() if m.get('report')]

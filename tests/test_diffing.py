@@ -117,7 +117,7 @@ def test_ties_go_to_the_more_frequent_latent():
 
 
 def test_html_table_escapes():
-    s = html_table([{'latent': 1, 'note': '<b>x</b>', 'r': 0.123456}], title='a & b')
+    s = html_table([{'latent': 1, 'note': '<b>x</b>', 'r': 0.123456}], title='a & b', digits=3)
     assert '&lt;b&gt;x&lt;/b&gt;' in s and '<td>0.123</td>' in s and 'a &amp; b' in s
     assert 'none' in html_table([], 'empty')
 
