@@ -54,3 +54,17 @@ def test_model_device_from_set_is_checked_too(tmp_path):
     assert code == 2 and 'model_device junk: not a torch device' in out and not (tmp_path / 'run').exists()
     code, out = run('train', '--model-device', 'junk', '--show-config')   # --show-config only prints: any device
     assert code == 0 and '"model_device": "junk"' in out
+
+
+def test_show_config_of_report_and_demo_does_no_work(tmp_path):
+    "`report --show-config` prints the ReportConfig the flags make, `demo --show-config` the run configs and the report
+    settings; neither loads a model or writes a file."
+    import json
+    code, out = run('report', tmp_path / 'run', '--n-top', '3', '--no-causal', '--show-config')
+    cfg = json.loads(out)
+    assert code == 0 and (cfg['n_top'], cfg['causal'], cfg['out']) == (3, False, str(tmp_path / 'run' / 'report'))
+    code, out = run('demo', '--out', tmp_path / 'demo', '--set', 'train.n_tokens=50000', '--show-config')
+    show = json.loads(out)
+    assert code == 0 and list(show['runs']) == ['batchtopk', 'l1'] and show['report']['n_test'] == 40
+    assert show['runs']['batchtopk']['train']['n_tokens'] == 50000 and show['runs']['l1']['train']['n_tokens'] == 50000
+    assert not (tmp_path / 'run').exists() and not (tmp_path / 'demo').exists()
