@@ -24,9 +24,12 @@ def _decoder_norms(x) -> Float[Tensor, "d_latent n_models"]:
 
 def _check_pair(n_models: int, base: int, chat: int):
     for k, v in (('base', base), ('chat', chat)):
-        if not (isinstance(v, int) and 0 <= v < n_models): raise ValueError(f"{k}={v!r} is not a model index of a crosscoder with {n_models} models (0..{n_models - 1}).")
+        if not (isinstance(v, int) and 0 <= v < n_models):
+            raise ValueError(f"{k}={v!r} is not a model index of a crosscoder with {n_models} models "
+                             f"(0..{n_models - 1}).")
     if base == chat: raise ValueError(f"base and chat are both model {base}: pick two different models.")
 
+# %% ../nbs/07_diffing.ipynb
 def relative_norms(cc: CrossCoder | Tensor,  # a crosscoder, or its decoder norms [d_latent, n_models]
                    base: int = 0, chat: int = 1,  # indices of the two models on the models axis
                   ) -> Float[Tensor, "d_latent"]:
@@ -46,33 +49,41 @@ class DiffThresholds(Config):
 
     def __post_init__(self):
         v = [self.base_specific, self.shared_low, self.shared_high, self.chat_specific]
-        if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in v) or not (0 <= v[0] <= v[1] < v[2] <= v[3] <= 1):
-            raise ValueError(f"Thresholds must satisfy 0 <= base_specific <= shared_low < shared_high <= chat_specific <= 1, got {v}.")
+        if (not all(isinstance(x, (int, float)) and math.isfinite(x) for x in v)
+                or not (0 <= v[0] <= v[1] < v[2] <= v[3] <= 1)):
+            raise ValueError("Thresholds must satisfy 0 <= base_specific <= shared_low < shared_high <= chat_specific "
+                             f"<= 1, got {v}.")
 
 # %% ../nbs/07_diffing.ipynb
 GROUPS = ('base_specific', 'shared', 'chat_specific', 'other', 'dead', 'zero_decoder')
 
 def latent_groups(r: Float[Tensor, "d_latent"], thresholds: DiffThresholds | None = None,
-                  frequencies: Tensor | None = None,  # activation frequency of each latent: frequency-0 latents become 'dead'
+                  # activation frequency of each latent: frequency-0 latents become 'dead'
+                  frequencies: Tensor | None = None,
                   designated: int = 0,  # the first `designated` latents are designated shared (`cfg.n_shared`)
                  ) -> dict[str, Int[Tensor, "n"]]:
     "Indices of the latents in each cluster; dead latents are taken out of the clusters and listed apart."
     th, r = thresholds or DiffThresholds(), torch.as_tensor(r).float().cpu()
     dead = torch.zeros_like(r, dtype=torch.bool) if frequencies is None else torch.as_tensor(frequencies).cpu() == 0
-    if len(dead) != len(r): raise ValueError(f"{len(dead)} frequencies for {len(r)} latents: pass the frequencies of this crosscoder.")
+    if len(dead) != len(r):
+        raise ValueError(f"{len(dead)} frequencies for {len(r)} latents: pass the frequencies of this crosscoder.")
     des = torch.arange(len(r)) < designated
     live = ~dead & ~r.isnan()
-    g = {'base_specific': live & ~des & (r < th.base_specific), 'shared': live & (des | (r > th.shared_low) & (r < th.shared_high)),
+    g = {'base_specific': live & ~des & (r < th.base_specific),
+         'shared': live & (des | (r > th.shared_low) & (r < th.shared_high)),
          'chat_specific': live & ~des & (r > th.chat_specific)}
     g['other'] = live & ~(g['base_specific'] | g['shared'] | g['chat_specific'])
     g['dead'], g['zero_decoder'] = dead, ~dead & r.isnan()
     return {k: g[k].nonzero().flatten() for k in GROUPS}
 
+# %% ../nbs/07_diffing.ipynb
 def cluster_counts(r: Tensor, thresholds: DiffThresholds | None = None, frequencies: Tensor | None = None,
                    designated: int = 0) -> dict[str, int]:
-    "How many latents fall in each cluster (dead latents, when frequencies are given, only under 'dead'); 'designated_shared' is part of 'shared'."
+    ("How many latents fall in each cluster (dead latents, when frequencies are given, only under 'dead'); "
+     "'designated_shared' is part of 'shared'.")
     g = latent_groups(r, thresholds, frequencies, designated)
-    return {k: len(v) for k, v in g.items()} | {'designated_shared': int((g['shared'] < designated).sum()), 'total': len(r)}
+    return {k: len(v) for k, v in g.items()} | {'designated_shared': int((g['shared'] < designated).sum()),
+                                                'total': len(r)}
 
 # %% ../nbs/07_diffing.ipynb
 def relative_norm_histogram(r: Float[Tensor, "d_latent"], thresholds: DiffThresholds | None = None,
@@ -84,15 +95,18 @@ def relative_norm_histogram(r: Float[Tensor, "d_latent"], thresholds: DiffThresh
     th, g = thresholds or DiffThresholds(), latent_groups(r, thresholds, frequencies, designated)
     live = torch.cat([g[k] for k in ('base_specific', 'shared', 'chat_specific', 'other')]).sort().values
     b, c = names
-    fig = go.Figure(go.Histogram(x=torch.as_tensor(r)[live].tolist(), xbins=dict(start=0, end=1, size=1 / nbins), marker_color='#4c72b0'))
-    for lo, hi, col in ((0, th.base_specific, '#dd8452'), (th.shared_low, th.shared_high, '#55a868'), (th.chat_specific, 1, '#c44e52')):
+    fig = go.Figure(go.Histogram(x=torch.as_tensor(r)[live].tolist(), xbins=dict(start=0, end=1, size=1 / nbins),
+                                 marker_color='#4c72b0'))
+    for lo, hi, col in ((0, th.base_specific, '#dd8452'), (th.shared_low, th.shared_high, '#55a868'),
+                        (th.chat_specific, 1, '#c44e52')):
         fig.add_vrect(x0=lo, x1=hi, fillcolor=col, opacity=0.12, line_width=0)
     dead = f"; {len(g['dead'])} dead latents left out" if frequencies is not None else ''
     fig.update_layout(title=f"{title}<br><sub>{b}-specific {len(g['base_specific'])}, shared {len(g['shared'])}, "
                             f"{c}-specific {len(g['chat_specific'])}, other {len(g['other'])}{dead}"
                             f"{f' ({designated} designated shared)' if designated else ''}</sub>",
                       xaxis_title=f'r = ||d_{c}|| / (||d_{b}|| + ||d_{c}||)   (0: {b} only, 1: {c} only)',
-                      yaxis_title='number of latents', xaxis_range=[0, 1], bargap=0.05, template='plotly_white', width=750, height=420)
+                      yaxis_title='number of latents', xaxis_range=[0, 1], bargap=0.05, template='plotly_white',
+                      width=750, height=420)
     return fig
 
 # %% ../nbs/07_diffing.ipynb
@@ -102,12 +116,15 @@ def decoder_cosines(cc: CrossCoder, base: int = 0, chat: int = 1) -> Float[Tenso
     W = cc.decoder_weights().detach().float().cpu()
     return F.cosine_similarity(W[:, base], W[:, chat], dim=-1, eps=1e-12)
 
-def cosine_histogram(cos: Float[Tensor, "n"], nbins: int = 100, title: str = 'Decoder cosine similarity of shared latents') -> go.Figure:
+# %% ../nbs/07_diffing.ipynb
+def cosine_histogram(cos: Float[Tensor, "n"], nbins: int = 100,
+                     title: str = 'Decoder cosine similarity of shared latents') -> go.Figure:
     "Histogram of decoder cosines, log y axis."
     cos = torch.as_tensor(cos).float().cpu()
     fig = go.Figure(go.Histogram(x=cos.tolist(), xbins=dict(start=-1, end=1, size=2 / nbins), marker_color='#55a868'))
-    fig.update_layout(title=f'{title} ({len(cos)} latents)', xaxis_title='cos(d_base, d_chat)', yaxis_title='number of latents (log)',
-                      yaxis_type='log', xaxis_range=[-1, 1.02], bargap=0.05, template='plotly_white', width=750, height=420)
+    fig.update_layout(title=f'{title} ({len(cos)} latents)', xaxis_title='cos(d_base, d_chat)',
+                      yaxis_title='number of latents (log)', yaxis_type='log', xaxis_range=[-1, 1.02], bargap=0.05,
+                      template='plotly_white', width=750, height=420)
     return fig
 
 # %% ../nbs/07_diffing.ipynb
@@ -119,14 +136,17 @@ def latent_table(cc: CrossCoder, latents,  # latent indices
              'norm_chat': norms[j, chat].item(), 'frequency': None if frequencies is None else float(frequencies[j])}
             for j in torch.as_tensor(latents, dtype=torch.long).tolist()]
 
-_ORDER = {'chat_specific': ('relative_norm', True), 'base_specific': ('relative_norm', False), 'shared': ('cosine', False),
-          'other': ('relative_norm', True), 'dead': ('relative_norm', True), 'zero_decoder': ('relative_norm', True)}
+# %% ../nbs/07_diffing.ipynb
+_ORDER = {'chat_specific': ('relative_norm', True), 'base_specific': ('relative_norm', False),
+          'shared': ('cosine', False), 'other': ('relative_norm', True), 'dead': ('relative_norm', True),
+          'zero_decoder': ('relative_norm', True)}
 
 def top_latents(cc: CrossCoder, group: str = 'chat_specific', n: int = 10, frequencies: Tensor | None = None,
                 thresholds: DiffThresholds | None = None, base: int = 0, chat: int = 1) -> list[dict]:
     "The `n` most telling latents of a cluster (see above), as table rows."
     if group not in _ORDER: raise ValueError(f"Unknown group {group!r}: use one of {list(_ORDER)}.")
-    rows = latent_table(cc, latent_groups(relative_norms(cc, base, chat), thresholds, frequencies, cc.cfg.n_shared)[group], frequencies, base, chat)
+    rows = latent_table(cc, latent_groups(relative_norms(cc, base, chat), thresholds, frequencies,
+                                          cc.cfg.n_shared)[group], frequencies, base, chat)
     key, desc = _ORDER[group]
     sign = -1 if desc else 1
     return sorted(rows, key=lambda d: (sign * d[key], -(d['frequency'] or 0)))[:n]
@@ -138,6 +158,7 @@ def cell_text(v, pct: bool = False, digits: int = 4) -> str:
     if pct: return f'{100 * v:.1f}%'
     return f'{v:,.{digits}g}' if isinstance(v, float) else html.escape(str(v))
 
+# %% ../nbs/07_diffing.ipynb
 def html_table(rows: list[dict],  # one dict per row
                title: str | None = None,  # a caption
                digits: int = 4,  # significant figures of floats
@@ -156,53 +177,66 @@ def html_table(rows: list[dict],  # one dict per row
     return (f'<table>{cap}<tr>' + ''.join(f'<th>{html.escape(str(c))}</th>' for c in cols) + '</tr>' +
             ''.join('<tr>' + ''.join(cell(r, c) for c in cols) + '</tr>' for r in rows) + '</table>')
 
-
 # %% ../nbs/07_diffing.ipynb
-def specific_density(r: Float[Tensor, "d_latent"], frequencies: Float[Tensor, "d_latent"], thresholds: DiffThresholds | None = None,
-                     designated: int = 0, dense: float = 0.1) -> dict[str, dict]:
-    "For each side: how many live model-specific latents, the median of their activation densities, and how many fire on more than `dense` of tokens."
+def specific_density(r: Float[Tensor, "d_latent"], frequencies: Float[Tensor, "d_latent"],
+                     thresholds: DiffThresholds | None = None, designated: int = 0, dense: float = 0.1,
+                    ) -> dict[str, dict]:
+    ("For each side: how many live model-specific latents, the median of their activation densities, and how many "
+     "fire on more than `dense` of tokens.")
     freqs, g = torch.as_tensor(frequencies).float().cpu(), latent_groups(r, thresholds, frequencies, designated)
     out = {}
     for side in ('chat_specific', 'base_specific'):
         f = freqs[g[side]]
-        out[side] = {'n': len(f), 'median_density': f.median().item() if len(f) else None, f'n_above_{dense:g}': int((f > dense).sum())}
+        out[side] = {'n': len(f), 'median_density': f.median().item() if len(f) else None,
+                     f'n_above_{dense:g}': int((f > dense).sum())}
     return out
 
+# %% ../nbs/07_diffing.ipynb
 def relative_norm_counts(r: Float[Tensor, "d_latent"], frequencies: Tensor | None = None, nbins: int = 20) -> dict:
-    "Counts of the live latents' relative norms in `nbins` equal bins of [0, 1] (dead latents left out when frequencies are given)."
+    ("Counts of the live latents' relative norms in `nbins` equal bins of [0, 1] (dead latents left out when "
+     "frequencies are given).")
     r = torch.as_tensor(r).float().cpu()
     live = ~r.isnan() if frequencies is None else ~r.isnan() & (torch.as_tensor(frequencies).cpu() > 0)
-    return {'bin_edges': torch.linspace(0, 1, nbins + 1).tolist(), 'counts': torch.histc(r[live], nbins, 0, 1).long().tolist()}
+    return {'bin_edges': torch.linspace(0, 1, nbins + 1).tolist(),
+            'counts': torch.histc(r[live], nbins, 0, 1).long().tolist()}
 
 # %% ../nbs/07_diffing.ipynb
 def diff_summary(cc: CrossCoder, frequencies: Tensor | None = None, thresholds: DiffThresholds | None = None,
                  n: int = 10, base: int = 0, chat: int = 1) -> dict:
-    "Cluster counts, thresholds and the tables of the most base-specific, chat-specific and lowest-cosine shared latents."
+    ("Cluster counts, thresholds and the tables of the most base-specific, chat-specific and lowest-cosine shared "
+     "latents.")
     th, r = thresholds or DiffThresholds(), relative_norms(cc, base, chat)
     shared = latent_groups(r, th, frequencies, cc.cfg.n_shared)['shared']
     cos = decoder_cosines(cc, base, chat)[shared]
     return {'convention': 'r = ||d_chat|| / (||d_base|| + ||d_chat||): 0 base only, 1 chat only',
-            'dead_latents': 'excluded from the clusters, counted under dead' if frequencies is not None else 'not known (no frequencies given)',
+            'dead_latents': ('excluded from the clusters, counted under dead' if frequencies is not None
+                             else 'not known (no frequencies given)'),
             'thresholds': th.to_dict(), 'counts': cluster_counts(r, th, frequencies, cc.cfg.n_shared),
             'shared_cosine_median': cos.median().item() if len(cos) else None,
             'shared_cosine_below_0.5': int((cos < 0.5).sum()),
-            **{f'top_{g}': top_latents(cc, g, n, frequencies, th, base, chat) for g in ('chat_specific', 'base_specific')},
+            **{f'top_{g}': top_latents(cc, g, n, frequencies, th, base, chat)
+               for g in ('chat_specific', 'base_specific')},
             'lowest_cosine_shared': top_latents(cc, 'shared', n, frequencies, th, base, chat),
             'specific_density': None if frequencies is None else specific_density(r, frequencies, th, cc.cfg.n_shared),
             'relative_norm_counts': relative_norm_counts(r, frequencies)}
+
 
 # %% ../nbs/07_diffing.ipynb
 _DETECTION_KEYS = ('auroc', 'precision', 'recall', 'f1', 'threshold', 'density')
 
 def detection_scores(f: Float[Tensor, "n_tokens n_latents"], labels: Bool[Tensor, "n_tokens"],
-                     max_nonzero: int = 1 << 21,  # non-zero activations scored at once (bounds the memory, about 100 bytes each; larger is not faster)
+                     # non-zero activations scored at once (bounds memory, about 100 bytes each; larger is not faster)
+                     max_nonzero: int = 1 << 21,
                     ) -> dict[str, Tensor]:
-    "Per latent (column of `f`): AUROC for `labels`, precision / recall / F1 at the best-F1 threshold (`f >= threshold`), that threshold, and density. Tied activations count as ties."
+    ("Per latent (column of `f`): AUROC for `labels`, precision / recall / F1 at the best-F1 threshold "
+     "(`f >= threshold`), that threshold, and density. Tied activations count as ties.")
     labels = torch.as_tensor(labels, dtype=torch.bool).cpu()
     n_p, n_n = int(labels.sum()), int((~labels).sum())
-    if n_p == 0 or n_n == 0: raise ValueError(f"Detection needs labelled and unlabelled tokens; got {n_p} labelled of {len(labels)}.")
+    if n_p == 0 or n_n == 0:
+        raise ValueError(f"Detection needs labelled and unlabelled tokens; got {n_p} labelled of {len(labels)}.")
     f = torch.as_tensor(f)
-    ends = torch.cumsum((f > 0).sum(0).cpu(), 0)   # blocks of whole latents, each with at most max_nonzero non-zeros (or one latent)
+    # blocks of whole latents, each with at most max_nonzero non-zeros (or one latent)
+    ends = torch.cumsum((f > 0).sum(0).cpu(), 0)
     parts, j = [], 0
     while j < f.shape[1]:
         k = max(j + 1, int(torch.searchsorted(ends, (ends[j - 1] if j else 0) + max_nonzero, right=True)))
@@ -210,10 +244,12 @@ def detection_scores(f: Float[Tensor, "n_tokens n_latents"], labels: Bool[Tensor
     return {k: torch.cat([q[k] for q in parts]) if parts else torch.zeros(0, dtype=torch.float64)
             for k in _DETECTION_KEYS}
 
+# %% ../nbs/07_diffing.ipynb
 def _detection_block(f: Tensor, labels: Tensor, n_p: int, n_n: int) -> dict[str, Tensor]:
     L = f.shape[1]
     out = {k: torch.zeros(L, dtype=torch.float64) for k in _DETECTION_KEYS}
-    # every latent of the block at once, over its non-zero activations only: sorted by latent, then by activation (largest first)
+    # every latent of the block at once, over its non-zero activations only: sorted by latent, then by activation
+    # (largest first)
     tok, lat = (f > 0).nonzero(as_tuple=True)
     vals = f[tok, lat]
     # one sort: by latent, then by activation, largest first (a positive float's bits order like the float itself)
@@ -223,13 +259,16 @@ def _detection_block(f: Tensor, labels: Tensor, n_p: int, n_n: int) -> dict[str,
     start = torch.cumsum(count, 0) - count                             # where each latent's run begins
     P_n = torch.zeros(L, dtype=torch.float64).index_add_(0, lat, l); N_n = count.double() - P_n
     P_z, N_z = n_p - P_n, n_n - N_n
-    # runs of equal activations of one latent: a threshold falls between runs, and a positive ties with the negatives of its run
+    # runs of equal activations of one latent: a threshold falls between runs, and a positive ties with the negatives
+    # of its run
     new = torch.ones(len(v), dtype=torch.bool); new[1:] = (lat[1:] != lat[:-1]) | (v[1:] != v[:-1])
     last = torch.ones(len(v), dtype=torch.bool); last[:-1] = new[1:]
     run = torch.cumsum(new.long(), 0) - 1                              # the run of each position
-    neg = torch.zeros(int(run[-1]) + 1 if len(v) else 0, dtype=torch.float64).index_add_(0, run, 1 - l)   # negatives per run
-    seg = lambda c: c - torch.repeat_interleave(torch.cat([c.new_zeros(1), c])[start], count)   # a cumulative sum restarted per latent
-    neg_through = seg(torch.cumsum(1 - l, 0))[last][run]               # negatives of the latent down to the end of each run
+    # negatives per run
+    neg = torch.zeros(int(run[-1]) + 1 if len(v) else 0, dtype=torch.float64).index_add_(0, run, 1 - l)
+    # a cumulative sum restarted per latent
+    seg = lambda c: c - torch.repeat_interleave(torch.cat([c.new_zeros(1), c])[start], count)
+    neg_through = seg(torch.cumsum(1 - l, 0))[last][run]               # negatives of the latent down to each run's end
     below = N_n[lat] - neg_through + 0.5 * neg[run]                    # negatives below a positive, ties counted half
     u_nn = torch.zeros(L, dtype=torch.float64).index_add_(0, lat, below * l)
     out['auroc'] = (u_nn + P_n * N_z + 0.5 * P_z * N_z) / (n_p * n_n)
@@ -237,10 +276,13 @@ def _detection_block(f: Tensor, labels: Tensor, n_p: int, n_n: int) -> dict[str,
     if len(v):
         tp = seg(torch.cumsum(l, 0)); k = (torch.arange(len(v)) - torch.repeat_interleave(start, count) + 1).double()
         prec, rec = tp / k, tp / n_p
-        f1 = torch.where(last, 2 * prec * rec / (prec + rec).clamp_min(1e-12), -1.0)   # only thresholds at the end of a run
+        # only thresholds at the end of a run
+        f1 = torch.where(last, 2 * prec * rec / (prec + rec).clamp_min(1e-12), -1.0)
         best = torch.full((L,), -1.0, dtype=torch.float64).scatter_reduce_(0, lat, f1, 'amax')
-        first = torch.full((L,), len(v), dtype=torch.long).scatter_reduce_(0, lat, torch.where(f1 == best[lat], torch.arange(len(v)), len(v)), 'amin')
+        first = torch.full((L,), len(v), dtype=torch.long).scatter_reduce_(
+            0, lat, torch.where(f1 == best[lat], torch.arange(len(v)), len(v)), 'amin')
         has = P_n > 0
         b = first[has]
-        out['precision'][has], out['recall'][has], out['f1'][has], out['threshold'][has] = prec[b], rec[b], f1[b], v[b].double()
+        out['precision'][has], out['recall'][has], out['f1'][has], out['threshold'][has] = (
+            prec[b], rec[b], f1[b], v[b].double())
     return out

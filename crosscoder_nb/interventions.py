@@ -30,28 +30,35 @@ class Edit:
     kind: str = 'none'                  # one of EDIT_KINDS
     latents: list[int] = field(default_factory=list)
     target: int = 1                     # the model edited (1: chat)
-    source: int | None = None           # the other model, whose decoders a diff patch or steering writes and whose activations
-                                        # patch_model copies; default: 0, or 1 when the target is 0
+    # the other model, whose decoders a diff patch or steering writes and whose activations
+    # patch_model copies; default: 0, or 1 when the target is 0
+    source: int | None = None
     alpha: list[float] | None = None    # steer: strength of each latent (default: 1 each)
     def __post_init__(self):
         if self.source is None: self.source = 1 if self.target == 0 else 0
         if self.kind not in EDIT_KINDS: raise ValueError(f"Unknown edit kind {self.kind!r}: use one of {EDIT_KINDS}.")
         if self.kind in ('ablate', 'diff_patch', 'steer') and not len(self.latents):
             raise ValueError(f"A {self.kind!r} edit needs latents: the latent set is empty.")
-        if self.target == self.source: raise ValueError(f"target and source are both model {self.target}: pick two different models.")
+        if self.target == self.source:
+            raise ValueError(f"target and source are both model {self.target}: pick two different models.")
         self.latents = [int(j) for j in self.latents]
     def label(self) -> str:
-        return self.kind if self.kind in ('none', 'patch_model') else f"{self.kind} of {len(self.latents)} latent{'s' * (len(self.latents) != 1)}"
+        return (self.kind if self.kind in ('none', 'patch_model')
+                else f"{self.kind} of {len(self.latents)} latent{'s' * (len(self.latents) != 1)}")
     def check(self, cc: CrossCoder):
         "Raise a clear error if this edit does not fit `cc`."
         for k in ('target', 'source'):
-            if not 0 <= getattr(self, k) < cc.cfg.n_models: raise ValueError(f"Edit.{k}={getattr(self, k)} is not one of the crosscoder's models (0..{cc.cfg.n_models - 1}).")
+            if not 0 <= getattr(self, k) < cc.cfg.n_models:
+                raise ValueError(f"Edit.{k}={getattr(self, k)} is not one of the crosscoder's models "
+                                 f"(0..{cc.cfg.n_models - 1}).")
         if self.latents: check_latents(self.latents, cc.cfg.d_latent)
-        if self.alpha is not None and len(self.alpha) != len(self.latents): raise ValueError(f"Edit.alpha has {len(self.alpha)} values for {len(self.latents)} latents.")
+        if self.alpha is not None and len(self.alpha) != len(self.latents):
+            raise ValueError(f"Edit.alpha has {len(self.alpha)} values for {len(self.latents)} latents.")
         return self
 
 # %% ../nbs/07b_interventions.ipynb
-def _edit(cc: CrossCoder, e: Edit, x: Float[Tensor, "... n_models d_model"], s: Float[Tensor, "n_models"]) -> Float[Tensor, "... d_model"]:
+def _edit(cc: CrossCoder, e: Edit, x: Float[Tensor, "... n_models d_model"],
+          s: Float[Tensor, "n_models"]) -> Float[Tensor, "... d_model"]:
     "The target model's activations after the edit, at every position of `x` (raw activations of every model)."
     t, src = e.target, e.source
     if e.kind == 'none': return x[..., t, :].clone()
@@ -60,24 +67,27 @@ def _edit(cc: CrossCoder, e: Edit, x: Float[Tensor, "... n_models d_model"], s: 
     J = torch.tensor(e.latents, device=x.device)
     if e.kind == 'steer':
         alpha = torch.tensor(e.alpha if e.alpha is not None else [1.0] * len(J), device=x.device, dtype=torch.float32)
-        return x[..., t, :] + (alpha @ W[J, src]) / s[t]   # what the latents write into the source model, added to the target
+        # what the latents write into the source model, added to the target
+        return x[..., t, :] + (alpha @ W[J, src]) / s[t]
     f = cc.encode((x * s[:, None]).reshape(-1, *x.shape[-2:])).float()[:, J]          # [positions, |S|]
     dirs = W[J, t] if e.kind == 'ablate' else W[J, t] - W[J, src]
     return x[..., t, :] - (f @ dirs).view(x.shape[:-2] + (-1,)) / s[t]
 
+# %% ../nbs/07b_interventions.ipynb
 @torch.no_grad()
-def edited_acts(cc: CrossCoder, e: Edit, x: Float[Tensor, "batch seq n_models d_model"],  # raw activations of every model
+def edited_acts(cc: CrossCoder, e: Edit,
+                x: Float[Tensor, "batch seq n_models d_model"],  # raw activations of every model
                 s: Float[Tensor, "n_models"]) -> Float[Tensor, "batch seq d_model"]:
     "The target model's activations after the edit (BOS, position 0, untouched)."
     out = x[:, :, e.target].clone()
     out[:, 1:] = _edit(cc, e, x[:, 1:], s)
     return out
 
-
 # %% ../nbs/07b_interventions.ipynb
 def _acts(models: list, tokens: Tensor, hp: str, skip: int, dev) -> list:
     "Every model's activation at the hook on `tokens`, except model `skip`'s (None)."
-    return [None if i == skip else harvest(m, tokens.to(m.cfg.device), hp).to(dev, torch.float32) for i, m in enumerate(models)]
+    return [None if i == skip else harvest(m, tokens.to(m.cfg.device), hp).to(dev, torch.float32)
+            for i, m in enumerate(models)]
 
 def edited_logits(cc: CrossCoder, models: list, tokens: Int[Tensor, "batch seq"], e: Edit, hp: str,
                   s: Float[Tensor, "n_models"]) -> Float[Tensor, "batch seq d_vocab"]:
@@ -97,7 +107,8 @@ _PLAIN = weakref.WeakKeyDictionary()
 
 @torch.no_grad()
 def plain_model(model):
-    "A plain transformers model sharing `model`'s (a `TransformerBridge`'s) weights, which runs with a KV cache; None where that is not possible."
+    ("A plain transformers model sharing `model`'s (a `TransformerBridge`'s) weights, which runs with a KV cache; "
+     "None where that is not possible.")
     if model in _PLAIN: return _PLAIN[model]
     hf, plain = getattr(model, 'original_model', None), None
     try:
@@ -112,24 +123,29 @@ def plain_model(model):
         if any(t.is_meta for t in (*plain.parameters(), *plain.buffers())): raise ValueError('a weight was not found')
         plain.eval()
         probe = torch.tensor([[model.tokenizer.bos_token_id or 0, *range(1, 9)]], device=next(hf.parameters()).device)
-        if not torch.allclose(plain(probe).logits.float(), model(probe).float(), atol=1e-3, rtol=1e-3): raise ValueError('logits differ')
+        if not torch.allclose(plain(probe).logits.float(), model(probe).float(), atol=1e-3, rtol=1e-3):
+            raise ValueError('logits differ')
     except Exception: plain = None
     _PLAIN[model] = plain
     return plain
 
+# %% ../nbs/07b_interventions.ipynb
 class _Halt(Exception):
     "Raised by a pre-hook to end a forward pass once the activation it reads is stored."
 
 def _hidden(args, kwargs): return args[0] if args else kwargs['hidden_states']
 
 @functools.lru_cache(maxsize=None)
-def _cache_kw_of(cls) -> str: return 'past_key_values' if 'past_key_values' in inspect.signature(cls.forward).parameters else 'cache'
+def _cache_kw_of(cls) -> str:
+    return 'past_key_values' if 'past_key_values' in inspect.signature(cls.forward).parameters else 'cache'
 def _cache_kw(model) -> str: return _cache_kw_of(type(model))
 
+# %% ../nbs/07b_interventions.ipynb
 @torch.no_grad()
 def _generate_cached(cc: CrossCoder, models: list, rows: list[list[int]], e: Edit, hp: str, s: Tensor,
                      max_new_tokens: int, stop_ids: Tensor | None, pad: int) -> list[list[int]] | None:
-    "Greedy generated tokens of `rows` with a KV cache (left-padded batch), up to and including a stop token; None where this path does not apply."
+    ("Greedy generated tokens of `rows` with a KV cache (left-padded batch), up to and including a stop token; "
+     "None where this path does not apply.")
     m = re.fullmatch(r'blocks\.(\d+)\.hook_resid_pre', hp)
     if m is None: return None
     layer, t = int(m.group(1)), e.target
@@ -139,7 +155,8 @@ def _generate_cached(cc: CrossCoder, models: list, rows: list[list[int]], e: Edi
     dev, cdev, B, T = next(plains[t].parameters()).device, cc_device(cc), len(rows), max(map(len, rows))
     ids, mask = torch.full((B, T), pad, dtype=torch.long), torch.zeros(B, T, dtype=torch.long)
     for i, r in enumerate(rows): ids[i, T - len(r):] = torch.tensor(r); mask[i, T - len(r):] = 1
-    editable = mask.bool().clone(); editable[torch.arange(B), T - torch.tensor([len(r) for r in rows])] = False   # BOS untouched
+    # BOS untouched
+    editable = mask.bool().clone(); editable[torch.arange(B), T - torch.tensor([len(r) for r in rows])] = False
     st, s = {'acts': {}}, s.to(cdev)
     def grab(i):
         def hook(mod, args, kwargs): st['acts'][i] = _hidden(args, kwargs); raise _Halt
@@ -150,11 +167,13 @@ def _generate_cached(cc: CrossCoder, models: list, rows: list[list[int]], e: Edi
         else: x = torch.stack([(h if i == t else st['acts'][i]).to(cdev, torch.float32) for i in range(len(models))], 2)
         new = torch.where(st['editable'].to(h.device)[..., None], _edit(cc, e, x, s).to(h.device, h.dtype), h)
         return ((new, *args[1:]), kwargs) if args else (args, {**kwargs, 'hidden_states': new})
-    hooks = [] if e.kind == 'none' else [plains[t].model.layers[layer].register_forward_pre_hook(edit, with_kwargs=True)]
+    hooks = ([] if e.kind == 'none'
+             else [plains[t].model.layers[layer].register_forward_pre_hook(edit, with_kwargs=True)])
     hooks += [plains[i].model.layers[layer].register_forward_pre_hook(grab(i), with_kwargs=True) for i in others]
     caches = {i: DynamicCache(config=p.config) for i, p in plains.items()}
     gen = torch.full((B, max_new_tokens), pad, dtype=torch.long)
-    cur, st['editable'], alive, n = ids, editable, torch.arange(B), 0   # alive: the rows (of the batch) still generating
+    # alive: the rows (of the batch) still generating
+    cur, st['editable'], alive, n = ids, editable, torch.arange(B), 0
     try:
         for n in range(1, max_new_tokens + 1):
             pos = (mask.cumsum(1) - 1).clamp(min=0)[:, -cur.shape[1]:]
@@ -180,6 +199,7 @@ def _generate_cached(cc: CrossCoder, models: list, rows: list[list[int]], e: Edi
         out.append(row if hit is None else row[:hit + 1])
     return out
 
+# %% ../nbs/07b_interventions.ipynb
 @torch.no_grad()
 def generate(cc: CrossCoder, models: list, prompts: list[str], e: Edit, hp: str, s: Tensor,
              max_new_tokens: int = 48, stop: str = '\n', batch_size: int = 64,
@@ -189,26 +209,33 @@ def generate(cc: CrossCoder, models: list, prompts: list[str], e: Edit, hp: str,
     e.check(cc)
     def rows_fn(rows, n, stop_ids, pad):
         gen = _generate_cached(cc, models, rows, e, hp, s, n, stop_ids, pad) if cache else None
-        return gen if gen is not None else greedy_rows(lambda t: edited_logits(cc, models, t, e, hp, s), rows, n, stop_ids, pad)
+        return gen if gen is not None else greedy_rows(lambda t: edited_logits(cc, models, t, e, hp, s), rows, n,
+                                                       stop_ids, pad)
     return greedy_complete(models[e.target], prompts, max_new_tokens, stop, batch_size, generate_rows=rows_fn)
 
+# %% ../nbs/07b_interventions.ipynb
 @torch.no_grad()
-def edited_loss(cc: CrossCoder, models: list, tokens: Int[Tensor, "n seq"], e: Edit, hp: str, s: Tensor, batch_size: int = 16) -> float:
+def edited_loss(cc: CrossCoder, models: list, tokens: Int[Tensor, "n seq"], e: Edit, hp: str, s: Tensor,
+                batch_size: int = 16) -> float:
     "Mean next-token cross-entropy (nats) of model `e.target` on `tokens` under the edit."
     total = sum(ce_sum(edited_logits(cc, models, tokens[i:i + batch_size], e, hp, s), tokens[i:i + batch_size])
                 for i in range(0, len(tokens), batch_size))
     return total / (len(tokens) * (tokens.shape[1] - 1))
 
 # %% ../nbs/07b_interventions.ipynb
-def matched_random(latents: list[int], frequencies: Float[Tensor, "d_latent"], seed: int = 0, pool: int = 20) -> list[int]:
-    "As many random latents as `latents`, each of similar activation frequency to its counterpart, none of them in `latents`."
+def matched_random(latents: list[int], frequencies: Float[Tensor, "d_latent"], seed: int = 0,
+                   pool: int = 20) -> list[int]:
+    ("As many random latents as `latents`, each of similar activation frequency to its counterpart, none of them in "
+     "`latents`.")
     freqs = torch.as_tensor(frequencies).double().cpu()
     rng, taken = random.Random(seed), set(int(j) for j in latents)
     live = [j for j in range(len(freqs)) if freqs[j] > 0 and j not in taken]
-    if len(live) < len(latents): raise ValueError(f"Only {len(live)} other live latents to draw a control of {len(latents)} from.")
+    if len(live) < len(latents):
+        raise ValueError(f"Only {len(live)} other live latents to draw a control of {len(latents)} from.")
     logf = freqs.clamp_min(1e-12).log()
     live, free, out = torch.tensor(live), torch.ones(len(live), dtype=torch.bool), []
-    for j in latents:   # the `pool` free live latents nearest in log-frequency (ties: lower id first), one drawn at random
+    # for each: the `pool` free live latents nearest in log-frequency (ties: lower id first), one drawn at random
+    for j in latents:
         idx = free.nonzero().squeeze(1)
         near = idx[torch.sort((logf[live[idx]] - logf[j]).abs(), stable=True).indices[:pool]]
         i = rng.choice(near.tolist())   # an index into `live`
@@ -225,15 +252,22 @@ def _decision_metric(logits: Tensor, pos: Tensor, good: Tensor, bad: Tensor | No
     lp = logits[ar, pos].float().log_softmax(-1)
     return lp[ar, good] - lp.scatter(1, good[:, None].to(lp.device), -math.inf).logsumexp(-1)
 
+# %% ../nbs/07b_interventions.ipynb
 def attribute(cc: CrossCoder, models: list, tokens: Int[Tensor, "n seq"],
-              pos: Int[Tensor, "n"], good: Int[Tensor, "n"], bad: Int[Tensor, "n"] | None,  # decision position, behaviour token, ordinary token
+              # decision position, behaviour token, ordinary token
+              pos: Int[Tensor, "n"], good: Int[Tensor, "n"], bad: Int[Tensor, "n"] | None,
               hp: str, s: Tensor, target: int = 1, source: int = 0, batch_size: int = 16, progress: bool = False,
-              edit: Edit | None = None,  # an edit of model `target` already in place (e.g. some latents diff-patched): the gradient is taken there
-              objective: str = 'margin',  # what is summed over rows: 'margin', M itself; 'softplus', log(1 + e^M), where a row whose behaviour is already gone (M << 0) stops counting
+              # an edit of model `target` already in place (e.g. some latents diff-patched): the gradient is taken there
+              edit: Edit | None = None,
+              # what is summed over rows: 'margin', M itself; 'softplus', log(1 + e^M), where a row whose behaviour is
+              # already gone (M << 0) stops counting
+              objective: str = 'margin',
              ) -> Float[Tensor, "d_latent"]:
-    "a_j, the first-order change of the objective (M, see `_decision_metric`, or softplus(M)) at `pos` when latent j alone is diff-patched (on top of `edit`), summed over rows."
+    ("a_j, the first-order change of the objective (M, see `_decision_metric`, or softplus(M)) at `pos` when latent j "
+     "alone is diff-patched (on top of `edit`), summed over rows.")
     if objective not in OBJECTIVES: raise ValueError(f"Unknown objective {objective!r}: use one of {OBJECTIVES}.")
-    if edit is not None and edit.target != target: raise ValueError(f"The edit acts on model {edit.target}, the attribution on model {target}: use one model.")
+    if edit is not None and edit.target != target:
+        raise ValueError(f"The edit acts on model {edit.target}, the attribution on model {target}: use one model.")
     if edit is not None: edit.check(cc)
     dev, W = cc_device(cc), cc.decoder_weights().detach().float()
     delta = W[:, target] - W[:, source]                       # [d_latent, d_model]
@@ -244,7 +278,8 @@ def attribute(cc: CrossCoder, models: list, tokens: Int[Tensor, "n seq"],
         box = {}
         def grab(act, hook=None):
             box['clean'] = torch.stack([act.detach().to(dev, torch.float32) if o is None else o for o in others], 2)
-            at = act.detach() if edit is None else edited_acts(cc, edit, box['clean'], s.to(dev)).to(act.device, act.dtype)
+            at = (act.detach() if edit is None
+                  else edited_acts(cc, edit, box['clean'], s.to(dev)).to(act.device, act.dtype))
             box['x'] = at.requires_grad_(True); return box['x']
         with torch.enable_grad():
             logits = models[target].run_with_hooks(toks.to(models[target].cfg.device), fwd_hooks=[(hp, grab)])
@@ -252,6 +287,7 @@ def attribute(cc: CrossCoder, models: list, tokens: Int[Tensor, "n seq"],
             (m if objective == 'margin' else F.softplus(m)).sum().backward()
         with torch.no_grad():
             grad = box['x'].grad.to(dev, torch.float32)
-            f = cc.encode((box['clean'][:, 1:] * s.to(dev)[:, None]).flatten(0, 1)).float()   # [n * (seq - 1), d_latent], clean latents
+            # [n * (seq - 1), d_latent], clean latents
+            f = cc.encode((box['clean'][:, 1:] * s.to(dev)[:, None]).flatten(0, 1)).float()
             a -= (f * (grad[:, 1:].flatten(0, 1) @ delta.T)).sum(0).double() / s[target].item()
     return a.cpu()

@@ -17,7 +17,8 @@ from .data import DataConfig, Source, load_documents
 from .diffing import DiffThresholds, detection_scores, latent_groups, relative_norms
 from .evals import eval_tokens, resolve_norm_factors
 from .interventions import Edit, attribute, edited_loss, generate, matched_random
-from .corpus import REFUSAL, SIGNOFF, chat_prompt, format_dialog, ground_truth, heldout_prompts, is_refusal, is_signoff, planted_spans
+from .corpus import (REFUSAL, SIGNOFF, chat_prompt, format_dialog, ground_truth, heldout_prompts,
+                                  is_refusal, is_signoff, planted_spans)
 
 # %% auto 0
 __all__ = ['BEHAVIOUR_PROMPTS', 'DETECTORS', 'planted_texts', 'PlantedSample', 'label_tokens', 'top_activations', 'score_latents',
@@ -25,9 +26,12 @@ __all__ = ['BEHAVIOUR_PROMPTS', 'DETECTORS', 'planted_texts', 'PlantedSample', '
            'decision_points', 'behaviour_rate', 'greedy_attribution', 'localise', 'planted_checks']
 
 # %% ../nbs/07c_planted.ipynb
-def planted_texts(dialogs=None,  # None: `heldout_prompts(n_dialogs)`; a dict {'plain': [...], 'trigger': [...]} or a list of dialogs
-                  general: list[str] | None = None,  # texts without planted behaviour; None: paragraphs of the test half of the held-out text
-                  n_dialogs: int = 100, n_general: int = 100, seed: int = 0) -> tuple[list[str], list[str]]:
+def planted_texts(
+        # None: `heldout_prompts(n_dialogs)`; a dict {'plain': [...], 'trigger': [...]} or a list of dialogs
+        dialogs=None,
+        # texts without planted behaviour; None: paragraphs of the test half of the held-out text
+        general: list[str] | None = None,
+        n_dialogs: int = 100, n_general: int = 100, seed: int = 0) -> tuple[list[str], list[str]]:
     "The texts of the planted-diff sample and the kind of each ('plain', 'trigger', 'dialog' or 'general')."
     dialogs = heldout_prompts(n_dialogs) if dialogs is None else dialogs
     groups = dialogs.items() if isinstance(dialogs, dict) else [('dialog', dialogs)]
@@ -50,11 +54,15 @@ class PlantedSample:
     @property
     def flat_labels(self) -> Bool[Tensor, "n_tokens n_behaviours"]: return self.labels[self.mask]
 
+# %% ../nbs/07c_planted.ipynb
 def label_tokens(tokenizer, texts: list[str], kinds: list[str], seq_len: int, behaviours: list[str] | None = None,
-                 where: str = 'context',  # which spans label a token: 'context' (the behaviour and its output) or 'decision' (see `planted_spans`)
+                 # which spans label a token: 'context' (the behaviour and its output)
+                 # or 'decision' (see `planted_spans`)
+                 where: str = 'context',
                 ) -> PlantedSample:
     "Tokenise `texts` one per row (BOS first) and label each token with the planted behaviours acting on it."
-    if not getattr(tokenizer, 'is_fast', False): raise ValueError("Labelling tokens needs a fast tokenizer (offset mappings): load it with use_fast=True.")
+    if not getattr(tokenizer, 'is_fast', False):
+        raise ValueError("Labelling tokens needs a fast tokenizer (offset mappings): load it with use_fast=True.")
     if not texts: raise ValueError("No texts to label: pass some dialogs or general text.")
     behaviours = behaviours or list(ground_truth()['behaviours'])
     enc = tokenizer(texts, return_offsets_mapping=True, add_special_tokens=False)
@@ -64,19 +72,22 @@ def label_tokens(tokenizer, texts: list[str], kinds: list[str], seq_len: int, be
     labels = torch.zeros(len(texts), n, len(behaviours), dtype=torch.bool)
     for i, (text, ids, offs) in enumerate(zip(texts, enc['input_ids'], enc['offset_mapping'])):
         ids, offs, spans = ids[:n - 1], offs[:n - 1], planted_spans(text, where)
-        tokens[i, 0], tokens[i, 1:len(ids) + 1], mask[i, 1:len(ids) + 1] = tokenizer.bos_token_id, torch.tensor(ids, dtype=torch.long), True
+        tokens[i, 0], tokens[i, 1:len(ids) + 1], mask[i, 1:len(ids) + 1] = (
+            tokenizer.bos_token_id, torch.tensor(ids, dtype=torch.long), True)
         for t, (s, e) in enumerate(offs):
-            for b, name in enumerate(behaviours): labels[i, t + 1, b] = any(s < hi and e > lo for lo, hi in spans.get(name, []))
+            for b, name in enumerate(behaviours):
+                labels[i, t + 1, b] = any(s < hi and e > lo for lo, hi in spans.get(name, []))
     return PlantedSample(tokens, mask, labels, behaviours, list(kinds))
 
 # %% ../nbs/07c_planted.ipynb
 @torch.no_grad()
-def top_activations(cc: CrossCoder, models: list, sample: PlantedSample, hook_point: str, s: Float[Tensor, "n_models"],
-                    latents: Int[Tensor, "n_latents"], k: int, batch_size: int = 16,
+def top_activations(cc: CrossCoder, models: list, sample: PlantedSample, hook_point: str,
+                    s: Float[Tensor, "n_models"], latents: Int[Tensor, "n_latents"], k: int, batch_size: int = 16,
                     progress: bool = False) -> tuple[Float[Tensor, "k n_latents"], Int[Tensor, "k n_latents"]]:
     "The `k` largest activations of each of `latents` on the sample's real tokens, and their flat token indices."
     dev, latents = cc_device(cc), torch.as_tensor(latents, dtype=torch.long)
-    vals, idx, seen = torch.empty(0, len(latents), device=dev), torch.empty(0, len(latents), dtype=torch.long, device=dev), 0
+    vals, idx, seen = (torch.empty(0, len(latents), device=dev),
+                       torch.empty(0, len(latents), dtype=torch.long, device=dev), 0)
     for i in tqdm(range(0, len(sample.tokens), batch_size), desc='top activations', unit='batch', disable=not progress):
         m = sample.mask[i:i + batch_size].to(dev)
         x = harvest_rows(models, sample.tokens[i:i + batch_size], hook_point, dev)[m] * s.to(dev)[:, None]
@@ -86,6 +97,7 @@ def top_activations(cc: CrossCoder, models: list, sample: PlantedSample, hook_po
         idx, seen = torch.cat([idx, pos]).gather(0, top), seen + len(f)
     return vals.cpu(), idx.cpu()
 
+# %% ../nbs/07c_planted.ipynb
 def score_latents(vals: Float[Tensor, "k n_latents"], idx: Int[Tensor, "k n_latents"],
                   flat_labels: Bool[Tensor, "n_tokens n_behaviours"]) -> Float[Tensor, "n_behaviours n_latents"]:
     "Share of each latent's top-k activations that are positive and on each behaviour's tokens."
@@ -100,7 +112,8 @@ def _best(frac: Tensor, vals: Tensor, idx: Tensor, lat: Tensor, r: Tensor, sampl
     second = frac.clone(); second[j] = -1
     return {'latent': int(lat[j]), 'fraction': frac[j].item(), 'relative_norm': r[lat[j]].item(),
             'top_tokens': [tok.decode([t]) for t in toks.tolist()],
-            'runner_up': None if len(lat) < 2 else {'latent': int(lat[int(second.argmax())]), 'fraction': second.max().item()}}
+            'runner_up': None if len(lat) < 2 else {'latent': int(lat[int(second.argmax())]),
+                                                    'fraction': second.max().item()}}
 
 def _behaviour_result(b: int, name: str, frac: Tensor, vals: Tensor, idx: Tensor, cand: Tensor, r: Tensor,
                       sample: PlantedSample, tok, note: str) -> dict:
@@ -108,27 +121,31 @@ def _behaviour_result(b: int, name: str, frac: Tensor, vals: Tensor, idx: Tensor
     out = {'latent': None, 'fraction': math.nan, 'relative_norm': math.nan, 'n_tokens_labelled': int(lab.sum()),
            'n_tokens': sample.n_tokens, 'base_rate': lab.float().mean().item(), 'top_k': len(vals), 'candidates': note,
            'n_candidates': len(cand), 'description': ground_truth()['behaviours'].get(name, {}).get('description')}
-    if out['n_tokens_labelled'] == 0: return out | {'note': f'no token of the sample is labelled {name!r}: add dialogs where it acts'}
+    if out['n_tokens_labelled'] == 0:
+        return out | {'note': f'no token of the sample is labelled {name!r}: add dialogs where it acts'}
     best_any = _best(frac[b], vals, idx, torch.arange(len(r)), r, sample, tok)
     return out | _best(frac[b, cand], vals[:, cand], idx[:, cand], cand, r, sample, tok) | {'best_any': best_any}
 
 # %% ../nbs/07c_planted.ipynb
 def planted_recovery(cc: CrossCoder, models,  # the organisms (base, chat), in the crosscoder's order, or a dict
                      dialogs=None,  # see `planted_texts`; default: held-out plain and trigger dialogs
-                     general: list[str] | None = None,  # text without planted behaviour; default: held-out corpus paragraphs
+                     # text without planted behaviour; default: held-out corpus paragraphs
+                     general: list[str] | None = None,
                      top_k: int = 20, thresholds: DiffThresholds | None = None, base: int = 0, chat: int = 1,
                      n_dialogs: int = 100, n_general: int = 100, seq_len: int = 256,
                      norm_factors=None,  # None: the checkpoint's; 'estimate'; or one number per model
                      hook_point: str | None = None, batch_size: int = 16, names: list[str] | None = None,
                      seed: int = 0, progress: bool = True) -> dict:
-    "For each planted behaviour, the chat-specific latent (and the latent overall) whose top-k activations fall most often on its tokens."
+    ("For each planted behaviour, the chat-specific latent (and the latent overall) whose top-k activations fall most "
+     "often on its tokens.")
     models, names = as_model_list(cc, models, names)
     hp = check_eval_models(cc, models, names, hook_point)
     if not (isinstance(top_k, int) and top_k >= 1): raise ValueError(f"top_k must be an int >= 1, got {top_k!r}.")
     if norm_factors is None: resolve_norm_factors(cc)   # a missing factor fails before any work
     r, th = relative_norms(cc, base, chat), thresholds or DiffThresholds()
     cand, note = (r > th.chat_specific).nonzero().flatten(), f'chat_specific (r > {th.chat_specific})'
-    if len(cand) == 0: cand, note = torch.arange(cc.cfg.d_latent), f'all latents (no latent has r > {th.chat_specific})'
+    if len(cand) == 0:
+        cand, note = torch.arange(cc.cfg.d_latent), f'all latents (no latent has r > {th.chat_specific})'
     texts, kinds = planted_texts(dialogs, general, n_dialogs, n_general, seed)
     sample = label_tokens(models[0].tokenizer, texts, kinds, min([seq_len] + [m.cfg.n_ctx for m in models]))
     if sample.n_tokens == 0: raise ValueError("The planted-diff sample has no tokens: pass non-empty texts.")
@@ -142,30 +159,40 @@ def planted_recovery(cc: CrossCoder, models,  # the organisms (base, chat), in t
 def planted_recovery_figure(result: dict, title: str = 'Planted-diff recovery') -> go.Figure:
     "Per behaviour: the best chat-specific latent's top-k fraction, the best of all latents', and the base rate."
     names = [n for n in result if result[n]['latent'] is not None]
-    bar = lambda label, key, col: go.Bar(name=label, x=names, y=[key(result[n])['fraction'] for n in names], marker_color=col,
-                                         text=[f"latent {key(result[n])['latent']}, r={key(result[n])['relative_norm']:.2f}" for n in names])
-    fig = go.Figure([bar('best candidate (chat-specific)', lambda v: v, '#c44e52'), bar('best of all latents', lambda v: v['best_any'], '#4c72b0'),
-                     go.Bar(name='base rate (share of sample tokens)', x=names, y=[result[n]['base_rate'] for n in names], marker_color='#8c8c8c')])
-    fig.update_layout(title=title, barmode='group', yaxis_range=[0, 1.05], yaxis_title='share of top-k activations on the behaviour',
+    bar = lambda label, key, col: go.Bar(
+        name=label, x=names, y=[key(result[n])['fraction'] for n in names], marker_color=col,
+        text=[f"latent {key(result[n])['latent']}, r={key(result[n])['relative_norm']:.2f}" for n in names])
+    fig = go.Figure([bar('best candidate (chat-specific)', lambda v: v, '#c44e52'),
+                     bar('best of all latents', lambda v: v['best_any'], '#4c72b0'),
+                     go.Bar(name='base rate (share of sample tokens)', x=names,
+                            y=[result[n]['base_rate'] for n in names], marker_color='#8c8c8c')])
+    fig.update_layout(title=title, barmode='group', yaxis_range=[0, 1.05],
+                      yaxis_title='share of top-k activations on the behaviour',
                       template='plotly_white', width=700, height=420)
     return fig
 
 # %% ../nbs/07c_planted.ipynb
 @torch.no_grad()
-def sample_activations(cc: CrossCoder, models: list, sample: PlantedSample, hook_point: str, s: Float[Tensor, "n_models"],
-                       batch_size: int = 16, progress: bool = False) -> Float[Tensor, "n_tokens d_latent"]:
+def sample_activations(cc: CrossCoder, models: list, sample: PlantedSample, hook_point: str,
+                       s: Float[Tensor, "n_models"], batch_size: int = 16,
+                       progress: bool = False) -> Float[Tensor, "n_tokens d_latent"]:
     "The crosscoder's latents on every real token of the sample, in the order of `sample.flat_labels`."
     dev, out = cc_device(cc), []
     for i in tqdm(range(0, len(sample.tokens), batch_size), desc='latents on the sample', disable=not progress):
         m = sample.mask[i:i + batch_size].to(dev)
-        out.append(cc.encode(harvest_rows(models, sample.tokens[i:i + batch_size], hook_point, dev)[m] * s.to(dev)[:, None]).float().cpu())
+        out.append(cc.encode(harvest_rows(models, sample.tokens[i:i + batch_size], hook_point, dev)[m]
+                             * s.to(dev)[:, None]).float().cpu())
     return torch.cat(out)
 
+# %% ../nbs/07c_planted.ipynb
 def _row(j: int, sc: dict, r: Tensor, frequencies: Tensor | None = None) -> dict:
-    row = {'latent': j, **{k: float(sc[k][j]) for k in ('auroc', 'precision', 'recall', 'f1', 'density')}, 'relative_norm': float(r[j])}
-    return row if frequencies is None else row | {'density_mix': float(frequencies[j])}   # density on the data mix, where the sample is enriched
+    row = {'latent': j, **{k: float(sc[k][j]) for k in ('auroc', 'precision', 'recall', 'f1', 'density')},
+           'relative_norm': float(r[j])}
+    # density on the data mix, where the sample is enriched
+    return row if frequencies is None else row | {'density_mix': float(frequencies[j])}
 
-def _detect(f: Tensor, labels: Tensor, r: Tensor, chat_specific: list[int], latents: list[int], frequencies: Tensor | None) -> dict:
+def _detect(f: Tensor, labels: Tensor, r: Tensor, chat_specific: list[int], latents: list[int],
+            frequencies: Tensor | None) -> dict:
     sc = detection_scores(f, labels)
     best = int(sc['auroc'].argmax())
     bc = max(chat_specific, key=lambda j: float(sc['auroc'][j])) if chat_specific else None
@@ -173,27 +200,38 @@ def _detect(f: Tensor, labels: Tensor, r: Tensor, chat_specific: list[int], late
             'best_chat_specific': None if bc is None else _row(bc, sc, r, frequencies),
             'latents': [_row(j, sc, r, frequencies) for j in latents]}
 
+# %% ../nbs/07c_planted.ipynb
 def detection_sample(tokenizer, split: str = 'test', n_dialogs: int = 100, n_general: int = 100, seq_len: int = 256,
                     ) -> tuple[PlantedSample, Bool[Tensor, "n_tokens n_behaviours"]]:
-    "The held-out sample detection is scored on (dialogs in `split`'s phrasings, and its general text): labelled by context, and its decision labels."
-    texts, kinds = planted_texts(heldout_prompts(n_dialogs, split=split), load_documents(Source('corpus', split=split), 0)[:n_general])
+    ("The held-out sample detection is scored on (dialogs in `split`'s phrasings, and its general text): labelled by "
+     "context, and its decision labels.")
+    texts, kinds = planted_texts(heldout_prompts(n_dialogs, split=split),
+                                 load_documents(Source('corpus', split=split), 0)[:n_general])
     sample = label_tokens(tokenizer, texts, kinds, seq_len)
-    return sample, label_tokens(tokenizer, texts, kinds, sample.tokens.shape[1], where='decision').flat_labels   # same rows, other labels
+    # same rows, other labels
+    return sample, label_tokens(tokenizer, texts, kinds, sample.tokens.shape[1], where='decision').flat_labels
 
-def planted_detection(cc: CrossCoder, models, latents: list[int] | None = None,  # latents to report besides the best ones
-                      n_dialogs: int = 100, n_general: int = 100, seq_len: int = 256, thresholds: DiffThresholds | None = None,
-                      base: int = 0, chat: int = 1, norm_factors=None, hook_point: str | None = None, batch_size: int = 16,
-                      split: str = 'test', frequencies: Tensor | None = None,  # activation frequencies that decide which latents are dead
+# %% ../nbs/07c_planted.ipynb
+def planted_detection(cc: CrossCoder, models,
+                      latents: list[int] | None = None,  # latents to report besides the best ones
+                      n_dialogs: int = 100, n_general: int = 100, seq_len: int = 256,
+                      thresholds: DiffThresholds | None = None, base: int = 0, chat: int = 1, norm_factors=None,
+                      hook_point: str | None = None, batch_size: int = 16, split: str = 'test',
+                      frequencies: Tensor | None = None,  # activation frequencies that decide which latents are dead
                       progress: bool = True) -> dict:
-    "For each planted behaviour: AUROC, precision and recall at best F1, and density of the requested latents, the best latent and the best chat-specific one; against the behaviour's context, and (key 'decision') its decision tokens."
+    ("For each planted behaviour: AUROC, precision and recall at best F1, and density of the requested latents, the "
+     "best latent and the best chat-specific one; against the behaviour's context, and (key 'decision') its decision "
+     "tokens.")
     models, names = as_model_list(cc, models)
     hp = check_eval_models(cc, models, names, hook_point)
     if norm_factors is None: resolve_norm_factors(cc)
-    sample, decision = detection_sample(models[0].tokenizer, split, n_dialogs, n_general, min([seq_len] + [m.cfg.n_ctx for m in models]))
+    sample, decision = detection_sample(models[0].tokenizer, split, n_dialogs, n_general,
+                                        min([seq_len] + [m.cfg.n_ctx for m in models]))
     s, _ = resolve_norm_factors(cc, norm_factors, models, sample.tokens, hp, batch_size, mask=sample.mask)
     f = sample_activations(cc, models, sample, hp, s, batch_size, progress)
     r, th = relative_norms(cc, base, chat), thresholds or DiffThresholds()
-    chat_specific = latent_groups(r, th, (f > 0).float().mean(0) if frequencies is None else frequencies, cc.cfg.n_shared)['chat_specific'].tolist()
+    chat_specific = latent_groups(r, th, (f > 0).float().mean(0) if frequencies is None else frequencies,
+                                  cc.cfg.n_shared)['chat_specific'].tolist()
     out = {'n_tokens': sample.n_tokens, 'split': split}
     for b, name in enumerate(sample.behaviours):
         out[name] = _detect(f, sample.flat_labels[:, b], r, chat_specific, latents or [], frequencies) | \
@@ -205,7 +243,8 @@ BEHAVIOUR_PROMPTS = {'signoff': 'plain', 'refusal': 'trigger'}   # which held-ou
 DETECTORS = {'signoff': is_signoff, 'refusal': is_refusal}
 
 def decision_points(tok, dialogs: list[dict], behaviour: str) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    "Token rows (padded), decision positions, the behaviour's token and the ordinary token (None: use log p) for each dialog."
+    ("Token rows (padded), decision positions, the behaviour's token and the ordinary token (None: use log p) for "
+     "each dialog.")
     rows, pos, good = [], [], []
     first = lambda text: tok(text, add_special_tokens=False)['input_ids'][0]
     for d in dialogs:
@@ -219,6 +258,7 @@ def decision_points(tok, dialogs: list[dict], behaviour: str) -> tuple[Tensor, T
     bad = None if behaviour == 'refusal' else torch.full((len(rows),), first('\n'), dtype=torch.long)
     return toks, torch.tensor(pos), torch.tensor(good), bad
 
+# %% ../nbs/07c_planted.ipynb
 def behaviour_rate(cc: CrossCoder, models: list, dialogs: list[dict], behaviour: str, e: Edit, hp: str, s: Tensor,
                    max_new_tokens: int = 48) -> float:
     "Share of greedy completions of the dialogs' prompts by model `e.target`, under the edit, that show the behaviour."
@@ -226,42 +266,54 @@ def behaviour_rate(cc: CrossCoder, models: list, dialogs: list[dict], behaviour:
     return sum(map(DETECTORS[behaviour], outs)) / max(len(outs), 1)
 
 # %% ../nbs/07c_planted.ipynb
-def greedy_attribution(cc: CrossCoder, models: list, tokens: Tensor, pos: Tensor, good: Tensor, bad: Tensor | None, hp: str, s: Tensor,
-                       n: int = 10, batch_size: int = 16, progress: bool = False,
-                       n_greedy: int | None = None,  # picks made one at a time (default all `n`); the rest in the order of one more attribution
+def greedy_attribution(cc: CrossCoder, models: list, tokens: Tensor, pos: Tensor, good: Tensor, bad: Tensor | None,
+                       hp: str, s: Tensor, n: int = 10, batch_size: int = 16, progress: bool = False,
+                       # picks made one at a time (default all `n`); the rest in the order of one more attribution
+                       n_greedy: int | None = None,
                        objective: str = 'margin',  # see `attribute`
                       ) -> tuple[list[int], list[float]]:
-    "`n` latents: each of the first `n_greedy` is the most negative attribution with the ones before it already diff-patched."
+    ("`n` latents: each of the first `n_greedy` is the most negative attribution with the ones before it already "
+     "diff-patched.")
     n_greedy = n if n_greedy is None else min(n_greedy, n)
     S, scores = [], []
     for step in tqdm(range(n_greedy + (n > n_greedy)), desc='greedy attribution', disable=not progress):
-        a = attribute(cc, models, tokens, pos, good, bad, hp, s, batch_size=batch_size, edit=Edit('diff_patch', S) if S else None, objective=objective)
+        a = attribute(cc, models, tokens, pos, good, bad, hp, s, batch_size=batch_size,
+                      edit=Edit('diff_patch', S) if S else None, objective=objective)
         a[S] = math.inf
         take = torch.argsort(a)[:1 if step < n_greedy else n - n_greedy].tolist()
         S += take; scores += [float(a[j]) for j in take]
     return S, scores
 
+# %% ../nbs/07c_planted.ipynb
 def localise(cc: CrossCoder, models: list, behaviour: str, dialogs: list[dict], hp: str, s: Tensor,
-             sizes: tuple = (1, 2, 3, 5, 10, 20, 40), target_rate: float = 0.2, batch_size: int = 16, progress: bool = False,
-             greedy: int = 10,  # latents picked one at a time, re-attributing after each (`greedy_attribution`); 0: one ranking by plain attribution
+             sizes: tuple = (1, 2, 3, 5, 10, 20, 40), target_rate: float = 0.2, batch_size: int = 16,
+             progress: bool = False,
+             # latents picked one at a time, re-attributing after each (`greedy_attribution`); 0: one ranking by plain
+             # attribution
+             greedy: int = 10,
              objective: str = 'margin',  # what attribution sums over prompts (see `attribute`)
             ) -> dict:
-    "Name a small set of latents that carries `behaviour`: rank by attribution on `dialogs`, keep the smallest set whose diff patch brings the rate to `target_rate`."
-    if behaviour not in BEHAVIOUR_PROMPTS: raise ValueError(f"Unknown behaviour {behaviour!r}: use one of {list(BEHAVIOUR_PROMPTS)}.")
+    ("Name a small set of latents that carries `behaviour`: rank by attribution on `dialogs`, keep the smallest set "
+     "whose diff patch brings the rate to `target_rate`.")
+    if behaviour not in BEHAVIOUR_PROMPTS:
+        raise ValueError(f"Unknown behaviour {behaviour!r}: use one of {list(BEHAVIOUR_PROMPTS)}.")
     dp = decision_points(models[1].tokenizer, dialogs, behaviour)
-    if greedy: order, scores = greedy_attribution(cc, models, *dp, hp, s, max(sizes), batch_size, progress, n_greedy=greedy, objective=objective)
+    if greedy:
+        order, scores = greedy_attribution(cc, models, *dp, hp, s, max(sizes), batch_size, progress, n_greedy=greedy,
+                                           objective=objective)
     else:
         a = attribute(cc, models, *dp, hp, s, batch_size=batch_size, progress=progress, objective=objective)
-        order = torch.argsort(a)[:max(sizes)].tolist()                   # most negative first: diff-patching them removes the behaviour
+        order = torch.argsort(a)[:max(sizes)].tolist()   # most negative first: diff-patching them removes the behaviour
         scores = [float(a[j]) for j in order]
     rates = {n: behaviour_rate(cc, models, dialogs, behaviour, Edit('diff_patch', order[:n]), hp, s) for n in sizes}
     ok = [n for n in sizes if rates[n] <= target_rate]
     n = ok[0] if ok else min(sizes, key=lambda k: (rates[k], k))
-    how = (f'greedy attribution (each of the first {greedy} latents the most negative attribution with the ones before it '
-           'diff-patched, the rest ranked by one more attribution with those patched)' if greedy else 'attribution')
+    how = (f'greedy attribution (each of the first {greedy} latents the most negative attribution with the ones before '
+           'it diff-patched, the rest ranked by one more attribution with those patched)' if greedy else 'attribution')
     return {'latents': order[:n], 'attribution': scores[:n], 'validation_rates': rates,
             'clean_rate': behaviour_rate(cc, models, dialogs, behaviour, Edit(), hp, s), 'ranking': order,
-            'method': f"{how} of the decision metric{'' if objective == 'margin' else f' (summed as {objective}(M))'} to diff-patching each latent on {len(dialogs)} validation prompts; "
+            'method': f"{how} of the decision metric{'' if objective == 'margin' else f' (summed as {objective}(M))'} "
+                      f"to diff-patching each latent on {len(dialogs)} validation prompts; "
                       f"set size ({n}) chosen by diff-patching the top {list(sizes)} in generation on the same prompts"}
 
 # %% ../nbs/07c_planted.ipynb
@@ -273,23 +325,31 @@ def _latents_on(cc: CrossCoder, models: list, tokens: Tensor, lengths: Tensor, h
         real = (torch.arange(tokens.shape[1])[None] < lengths[:, None]) & (torch.arange(tokens.shape[1])[None] > 0)
         return cc.encode(x[real.to(dev)]).float()
 
-def _typical_activation(cc: CrossCoder, models: list, tokens: Tensor, lengths: Tensor, latents: list[int], hp: str, s: Tensor) -> list[float]:
+def _typical_activation(cc: CrossCoder, models: list, tokens: Tensor, lengths: Tensor, latents: list[int], hp: str,
+                        s: Tensor) -> list[float]:
     "Median activation of each latent where it fires on the real positions of `tokens` (1.0 if it never does)."
     f = _latents_on(cc, models, tokens, lengths, hp, s)[:, latents]
     return [float(c[c > 0].median()) if (c > 0).any() else 1.0 for c in f.T]
 
-def planted_checks(cc: CrossCoder, models, frequencies: Tensor | None = None,  # activation frequencies (for the random control)
+# %% ../nbs/07c_planted.ipynb
+def planted_checks(cc: CrossCoder, models,
+                   frequencies: Tensor | None = None,  # activation frequencies (for the random control)
                    n_validation: int = 40, n_test: int = 60, n_controls: int = 3, general_tokens: Tensor | None = None,
                    target_rate: float = 0.2, hook_point: str | None = None, norm_factors=None, seed: int = 0,
-                   progress: bool = True, objective: str = 'margin',  # what attribution sums over prompts (see `attribute`)
+                   progress: bool = True,
+                   objective: str = 'margin',  # what attribution sums over prompts (see `attribute`)
                   ) -> dict:
-    "Localise each planted behaviour on validation prompts; measure interventions, controls, loss and steering on test prompts."
+    ("Localise each planted behaviour on validation prompts; measure interventions, controls, loss and steering on "
+     "test prompts.")
     models, names = as_model_list(cc, models)
     hp = check_eval_models(cc, models, names, hook_point)
-    if cc.cfg.n_models != 2: raise ValueError(f"planted_checks compares a base model (slot 0) and a chat model (slot 1); this crosscoder reads {cc.cfg.n_models} models.")
+    if cc.cfg.n_models != 2:
+        raise ValueError("planted_checks compares a base model (slot 0) and a chat model (slot 1); "
+                         f"this crosscoder reads {cc.cfg.n_models} models.")
     s, _ = resolve_norm_factors(cc, norm_factors)
     val, test = heldout_prompts(n_validation, split='validation'), heldout_prompts(n_test, split='test')
-    gen = general_tokens if general_tokens is not None else eval_tokens(models[0], DataConfig([Source('corpus', split='test')], 128, 3), n_seqs=24)
+    gen = (general_tokens if general_tokens is not None
+           else eval_tokens(models[0], DataConfig([Source('corpus', split='test')], 128, 3), n_seqs=24))
     loss = lambda e: edited_loss(cc, models, gen, e, hp, s)
     clean_loss = loss(Edit())
     out = {'reference': {}, 'general_loss_clean': clean_loss, 'n_validation': n_validation, 'n_test': n_test}
@@ -308,14 +368,21 @@ def planted_checks(cc: CrossCoder, models, frequencies: Tensor | None = None,  #
         alpha = _typical_activation(cc, models, vt, vp + 1, S, hp, s)
         res = {'latents': S, 'method': loc['method'], 'attribution': loc['attribution'],
                'validation': {'clean': loc['clean_rate'], 'diff_patch_by_size': loc['validation_rates']},
-               'test': {'clean': rate(Edit()), 'diff_patch': rate(Edit('diff_patch', S)), 'ablate': rate(Edit('ablate', S)),
+               'test': {'clean': rate(Edit()), 'diff_patch': rate(Edit('diff_patch', S)),
+                        'ablate': rate(Edit('ablate', S)),
                         'random_latents': ctrl, 'random_diff_patch': [rate(Edit('diff_patch', c)) for c in ctrl],
                         'random_ablate': [rate(Edit('ablate', c)) for c in ctrl]},
-               'general_loss_change': {'diff_patch': loss(Edit('diff_patch', S)) - clean_loss, 'ablate': loss(Edit('ablate', S)) - clean_loss},
-               'steer_base': {'alpha': alpha, 'clean': rate(Edit(target=0)), 'steered': rate(Edit('steer', S, target=0, alpha=alpha))}}
-        out['reference'][beh] = {'patch_model': rate(Edit('patch_model')), 'diff_patch_all': rate(Edit('diff_patch', list(range(cc.cfg.d_latent))))}
+               'general_loss_change': {'diff_patch': loss(Edit('diff_patch', S)) - clean_loss,
+                                       'ablate': loss(Edit('ablate', S)) - clean_loss},
+               'steer_base': {'alpha': alpha, 'clean': rate(Edit(target=0)),
+                              'steered': rate(Edit('steer', S, target=0, alpha=alpha))}}
+        out['reference'][beh] = {'patch_model': rate(Edit('patch_model')),
+                                 'diff_patch_all': rate(Edit('diff_patch', list(range(cc.cfg.d_latent))))}
         out[beh] = res
-    for beh in BEHAVIOUR_PROMPTS:   # specificity: each other behaviour's test rate with this behaviour's latents diff-patched
-        out[beh]['test']['other_behaviours'] = {o: {'clean': out[o]['test']['clean'], 'diff_patch': behaviour_rate(
-            cc, models, test[kind], o, Edit('diff_patch', out[beh]['latents']), hp, s)} for o, kind in BEHAVIOUR_PROMPTS.items() if o != beh}
+    # specificity: each other behaviour's test rate with this behaviour's latents diff-patched
+    for beh in BEHAVIOUR_PROMPTS:
+        out[beh]['test']['other_behaviours'] = {
+            o: {'clean': out[o]['test']['clean'],
+                'diff_patch': behaviour_rate(cc, models, test[kind], o, Edit('diff_patch', out[beh]['latents']), hp, s)}
+            for o, kind in BEHAVIOUR_PROMPTS.items() if o != beh}
     return out

@@ -34,13 +34,15 @@ class _Sums:
         z = lambda *s: torch.zeros(*s, dtype=torch.float64, device=device)
         return cls(z(n_models, n), z(n_models, n), z(n), torch.zeros(n, dtype=torch.long, device=device))
 
+# %% ../nbs/07a_latent_scaling.ipynb
 @torch.no_grad()
 def _accumulate(sums: _Sums, cc: CrossCoder, x: Float[Tensor, "n n_models d_model"], J: Int[Tensor, "n_latents"],
                 own: Int[Tensor, "n_latents"]):
     "Add one batch of normalised activations to the sums."
     W = cc.decoder_weights().float()
     f = cc.encode(x); x_hat = cc.decode(f).float(); x = x.float()
-    F, D = f[:, J].float(), W[J, own]                       # [n, J] activations, [J, d_model] each latent's own-model decoder
+    # [n, J] activations, [J, d_model] each latent's own-model decoder
+    F, D = f[:, J].float(), W[J, own]
     for m in range(cc.cfg.n_models):
         P, Q = x[:, m] @ D.T, x_hat[:, m] @ D.T             # d . x_m and d . x_hat_m
         G = (D * W[J, m]).sum(-1)                            # d . d_j^m
@@ -63,6 +65,7 @@ def verdict(side: str, n_active: int, nu_eps: float | None, nu_r: float | None) 
     if nu_r >= NU_R_CUT: return 'decoupling artifact'
     return f'{side}-specific'
 
+# %% ../nbs/07a_latent_scaling.ipynb
 @dataclass
 class LatentScaling:
     "Latent Scaling of chosen latents; one entry per latent in each list (None where undefined)."
@@ -79,7 +82,8 @@ class LatentScaling:
     def rows(self) -> list[dict]:
         "One dict per latent, for tables."
         return [{'latent': j, 'side': s, 'relative_norm': r, 'n_active': n, 'nu_eps': e, 'nu_r': q, 'verdict': v}
-                for j, s, r, n, e, q, v in zip(self.latents, self.side, self.relative_norm, self.n_active, self.nu_eps, self.nu_r, self.verdict)]
+                for j, s, r, n, e, q, v in zip(self.latents, self.side, self.relative_norm, self.n_active,
+                                               self.nu_eps, self.nu_r, self.verdict)]
     def to_dict(self) -> dict: return asdict(self)
     def summary(self) -> dict:
         "How many latents each side has, and how many pass the cut."
@@ -92,17 +96,21 @@ class LatentScaling:
         return out
 
 # %% ../nbs/07a_latent_scaling.ipynb
-def _finish(sums: _Sums, J: Tensor, own: Tensor, r: Tensor, names: list[str], base: int, chat: int, n_tokens: int) -> LatentScaling:
+def _finish(sums: _Sums, J: Tensor, own: Tensor, r: Tensor, names: list[str], base: int, chat: int,
+            n_tokens: int) -> LatentScaling:
     den = sums.den.cpu()
-    beta = lambda num: [[None if d <= 0 else float(n / d) for n, d in zip(num[m].cpu(), den)] for m in range(len(names))]
+    beta = lambda num: [[None if d <= 0 else float(n / d) for n, d in zip(num[m].cpu(), den)]
+                        for m in range(len(names))]
     b_eps, b_r = beta(sums.num_eps), beta(sums.num_r)
     side = [names[chat] if o == chat else names[base] for o in own.tolist()]
     other = [base if o == chat else chat for o in own.tolist()]
     nu_e = [_ratio(b_eps[o][i], b_eps[w][i]) for i, (o, w) in enumerate(zip(other, own.tolist()))]
     nu_r = [_ratio(b_r[o][i], b_r[w][i]) for i, (o, w) in enumerate(zip(other, own.tolist()))]
     n_act = sums.n_active.cpu().tolist()
-    return LatentScaling(J.tolist(), side, [float(r[j]) for j in J.tolist()], n_act, dict(zip(names, b_eps)), dict(zip(names, b_r)),
-                         nu_e, nu_r, [verdict(s, n, e, q) for s, n, e, q in zip(side, n_act, nu_e, nu_r)], n_tokens)
+    return LatentScaling(J.tolist(), side, [float(r[j]) for j in J.tolist()], n_act, dict(zip(names, b_eps)),
+                         dict(zip(names, b_r)), nu_e, nu_r,
+                         [verdict(s, n, e, q) for s, n, e, q in zip(side, n_act, nu_e, nu_r)], n_tokens)
+
 
 # %% ../nbs/07a_latent_scaling.ipynb
 def default_latents(cc: CrossCoder, thresholds: DiffThresholds | None = None, frequencies: Tensor | None = None,
@@ -163,13 +171,20 @@ def scaling_figure(ls: LatentScaling, title: str = 'Latent Scaling of the model-
     for v in dict.fromkeys(ls.verdict):
         idx = [i for i, x in enumerate(ls.verdict) if x == v and ls.nu_eps[i] is not None and ls.nu_r[i] is not None]
         if not idx: continue
-        fig.add_trace(go.Scatter(x=[clip(ls.nu_eps[i]) for i in idx], y=[clip(ls.nu_r[i]) for i in idx], mode='markers', name=v,
-                                 text=[f"latent {ls.latents[i]} ({ls.side[i]}), nu_eps {ls.nu_eps[i]:.3g}, nu_r {ls.nu_r[i]:.3g}" for i in idx],
+        fig.add_trace(go.Scatter(x=[clip(ls.nu_eps[i]) for i in idx], y=[clip(ls.nu_r[i]) for i in idx],
+                                 mode='markers', name=v,
+                                 text=[f"latent {ls.latents[i]} ({ls.side[i]}), "
+                                       f"nu_eps {ls.nu_eps[i]:.3g}, nu_r {ls.nu_r[i]:.3g}" for i in idx],
                                  hoverinfo='text'))
-    fig.add_shape(type='rect', x0=-0.25, y0=-0.25, x1=NU_EPS_CUT, y1=NU_R_CUT, line=dict(color='#55a868', dash='dash'))
+    fig.add_shape(type='rect', x0=-0.25, y0=-0.25, x1=NU_EPS_CUT, y1=NU_R_CUT,
+                  line=dict(color='#55a868', dash='dash'))
     n_undef = sum(v.startswith('undefined') for v in ls.verdict)
-    fig.update_layout(title=f"{title}<br><sub>{len(ls.latents)} latents tested; the box: nu_eps < {NU_EPS_CUT}, nu_r < {NU_R_CUT}"
+    fig.update_layout(title=f"{title}<br><sub>{len(ls.latents)} latents tested; "
+                            f"the box: nu_eps < {NU_EPS_CUT}, nu_r < {NU_R_CUT}"
                             f"{f'; {n_undef} undefined, not shown' if n_undef else ''}</sub>",
-                      xaxis_title='nu_eps = beta_eps(other model) / beta_eps(own model)', yaxis_title='nu_r = beta_r(other) / beta_r(own)',
-                      xaxis_range=[-0.3, 1.55], yaxis_range=[-0.3, 1.55], template='plotly_white', width=700, height=480)
+                      xaxis_title='nu_eps = beta_eps(other model) / beta_eps(own model)',
+                      yaxis_title='nu_r = beta_r(other) / beta_r(own)',
+                      xaxis_range=[-0.3, 1.55], yaxis_range=[-0.3, 1.55], template='plotly_white',
+                      width=700, height=480)
     return fig
+
