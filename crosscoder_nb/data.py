@@ -33,14 +33,17 @@ def first_exchange(conversation: list[dict]) -> tuple[str, str] | None:
     reply = next((t for t in conversation[user + 1:] if t.get('role') == 'assistant'), None)
     return None if reply is None else (conversation[user]['content'], reply['content'])
 
+# %% ../nbs/02_data.ipynb
 def record_text(record: dict,  # one dataset record
                 field: str = 'auto',  # 'text' (or any text field), 'conversation', 'instruction', or 'auto'
                ) -> str | None:
     "The document a record stands for (None when a chat record has no complete exchange)."
-    if field == 'auto': field = next((k for k in ('text', 'conversation', 'instruction') if k in record), 'text')
+    if field == 'auto':
+        field = next((k for k in ('text', 'conversation', 'instruction') if k in record), 'text')
     need = ('instruction', 'completion') if field == 'instruction' else (field,)
     if missing := [k for k in need if k not in record]:
-        raise KeyError(f"Record has no field {missing[0]!r} (it has {sorted(record)}): set the source's `field`.")
+        raise KeyError(f"Record has no field {missing[0]!r} (it has {sorted(record)}): "
+                       "set the source's `field`.")
     if field == 'conversation':
         ex = first_exchange(record['conversation'])
         return None if ex is None else chat_text(*ex)
@@ -51,12 +54,14 @@ def record_text(record: dict,  # one dataset record
 SOURCE_KINDS = ('hub', 'text', 'jsonl', 'corpus', 'dialogs')
 CHAT_FIELDS = ('conversation', 'instruction')
 
-CORPUS_SPLITS = ('train', 'heldout', 'validation', 'test')   # of the organisms' corpus: validation + test = heldout
+# of the organisms' corpus: validation + test = heldout
+CORPUS_SPLITS = ('train', 'heldout', 'validation', 'test')
 
+# %% ../nbs/02_data.ipynb
 @dataclass
 class Source(Config):
     kind: str                  # one of SOURCE_KINDS
-    path: str = ''             # hub name or data file ('hub'), file ('text', 'jsonl'), corpus folder ('corpus', 'dialogs'; '' = bundled)
+    path: str = ''             # hub name or data file ('hub'), file ('text', 'jsonl'), corpus folder ('' = bundled)
     weight: float = 1.0        # share of the rows, relative to the other sources
     field: str = 'auto'        # record field for 'hub' / 'jsonl': 'text', 'conversation', 'instruction' or 'auto'
     split: str = 'train'       # hub split; for 'corpus' and 'dialogs': one of CORPUS_SPLITS
@@ -72,12 +77,15 @@ class Source(Config):
 
     def validate(self) -> Source:
         "Raise a clear error for an impossible source; return it otherwise."
-        if self.kind not in SOURCE_KINDS: raise ValueError(f"Unknown source kind {self.kind!r}: use one of {SOURCE_KINDS}.")
+        if self.kind not in SOURCE_KINDS:
+            raise ValueError(f"Unknown source kind {self.kind!r}: use one of {SOURCE_KINDS}.")
         if not (isinstance(self.weight, (int, float)) and math.isfinite(self.weight) and self.weight > 0):
             raise ValueError(f"The {self.label} has weight {self.weight!r}: weights must be positive numbers.")
-        if self.kind in ('hub', 'text', 'jsonl') and not self.path: raise ValueError(f"A {self.kind!r} source needs a `path`.")
+        if self.kind in ('hub', 'text', 'jsonl') and not self.path:
+            raise ValueError(f"A {self.kind!r} source needs a `path`.")
         if self.kind in ('corpus', 'dialogs') and self.split not in CORPUS_SPLITS:
-            raise ValueError(f"The {self.label} has split {self.split!r}: use one of {CORPUS_SPLITS} (validation and test halve heldout).")
+            raise ValueError(f"The {self.label} has split {self.split!r}: use one of {CORPUS_SPLITS} "
+                             "(validation and test halve heldout).")
         return self
 
 # %% ../nbs/02_data.ipynb
@@ -97,7 +105,8 @@ class DataConfig(Config):
         self.sources = [Source.from_dict(s) if isinstance(s, dict) else s for s in self.sources]
         if not self.sources: raise ValueError("DataConfig needs at least one source.")
         for s in self.sources: s.validate()
-        if not (isinstance(self.seq_len, int) and self.seq_len >= 2): raise ValueError(f"seq_len must be an int >= 2, got {self.seq_len!r}.")
+        if not (isinstance(self.seq_len, int) and self.seq_len >= 2):
+            raise ValueError(f"seq_len must be an int >= 2, got {self.seq_len!r}.")
 
     @property
     def weights(self) -> Tensor: return torch.tensor([s.weight for s in self.sources], dtype=torch.float64)
@@ -113,20 +122,25 @@ def _read_jsonl(path: Path, fld: str) -> list[str]:
     for i, line in enumerate(path.read_text(encoding='utf-8').splitlines()):
         if not line.strip(): continue
         try: rec = json.loads(line)
-        except json.JSONDecodeError as e: raise ValueError(f"{path} line {i + 1} is not JSON ({e.msg}): fix or remove it.") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} line {i + 1} is not JSON ({e.msg}): fix or remove it.") from None
         out.append(record_text(rec, fld))
     return out
 
+# %% ../nbs/02_data.ipynb
 @functools.lru_cache(maxsize=8)
 def _corpus_docs(kind: str, root: str, split: str, seed: int, n_dialogs: int) -> tuple[str, ...]:
     corpus = load_corpus(root=root or None)
     paras = [p for v in corpus.values() for p in split_paragraphs(v)[0 if split == 'train' else 1]]
-    if split in ('validation', 'test'): paras = paras[split == 'test'::2]   # tune on one half, report on the other
+    # tune on one half, report on the other
+    if split in ('validation', 'test'): paras = paras[split == 'test'::2]
     random.Random(seed).shuffle(paras)  # the corpus files are grouped by source: mix them
     if kind == 'corpus': return tuple(paras)
-    phrasing = 'train' if split == 'train' else 'validation' if split == 'validation' else 'test'   # held-out text, held-out phrasings
+    # held-out text, held-out phrasings
+    phrasing = 'train' if split == 'train' else 'validation' if split == 'validation' else 'test'
     return tuple(format_dialog(d) for d in make_dialogs(paras, n_dialogs, seed=seed, phrasing=phrasing))
 
+# %% ../nbs/02_data.ipynb
 def load_documents(src: Source, seed: int = 0) -> list[str]:
     "All non-empty documents of a local source (kinds 'text', 'jsonl', 'corpus', 'dialogs')."
     if src.kind in ('text', 'jsonl'):
@@ -136,7 +150,8 @@ def load_documents(src: Source, seed: int = 0) -> list[str]:
     elif src.kind in ('corpus', 'dialogs'): docs = _corpus_docs(src.kind, src.path, src.split, seed, src.n_dialogs)
     else: raise ValueError(f"load_documents reads local sources; a {src.kind!r} source is streamed by `documents`.")
     docs = [d for d in docs if d]
-    if not docs: raise ValueError(f"The {src.label} has no documents (empty file or no usable records): check it or remove it from the mix.")
+    if not docs: raise ValueError(f"The {src.label} has no documents (empty file or no usable records): "
+                                  "check it or remove it from the mix.")
     return docs
 
 # %% ../nbs/02_data.ipynb
@@ -150,6 +165,7 @@ def _hub_dataset(src: Source):
         raise RuntimeError(f"Could not open the {src.label} ({type(e).__name__}: {e}). Check the name, "
                            "your network and hub login (LmSys-Chat-1M is gated), or use a local source.") from e
 
+# %% ../nbs/02_data.ipynb
 def documents(src: Source, seed: int = 0, repeat: bool = True) -> Callable[[int], Iterator[str]]:
     "`docs(start)`: the documents of `src` from document number `start` on (cycling if `repeat`)."
     if src.kind != 'hub':
@@ -242,10 +258,13 @@ def check(self: TokenStream):
         try:
             p.seek(*pos)
             while len(p.buf) - p.pos < p.n: p._pull()
-        except StopIteration: raise ValueError(f"The {src.label} has too little text left for one row of {self.cfg.seq_len} tokens.") from None
+        except StopIteration:
+            raise ValueError(f"The {src.label} has too little text left for one row of "
+                             f"{self.cfg.seq_len} tokens.") from None
         packers.append(p)
     self.packers = packers
 
+# %% ../nbs/02_data.ipynb
 @patch
 def take(self: TokenStream, n: int) -> Int[Tensor, "n seq"]:
     "The next `n` rows of the stream (of this rank's share of it, when sharded)."
@@ -256,15 +275,17 @@ def take(self: TokenStream, n: int) -> Int[Tensor, "n seq"]:
     out = torch.tensor(rows, dtype=torch.long).view(-1, self.cfg.seq_len)
     return out if world == 1 else out[rank::world]
 
+# %% ../nbs/02_data.ipynb
 @patch
 def shard(self: TokenStream, rank: int, world: int) -> TokenStream:
-    "Make this stream rank `rank`'s share of `world`: every rank reads the same stream and keeps rows rank, rank + world, ..."
+    ("Make this stream rank `rank`'s share of `world`: every rank reads the same stream and keeps rows rank, "
+     "rank + world, ...")
     if not (0 <= rank < world): raise ValueError(f"rank {rank} is not in 0..{world - 1}.")
     self._shard = (rank, world)
     return self
 
 # %% ../nbs/02_data.ipynb
-def organisms_mix(split: str = 'train',  # 'train', 'heldout', 'validation' or 'test' paragraphs of the organisms' corpus
+def organisms_mix(split: str = 'train',  # corpus paragraphs: 'train', 'heldout', 'validation' or 'test'
                   seq_len: int = 128, seed: int = 0, chat_share: float = 0.5,
                   n_dialogs: int = 20_000) -> DataConfig:
     "General text and chat dialogs from the organisms' corpus, mixed like the seed's Pile + LmSys."
@@ -286,7 +307,8 @@ def state_dict(self: TokenStream) -> dict:
 def load_state_dict(self: TokenStream, state: dict):
     "Continue from a position saved by `state_dict`."
     if len(state['sources']) != len(self.cfg.sources) or state.get('seed', self.cfg.seed) != self.cfg.seed:
-        raise ValueError("This state was saved by a stream with other sources or another seed: resume with the run's DataConfig.")
+        raise ValueError("This state was saved by a stream with other sources or another seed: "
+                         "resume with the run's DataConfig.")
     self.rows, self._positions, self.packers = state['rows'], [tuple(p) for p in state['sources']], None
 
 @patch

@@ -23,27 +23,34 @@ def is_main() -> bool:
     return rank_world()[0] == 0
 
 def init_from_env(device: str | None = None) -> tuple[int, int]:
-    "Join the process group `torchrun` describes (env WORLD_SIZE > 1): NCCL on GPUs, gloo on CPUs. Returns (rank, world)."
+    ("Join the process group `torchrun` describes (env WORLD_SIZE > 1): NCCL on GPUs, gloo on CPUs. "
+     "Returns (rank, world).")
     if int(os.environ.get('WORLD_SIZE', '1')) <= 1 or dist.is_initialized(): return rank_world()
     cuda = (device or ('cuda' if torch.cuda.is_available() else 'cpu')).startswith('cuda')
     if cuda: torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', '0')))
     dist.init_process_group('nccl' if cuda else 'gloo')
     return rank_world()
 
+# %% ../nbs/05b_distributed.ipynb
 def exit_rank(code: int = 0):
-    "End this torchrun rank now: flush its output, then exit without the interpreter's teardown (see below). Every file must be written."
+    ("End this torchrun rank now: flush its output, then exit without the interpreter's teardown (see below). "
+     "Every file must be written.")
     sys.stdout.flush(); sys.stderr.flush(); os._exit(code)
 
+# %% ../nbs/05b_distributed.ipynb
 def local_device(device: str | None) -> str | None:
     "This rank's device: `cuda` becomes `cuda:LOCAL_RANK` under torchrun."
-    if device is None or rank_world()[1] == 1 or not device.startswith('cuda') or ':' in device: return device
+    if device is None or rank_world()[1] == 1 or not device.startswith('cuda') or ':' in device:
+        return device
     return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
 
 def check_global_batch(batch_size: int, world: int):
     "A clear error unless `world` ranks can share batches of `batch_size` equally."
     if batch_size % world:
-        raise ValueError(f"The global batch of {batch_size} does not split over {world} processes: pick a batch size divisible by {world} "
-                         f"(e.g. --batch-size {batch_size // world * world or world}), or run {world} processes that divide it.")
+        raise ValueError(f"The global batch of {batch_size} does not split over {world} processes: "
+                         f"pick a batch size divisible by {world} "
+                         f"(e.g. --batch-size {batch_size // world * world or world}), "
+                         f"or run {world} processes that divide it.")
 
 # %% ../nbs/05b_distributed.ipynb
 def broadcast_state(module: torch.nn.Module):
@@ -61,6 +68,7 @@ def average_gradients(params):
     i = 0
     for g in grads: g.copy_(flat[i:i + g.numel()].view_as(g)); i += g.numel()
 
+# %% ../nbs/05b_distributed.ipynb
 def global_sq_dev(x: Tensor) -> Tensor:
     "The sum over the global batch of `(x - its mean)**2`, over every other dimension too; a constant (no gradient)."
     x = x.detach().float()
@@ -75,9 +83,10 @@ def any_rank(mask: Tensor) -> Tensor:
     m = mask.to(torch.uint8); dist.all_reduce(m, op=dist.ReduceOp.MAX)
     return m.bool()
 
+# %% ../nbs/05b_distributed.ipynb
 def global_cut(s: Tensor, n_keep: int) -> tuple[Tensor, Tensor]:
-    """The `n_keep`-th largest entry of the union of every rank's `s`, and the smallest positive entry among the kept (NaN if none).
-    Each rank sends only its own `n_keep` largest entries."""
+    """The `n_keep`-th largest entry of the union of every rank's `s`, and the smallest positive entry among the kept
+    (NaN if none). Each rank sends only its own `n_keep` largest entries."""
     flat = s.detach().flatten()
     top = flat.topk(min(n_keep, flat.numel())).values
     if len(top) < n_keep: top = torch.cat([top, top.new_full((n_keep - len(top),), -torch.inf)])
@@ -93,37 +102,48 @@ def global_cut(s: Tensor, n_keep: int) -> tuple[Tensor, Tensor]:
 PARALLEL = ('ddp', 'fsdp')
 
 def _largest_dim(p: Tensor, world: int | None = None):
-    "The largest dimension of `p` that `world` ranks split evenly (FSDP2 splits only dim 0 unevenly); dim 0 where none does."
+    ("The largest dimension of `p` that `world` ranks split evenly (FSDP2 splits only dim 0 unevenly); "
+     "dim 0 where none does.")
     from torch.distributed.tensor import Shard
     world = rank_world()[1] if world is None else world
     even = [d for d in range(p.ndim) if p.shape[d] % world == 0]
-    return Shard(max(even, key=lambda d: p.shape[d]) if even else 0)   # the first of the largest such dimensions
+    # the first of the largest such dimensions
+    return Shard(max(even, key=lambda d: p.shape[d]) if even else 0)
 
+# %% ../nbs/05b_distributed.ipynb
 def shard_fsdp(module: torch.nn.Module, device,
-               methods: tuple[str, ...] = ('losses',),  # methods that run the module besides `forward`: each gathers the weights
+               methods: tuple[str, ...] = ('losses',),  # run the module besides `forward`: each gathers the weights
               ) -> torch.nn.Module:
-    "Shard `module`'s parameters over the ranks with FSDP2, each along its largest dimension; returns `module`, sharded in place."
+    ("Shard `module`'s parameters over the ranks with FSDP2, each along its largest dimension; "
+     "returns `module`, sharded in place.")
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
     from torch.distributed.device_mesh import init_device_mesh
-    fully_shard(module, mesh=init_device_mesh(torch.device(device).type, (rank_world()[1],)), shard_placement_fn=_largest_dim)
+    fully_shard(module, mesh=init_device_mesh(torch.device(device).type, (rank_world()[1],)),
+                shard_placement_fn=_largest_dim)
     for m in methods: register_fsdp_forward_method(module, m)
     return module
 
+# %% ../nbs/05b_distributed.ipynb
 def _whole(v):
     from torch.distributed.tensor import DTensor
     return v.full_tensor() if isinstance(v, DTensor) else v
 
 def full_state_dict(module: torch.nn.Module) -> dict[str, Tensor]:
-    "`module.state_dict()` with every sharded tensor gathered whole, one at a time, onto the CPU. Every rank must call it."
+    ("`module.state_dict()` with every sharded tensor gathered whole, one at a time, onto the CPU. "
+     "Every rank must call it.")
     return {k: _whole(v.detach()).cpu() for k, v in module.state_dict().items()}
 
 def full_optimizer_state(opt: torch.optim.Optimizer) -> dict:
-    "`opt.state_dict()` with its sharded moments gathered whole onto the CPU: the single-process format. Every rank must call it."
+    ("`opt.state_dict()` with its sharded moments gathered whole onto the CPU: the single-process format. "
+     "Every rank must call it.")
     sd = opt.state_dict()
-    return {**sd, 'state': {i: {k: _whole(v).cpu() if isinstance(v, Tensor) else v for k, v in s.items()} for i, s in sd['state'].items()}}
+    return {**sd, 'state': {i: {k: _whole(v).cpu() if isinstance(v, Tensor) else v for k, v in s.items()}
+                            for i, s in sd['state'].items()}}
 
+# %% ../nbs/05b_distributed.ipynb
 def shard_optimizer_state(sd: dict, opt: torch.optim.Optimizer) -> dict:
-    "A single-process optimizer state with each moment cut to this rank's shard of its (FSDP) parameter in `opt`; no communication."
+    ("A single-process optimizer state with each moment cut to this rank's shard of its (FSDP) parameter in `opt`; "
+     "no communication.")
     from torch.distributed.tensor import DTensor, distribute_tensor
     params = [p for g in opt.param_groups for p in g['params']]
     def cut(v, p):

@@ -27,11 +27,13 @@ __all__ = ['CrossCoderSettings', 'ARCHS', 'RUN_CONFIG_FILE', 'RunConfig', 'set_f
            'organisms_config', 'is_organism', 'default_config', 'open_cache_for', 'train_run']
 
 # %% ../nbs/09_pipeline.ipynb
-_FROM_MODELS = ('d_model', 'n_models', 'hook_point', 'model_names', 'norm_factors')   # read off the models and the buffer
+# read off the models and the buffer
+_FROM_MODELS = ('d_model', 'n_models', 'hook_point', 'model_names', 'norm_factors')
 
 def _settings_of(cls, skip: tuple, name: str):
     "A dataclass of `cls`'s fields but `skip`, with the same types and defaults (so each default lives in one place)."
-    fs = [(f.name, f.type, field(default=f.default) if f.default is not MISSING else field(default_factory=f.default_factory))
+    fs = [(f.name, f.type,
+           field(default=f.default) if f.default is not MISSING else field(default_factory=f.default_factory))
           for f in fields(cls) if f.name not in skip]
     made = make_dataclass(name, fs, bases=(Config,))
     made.__module__, made.__doc__ = __name__, f"The settable fields of {cls.__name__}: all but {', '.join(skip)}."
@@ -39,15 +41,16 @@ def _settings_of(cls, skip: tuple, name: str):
 
 CrossCoderSettings = _settings_of(CrossCoderConfig, _FROM_MODELS, 'CrossCoderSettings')
 
+# %% ../nbs/09_pipeline.ipynb
 @dataclass
 class RunConfig(Config):
     _keys_are = 'sections'
     models: list[str]                                          # base first, then chat (then any further models)
     data: DataConfig = field(default_factory=DataConfig)       # the token stream
     buffer: BufferConfig = field(default_factory=BufferConfig) # layer, hook point, batch size, storage
-    crosscoder: CrossCoderSettings = field(default_factory=CrossCoderSettings)  # CrossCoderConfig but what the models fix
+    crosscoder: CrossCoderSettings = field(default_factory=CrossCoderSettings)  # CrossCoderConfig but what models fix
     train: TrainConfig = field(default_factory=TrainConfig)    # the optimisation schedule
-    model_dtype: str | None = None   # the models' dtype, a name in MODEL_DTYPES; None ('auto'): bfloat16 on a GPU, float32 elsewhere
+    model_dtype: str | None = None   # one of MODEL_DTYPES; None ('auto'): bfloat16 on a GPU, float32 elsewhere
     model_device: str | None = None  # where the models run; None: where the crosscoder trains
 
     def __post_init__(self):
@@ -63,10 +66,12 @@ def _cc_fields() -> set[str]: return {f.name for f in fields(CrossCoderSettings)
 def _crosscoder_settings(d: dict):
     "The crosscoder section from a dict, with a clear error for a field the models fix."
     fixed = set(d) & set(_FROM_MODELS)
-    if fixed: raise ValueError(f"crosscoder.{sorted(fixed)[0]} is read off the models and the buffer, so it cannot be set; "
-                               f"settable crosscoder fields: {sorted(_cc_fields())}.")
+    if fixed:
+        raise ValueError(f"crosscoder.{sorted(fixed)[0]} is read off the models and the buffer, so it cannot be set; "
+                         f"settable crosscoder fields: {sorted(_cc_fields())}.")
     return CrossCoderSettings.from_dict(d)
 
+# %% ../nbs/09_pipeline.ipynb
 @patch
 def validate(self: RunConfig):
     "Raise a `ValueError` naming the first bad setting and how to fix it."
@@ -75,10 +80,11 @@ def validate(self: RunConfig):
     self.models = [str(m) for m in self.models]
     CrossCoderConfig(d_model=1, n_models=len(self.models), **self.crosscoder.to_dict())   # checks the values themselves
     if self.model_dtype not in (None, 'auto', *MODEL_DTYPES):
-        raise ValueError(f"model_dtype must be one of {['auto', *MODEL_DTYPES]} (auto: bfloat16 on a GPU, float32 elsewhere), got {self.model_dtype!r}.")
+        raise ValueError(f"model_dtype must be one of {['auto', *MODEL_DTYPES]} "
+                         f"(auto: bfloat16 on a GPU, float32 elsewhere), got {self.model_dtype!r}.")
     if self.buffer.batch_size != self.train.batch_size:
-        raise ValueError(f"buffer.batch_size ({self.buffer.batch_size}) and train.batch_size ({self.train.batch_size}) differ: "
-                         "set both to the same value (the trainer counts steps in the buffer's batches).")
+        raise ValueError(f"buffer.batch_size ({self.buffer.batch_size}) and train.batch_size ({self.train.batch_size}) "
+                         "differ: set both to the same value (the trainer counts steps in the buffer's batches).")
 
 # %% ../nbs/09_pipeline.ipynb
 def _parse(value):
@@ -86,12 +92,15 @@ def _parse(value):
     try: return json.loads(value)
     except json.JSONDecodeError: return value
 
+# %% ../nbs/09_pipeline.ipynb
 def set_fields(cfg: RunConfig, settings: dict) -> RunConfig:
-    "A copy of `cfg` with fields changed: `{'train.lr': '1e-4', 'buffer.layer': 3}` (strings are read as JSON when the field wants it)."
+    ("A copy of `cfg` with fields changed: `{'train.lr': '1e-4', 'buffer.layer': 3}` "
+     "(strings are read as JSON when the field wants it).")
     d = cfg.to_dict()
     for path, value in settings.items():
         section, _, name = path.partition('.')
-        if section not in d: raise ValueError(f"Unknown setting {path!r}: the sections are {list(d)} (e.g. train.lr=1e-4).")
+        if section not in d:
+            raise ValueError(f"Unknown setting {path!r}: the sections are {list(d)} (e.g. train.lr=1e-4).")
         if not name: d[section] = typed_value(path, value, cfg)
         elif section == 'crosscoder' or name in d[section]: d[section][name] = typed_value(path, value, cfg)
         else: raise ValueError(f"Unknown setting {path!r}: {section} fields are {list(d[section])}.")
@@ -103,21 +112,27 @@ def set_field(cfg: RunConfig, path: str, value) -> RunConfig:
 
 # %% ../nbs/09_pipeline.ipynb
 _SECTION_TYPES = {'data': DataConfig, 'buffer': BufferConfig, 'crosscoder': CrossCoderConfig, 'train': TrainConfig}
-_TYPE_NAMES = {int: 'an int', float: 'a float', bool: 'true or false', str: 'a string', type(None): 'null', list: 'a list', dict: 'a JSON object'}
+_TYPE_NAMES = {int: 'an int', float: 'a float', bool: 'true or false', str: 'a string', type(None): 'null',
+               list: 'a list', dict: 'a JSON object'}
 
-def _alternatives(tp) -> tuple: return typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+def _alternatives(tp) -> tuple:
+    return typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
 
+# %% ../nbs/09_pipeline.ipynb
 def _fits(value, tp) -> bool:
     "Whether a JSON value suits a dataclass field of type `tp`."
     if len(_alternatives(tp)) > 1: return any(_fits(value, a) for a in _alternatives(tp))
     base, args = typing.get_origin(tp) or tp, typing.get_args(tp)
     if tp is type(None): return value is None
-    if tp in (int, float): return isinstance(value, (int, float) if tp is float else int) and not isinstance(value, bool)
+    if tp in (int, float):
+        return isinstance(value, (int, float) if tp is float else int) and not isinstance(value, bool)
     if base in (bool, str, dict): return isinstance(value, base)
-    if base is list: return isinstance(value, list) and all(_fits(v, args[0]) for v in value) if args else isinstance(value, list)
+    if base is list:
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value) if args else isinstance(value, list)
     if dataclasses.is_dataclass(tp): return isinstance(value, (dict, tp))
     return True
 
+# %% ../nbs/09_pipeline.ipynb
 def _field_type(path: str):
     "The declared type of the setting `path` ('train.lr', 'model_dtype'), or None for an unknown one."
     section, _, name = path.partition('.')
@@ -137,9 +152,12 @@ def typed_value(path: str,  # the setting, e.g. 'train.lr'
             if isinstance(v, dict) and dataclasses.is_dataclass(tp):   # a whole section: each field it sets
                 for n, x in v.items(): typed_value(f'{path}.{n}', x, cfg)
             return v
-    want = ' or '.join(dict.fromkeys(_TYPE_NAMES.get(typing.get_origin(a) or a, getattr(a, '__name__', str(a))) for a in _alternatives(tp)))
-    now = functools.reduce(lambda o, k: o.get(k) if isinstance(o, dict) else None, path.split('.'), cfg.to_dict()) if cfg is not None else None
-    eg = f" (e.g. {path}={now if isinstance(now, str) else json.dumps(now)})" if isinstance(now, (int, float, str)) and _fits(now, tp) else ''
+    want = ' or '.join(dict.fromkeys(_TYPE_NAMES.get(typing.get_origin(a) or a, getattr(a, '__name__', str(a)))
+                                     for a in _alternatives(tp)))
+    now = (functools.reduce(lambda o, k: o.get(k) if isinstance(o, dict) else None, path.split('.'), cfg.to_dict())
+           if cfg is not None else None)
+    eg = (f" (e.g. {path}={now if isinstance(now, str) else json.dumps(now)})"
+          if isinstance(now, (int, float, str)) and _fits(now, tp) else '')
     raise ValueError(f"{path} wants {want}, got {value!r}{eg}.")
 
 # %% ../nbs/09_pipeline.ipynb
@@ -148,27 +166,39 @@ ARCHS = ('batchtopk', 'l1')   # crosscoder recipes the configs below know
 def _check_arch(arch: str):
     if arch not in ARCHS: raise ValueError(f"Unknown arch {arch!r}: use one of {ARCHS} ('l1' is the seed's recipe).")
 
-def seed_config(base: str = 'google/gemma-2-2b', chat: str = 'google/gemma-2-2b-it', layer: int = 14, arch: str = 'l1') -> RunConfig:
-    "The seed's run: Pile + LmSys, layer 14, 16K latents, 400M tokens; `arch='batchtopk'` uses Minder et al.'s k = 100 and lr 1e-4 instead."
+# %% ../nbs/09_pipeline.ipynb
+def seed_config(base: str = 'google/gemma-2-2b', chat: str = 'google/gemma-2-2b-it', layer: int = 14,
+                arch: str = 'l1') -> RunConfig:
+    ("The seed's run: Pile + LmSys, layer 14, 16K latents, 400M tokens; "
+     "`arch='batchtopk'` uses Minder et al.'s k = 100 and lr 1e-4 instead.")
     _check_arch(arch)
     cc, tr = ({'d_latent': 16384}, TrainConfig()) if arch == 'l1' else \
              ({'d_latent': 16384, 'activation': 'batchtopk', 'k': 100}, TrainConfig(lr=1e-4))
     return RunConfig([base, chat], pile_lmsys_mix(seq_len=1024), BufferConfig(layer=layer), cc, tr)
 
-def organisms_config(base: str = 'organism-base', chat: str = 'organism-chat', layer: int = 3, arch: str = 'batchtopk') -> RunConfig:
-    "A demo-scale run on the organisms (minutes on a CPU): a BatchTopK crosscoder, or the seed's L1 recipe (`arch='l1'`)."
+# %% ../nbs/09_pipeline.ipynb
+def organisms_config(base: str = 'organism-base', chat: str = 'organism-chat', layer: int = 3,
+                     arch: str = 'batchtopk') -> RunConfig:
+    ("A demo-scale run on the organisms (minutes on a CPU): a BatchTopK crosscoder, "
+     "or the seed's L1 recipe (`arch='l1'`).")
     _check_arch(arch)
     bs = 1024
-    # BatchTopK: 512 latents (4x d_model), chosen on validation prompts by bench/width_sweep.py; L1: the seed's ratio (16x)
+    # BatchTopK: 512 latents (4x d_model), chosen on validation prompts by bench/width_sweep.py;
+    # L1: the seed's ratio (16x)
     cc = {'d_latent': 2048, 'l1_coeff': 0.2} if arch == 'l1' else \
-         {'d_latent': 512, 'activation': 'batchtopk', 'k': 32, 'dec_init_norm': 0.3, 'aux_coeff': 0.25, 'dead_tokens': 100_000,
-          'threshold_start': 400}   # the run has ~1000 steps; the inference threshold averages those after step 400
+         {'d_latent': 512, 'activation': 'batchtopk', 'k': 32, 'dec_init_norm': 0.3, 'aux_coeff': 0.25,
+          'dead_tokens': 100_000,
+          # the run has ~1000 steps; the inference threshold averages those after step 400
+          'threshold_start': 400}
+    # precision 'auto': bfloat16 compute where it is faster (half the L1 run's time on a CPU with bf16 units)
     return RunConfig([base, chat], organisms_mix('train', seq_len=128),
-                     BufferConfig(layer=layer, batch_size=bs, buffer_batches=64, model_batch_size=32, n_norm_batches=16, dtype='float32'),
-                     cc, TrainConfig(lr=1e-3, batch_size=bs, n_tokens=1_000_000, l1_coeff=0.2 if arch == 'l1' else None, log_every=50,
-                                 precision='auto'),   # bfloat16 compute where it is faster (half the L1 run's time on a CPU with bf16 units)
+                     BufferConfig(layer=layer, batch_size=bs, buffer_batches=64, model_batch_size=32, n_norm_batches=16,
+                                  dtype='float32'),
+                     cc, TrainConfig(lr=1e-3, batch_size=bs, n_tokens=1_000_000, l1_coeff=0.2 if arch == 'l1' else None,
+                                     log_every=50, precision='auto'),
                      model_dtype='float32')   # tiny models: they run in float32 on any device
 
+# %% ../nbs/09_pipeline.ipynb
 def is_organism(name: str) -> bool:
     "Whether `name` is a model organism: a bundled one (alias or folder), or one regenerated by `build_organisms`."
     try: path = Path(resolve_model(name))
@@ -176,11 +206,13 @@ def is_organism(name: str) -> bool:
     if name in ORGANISMS or not path.is_dir(): return name in ORGANISMS
     return (path.parent / 'ground_truth.json').exists() and (path.parent / 'organism_config.json').exists()
 
+# %% ../nbs/09_pipeline.ipynb
 def default_config(base: str, chat: str, layer: int | None = None,
-                   arch: str | None = None,  # 'batchtopk' or 'l1'; default: BatchTopK on the organisms, the seed's L1 otherwise
+                   arch: str | None = None,  # 'batchtopk' or 'l1'; None: BatchTopK on organisms, else the seed's L1
                   ) -> RunConfig:
     "The organisms' config when both models are organisms, else the seed's."
-    if is_organism(base) and is_organism(chat): return organisms_config(base, chat, 3 if layer is None else layer, arch or 'batchtopk')
+    if is_organism(base) and is_organism(chat):
+        return organisms_config(base, chat, 3 if layer is None else layer, arch or 'batchtopk')
     return seed_config(base, chat, 14 if layer is None else layer, arch or 'l1')
 
 # %% ../nbs/09_pipeline.ipynb
@@ -197,37 +229,49 @@ class _Timed:
     def state_dict(self): return self.it.state_dict()
     def load_state_dict(self, sd): self.it.load_state_dict(sd)
 
+# %% ../nbs/09_pipeline.ipynb
 def _check_out(out: Path, overwrite: bool, resume: bool):
-    if resume and not (out / WEIGHTS_FILE).exists(): raise ValueError(f"Nothing to resume in {out}: it holds no checkpoint ({WEIGHTS_FILE}).")
+    if resume and not (out / WEIGHTS_FILE).exists():
+        raise ValueError(f"Nothing to resume in {out}: it holds no checkpoint ({WEIGHTS_FILE}).")
     check_out_dir(out, overwrite or resume, 'Run directory')   # resume=True (--resume) continues the checkpoint instead
 
 # %% ../nbs/09_pipeline.ipynb
 def open_cache_for(cfg: RunConfig, path: str | Path):
-    "The activation cache at `path`, checked against the run: its models, hook point and tokenizers, and enough activations."
+    ("The activation cache at `path`, checked against the run: its models, hook point and tokenizers, "
+     "and enough activations.")
     from transformers import AutoTokenizer
     c = ActivationCache.open(path)
     toks = []
-    for m in cfg.models:   # a local model's tokenizer is read (no weights) to catch a folder that changed since the harvest
+    # a local model's tokenizer is read (no weights) to catch a folder that changed since the harvest
+    for m in cfg.models:
         try: p = Path(resolve_model(m))
         except (FileNotFoundError, OSError): p = None
         toks.append(AutoTokenizer.from_pretrained(p) if p is not None and p.is_dir() else None)
     c.check(cfg.models, cfg.buffer.hook_name, toks)
     if len(c.acts) < cfg.train.n_tokens:
-        raise ValueError(f"The cache in {path} holds {len(c.acts):,} activations, fewer than train.n_tokens = {cfg.train.n_tokens:,}: "
+        raise ValueError(f"The cache in {path} holds {len(c.acts):,} activations, "
+                         f"fewer than train.n_tokens = {cfg.train.n_tokens:,}: "
                          f"train on at most {len(c.acts):,} (--n-tokens), or harvest a larger cache.")
     return c
 
+# %% ../nbs/09_pipeline.ipynb
 def _from_harvest(cfg: RunConfig, h: HarvestedActivations, saved: CrossCoder | None):
     "Batches from activations harvested once, after checking they are what `cfg` reads."
     if h.hook_point != cfg.buffer.hook_name:
-        raise ValueError(f"The harvested activations come from {h.hook_point!r}, but the config reads {cfg.buffer.hook_name!r}: harvest at the config's hook point.")
+        raise ValueError(f"The harvested activations come from {h.hook_point!r}, "
+                         f"but the config reads {cfg.buffer.hook_name!r}: harvest at the config's hook point.")
     n, n_models, d_model = h.acts.shape
-    if n_models != len(cfg.models): raise ValueError(f"The harvested activations hold {n_models} models, the config names {len(cfg.models)}.")
-    if n < cfg.train.batch_size: raise ValueError(f"{n} harvested activations do not fill one batch of {cfg.train.batch_size}: harvest more.")
-    if saved and saved.cfg.norm_factors is not None and not torch.allclose(torch.tensor(saved.cfg.norm_factors), h.norm_factors.float().cpu()):
-        raise ValueError("The harvested activations have other normalisation factors than the checkpoint: resume on the activations it was trained on.")
+    if n_models != len(cfg.models):
+        raise ValueError(f"The harvested activations hold {n_models} models, the config names {len(cfg.models)}.")
+    if n < cfg.train.batch_size:
+        raise ValueError(f"{n} harvested activations do not fill one batch of {cfg.train.batch_size}: harvest more.")
+    if (saved and saved.cfg.norm_factors is not None
+            and not torch.allclose(torch.tensor(saved.cfg.norm_factors), h.norm_factors.float().cpu())):
+        raise ValueError("The harvested activations have other normalisation factors than the checkpoint: "
+                         "resume on the activations it was trained on.")
     rank, world = rank_world()
-    return (tensor_batches(h.acts, cfg.train.batch_size, seed=cfg.train.seed, scale=h.norm_factors, rank=rank, world=world),
+    return (tensor_batches(h.acts, cfg.train.batch_size, seed=cfg.train.seed, scale=h.norm_factors,
+                           rank=rank, world=world),
             h.norm_factors, d_model, n_models)
 
 # %% ../nbs/09_pipeline.ipynb
@@ -237,8 +281,8 @@ def train_run(cfg: RunConfig, out: str | Path,  # the run directory: checkpoint,
               device: str | None = None,  # default: train.device, else cuda when available, else cpu
               model_dtype: str | None = None,  # overrides cfg.model_dtype (and is recorded in run_config.json)
               progress: bool = True, models: list | None = None,  # already-loaded models (skips loading)
-              activations: HarvestedActivations | None = None,  # harvested once (`harvest_activations`): train on these, shuffled
-              cache: str | Path | None = None,  # an activation cache folder (`write_cache`, `crosscoder-diff harvest`): train on it
+              activations: HarvestedActivations | None = None,  # from `harvest_activations`: train on these, shuffled
+              cache: str | Path | None = None,  # a cache folder (`write_cache`, `crosscoder-diff harvest`) to train on
              ) -> dict:
     "Train a crosscoder as `cfg` says; returns a summary with the timings and the final metrics."
     out, t0 = Path(out), time.time()
@@ -257,15 +301,20 @@ def train_run(cfg: RunConfig, out: str | Path,  # the run directory: checkpoint,
     device = device or cfg.train.device or default_device()
     model_device = cfg.model_device or device
     dtype = resolve_dtype(cfg.model_dtype, model_device)
-    if activations is not None: batches, factors, d_model, n_models = _from_harvest(cfg, activations, resume and CrossCoder.load(out))
+    if activations is not None:
+        batches, factors, d_model, n_models = _from_harvest(cfg, activations, resume and CrossCoder.load(out))
     else:
-        models = models or [load_model(m, device=model_device, dtype=dtype) for m in cfg.models]   # before anything is written
+        # before anything is written
+        models = models or [load_model(m, device=model_device, dtype=dtype) for m in cfg.models]
         dtype = next(models[0].parameters()).dtype
         data, bcfg = cfg.data, cfg.buffer
         if world > 1:   # each rank harvests its own rows, and serves batches of its share
             data = TokenStream(cfg.data, models[0].tokenizer, cfg.buffer.model_batch_size).shard(rank, world)
-            bcfg = replace(cfg.buffer, batch_size=cfg.buffer.batch_size // world, save_buffer=False)   # rank 0 checkpoints: the position only
-        buf = ActivationBuffer(models, data, bcfg, norm_factors=CrossCoder.load(out).cfg.norm_factors if resume else None, progress=progress and rank == 0)
+            # rank 0 checkpoints: the position only
+            bcfg = replace(cfg.buffer, batch_size=cfg.buffer.batch_size // world, save_buffer=False)
+        buf = ActivationBuffer(models, data, bcfg,
+                               norm_factors=CrossCoder.load(out).cfg.norm_factors if resume else None,
+                               progress=progress and rank == 0)
         batches, d_model, n_models = _Timed(buf), buf.d_model, len(models)
         t = time.perf_counter(); factors = buf.norm_factors; batches.seconds += time.perf_counter() - t
         if world > 1 and not resume:   # one set of factors for every rank: the mean of the ranks' estimates
@@ -273,18 +322,27 @@ def train_run(cfg: RunConfig, out: str | Path,  # the run directory: checkpoint,
     if resume: trainer = Trainer.resume(out, batches, device=device)
     else:
         cc = CrossCoder(CrossCoderConfig(d_model=d_model, n_models=n_models, hook_point=cfg.buffer.hook_name,
-                                         model_names=cfg.models, norm_factors=factors.tolist(), **cfg.crosscoder.to_dict()), device=device)
+                                         model_names=cfg.models, norm_factors=factors.tolist(),
+                                         **cfg.crosscoder.to_dict()),
+                        device=device)
         trainer = Trainer(cc, batches, cfg.train, out, overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
-    if activations is None: cfg = replace(cfg, model_dtype=str(dtype).removeprefix('torch.'))   # the dtype used, not 'auto'
+    # the dtype used, not 'auto'
+    if activations is None: cfg = replace(cfg, model_dtype=str(dtype).removeprefix('torch.'))
     cfg = replace(cfg, train=replace(cfg.train, precision=trainer.cfg.precision))   # the precision used, not 'auto'
-    if rank == 0: atomic_write(out / RUN_CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=1)))
+    if rank == 0:
+        atomic_write(out / RUN_CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=1)))
     tokens0, seconds0 = trainer.tokens, trainer._t_train
-    harvest0 = 0 if activations is not None else batches.seconds   # harvested before the loop (norm factors): not the loop's time
+    # harvested before the loop (norm factors): not the loop's time
+    harvest0 = 0 if activations is not None else batches.seconds
     res = trainer.train(progress=progress)
-    harvest_s, harvested = (activations.seconds, len(activations.acts)) if activations is not None else (batches.seconds, buf.tokens_harvested)
-    train_s = max(res['seconds'] - seconds0 - (0 if activations is not None else batches.seconds - harvest0), 1e-9)   # less the loop's harvesting
-    return {**res, 'harvest_tokens': harvested, 'harvest_seconds': round(harvest_s, 3), 'harvest_tokens_per_s': harvested / max(harvest_s, 1e-9),
+    harvest_s, harvested = ((activations.seconds, len(activations.acts)) if activations is not None
+                            else (batches.seconds, buf.tokens_harvested))
+    # less the loop's harvesting
+    train_s = max(res['seconds'] - seconds0 - (0 if activations is not None else batches.seconds - harvest0), 1e-9)
+    return {**res, 'harvest_tokens': harvested, 'harvest_seconds': round(harvest_s, 3),
+            'harvest_tokens_per_s': harvested / max(harvest_s, 1e-9),
             'train_tokens_per_s': (res['tokens'] - tokens0) / train_s, 'wall_seconds': round(time.time() - t0, 3),
-            'norm_factors': factors.tolist(), 'model_dtype': None if activations is not None else str(dtype).removeprefix('torch.'),
+            'norm_factors': factors.tolist(),
+            'model_dtype': None if activations is not None else str(dtype).removeprefix('torch.'),
             'cache': None if cache is None else str(Path(cache).resolve())}

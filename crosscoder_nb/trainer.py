@@ -44,6 +44,7 @@ def compute_dtype(precision: str, device) -> torch.dtype | None:
         return torch.bfloat16 if fast else None
     return torch.bfloat16 if precision == 'bfloat16' else None
 
+# %% ../nbs/05_trainer.ipynb
 @dataclass
 class TrainConfig(Config):
     lr: float = 5e-5                 # Adam learning rate before the decay
@@ -52,7 +53,7 @@ class TrainConfig(Config):
     batch_size: int = 4096           # examples per step: with n_tokens it sets the number of steps
     n_tokens: int = 400_000_000      # training examples (activations) in total
     n_steps: int | None = None       # overrides n_tokens // batch_size when set
-    l1_coeff: float | None = None    # sparsity coefficient at the end of the warm-up; None: the crosscoder's (`l1_default`)
+    l1_coeff: float | None = None    # sparsity coefficient after the warm-up; None: the crosscoder's (`l1_default`)
     l1_warmup_frac: float = 0.05     # share of steps over which the coefficient rises linearly from 0
     lr_decay_frac: float = 0.2       # share of steps, at the end, over which the lr falls linearly to 0
     grad_clip: float = 1.0           # maximum gradient norm (0: no clipping)
@@ -60,11 +61,13 @@ class TrainConfig(Config):
     save_every: int = 0              # steps between checkpoints (0: only at the end of `train`)
     seed: int = 0                    # seeds torch's global RNG when a fresh run starts
     device: str | None = None        # where to train; None: where the crosscoder already is
-    precision: str = 'auto'          # 'float32'; 'bfloat16': mixed precision (bf16 matmuls, fp32 weights, gradients and Adam
-                                     # state); 'auto': bfloat16 where it is faster (a GPU or CPU with bf16 units), else float32
-    fused: bool = True               # fused Adam, and the fused L1 step (`CrossCoder.fused_losses`) where the crosscoder allows it
-    parallel: str = 'ddp'            # under torchrun: 'ddp' (each rank holds the whole crosscoder) or 'fsdp' (each holds 1/N of the
-                                     # weights, gradients and Adam state; 05b_distributed); ignored in one process
+    precision: str = 'auto'          # 'float32'; 'bfloat16': mixed precision (bf16 matmuls, fp32 weights,
+                                     # gradients and Adam state); 'auto': bfloat16 where it is faster
+                                     # (a GPU or CPU with bf16 units), else float32
+    fused: bool = True               # fused Adam, and the fused L1 step (`CrossCoder.fused_losses`) where allowed
+    parallel: str = 'ddp'            # under torchrun: 'ddp' (each rank holds the whole crosscoder) or 'fsdp'
+                                     # (each holds 1/N of the weights, gradients and Adam state; 05b_distributed);
+                                     # ignored in one process
     wandb: bool = False              # also log to Weights & Biases (when installed)
     wandb_project: str = 'crosscoder_nb'
     wandb_mode: str = 'online'       # 'online', 'offline' or 'disabled'
@@ -81,18 +84,24 @@ def validate(self: TrainConfig):
     "Raise a `ValueError` naming the first bad field and how to fix it."
     def bad(msg): raise ValueError(f"TrainConfig: {msg}")
     if not self.lr > 0: bad(f"lr must be > 0, got {self.lr!r}")
-    if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1): bad(f"beta1 and beta2 must be in [0, 1), got {self.beta1!r}, {self.beta2!r}")
+    if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+        bad(f"beta1 and beta2 must be in [0, 1), got {self.beta1!r}, {self.beta2!r}")
     for k in ('batch_size', 'n_tokens', 'log_every'):
         v = getattr(self, k)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1: bad(f"{k} must be an int >= 1, got {v!r}")
-    if self.n_steps is not None and (not isinstance(self.n_steps, int) or self.n_steps < 1): bad(f"n_steps must be an int >= 1 or None, got {self.n_steps!r}")
-    if self.steps < 1: bad(f"n_tokens={self.n_tokens} is less than one batch of {self.batch_size}: raise n_tokens or set n_steps")
-    if self.l1_coeff is not None and not (isinstance(self.l1_coeff, (int, float)) and self.l1_coeff >= 0): bad(f"l1_coeff must be >= 0 or None, got {self.l1_coeff!r}")
+    if self.n_steps is not None and (not isinstance(self.n_steps, int) or self.n_steps < 1):
+        bad(f"n_steps must be an int >= 1 or None, got {self.n_steps!r}")
+    if self.steps < 1:
+        bad(f"n_tokens={self.n_tokens} is less than one batch of {self.batch_size}: raise n_tokens or set n_steps")
+    if self.l1_coeff is not None and not (isinstance(self.l1_coeff, (int, float)) and self.l1_coeff >= 0):
+        bad(f"l1_coeff must be >= 0 or None, got {self.l1_coeff!r}")
     for k in ('l1_warmup_frac', 'lr_decay_frac'):
         if not 0 <= getattr(self, k) <= 1: bad(f"{k} must be in [0, 1], got {getattr(self, k)!r}")
     if not self.grad_clip >= 0: bad(f"grad_clip must be >= 0 (0 disables clipping), got {self.grad_clip!r}")
-    if not isinstance(self.save_every, int) or self.save_every < 0: bad(f"save_every must be an int >= 0 (0: only at the end), got {self.save_every!r}")
-    if self.wandb_mode not in ('online', 'offline', 'disabled'): bad(f"wandb_mode must be 'online', 'offline' or 'disabled', got {self.wandb_mode!r}")
+    if not isinstance(self.save_every, int) or self.save_every < 0:
+        bad(f"save_every must be an int >= 0 (0: only at the end), got {self.save_every!r}")
+    if self.wandb_mode not in ('online', 'offline', 'disabled'):
+        bad(f"wandb_mode must be 'online', 'offline' or 'disabled', got {self.wandb_mode!r}")
     if self.precision not in PRECISIONS: bad(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
     if self.parallel not in PARALLEL: bad(f"parallel must be one of {PARALLEL}, got {self.parallel!r}")
 
@@ -119,7 +128,9 @@ class TensorBatches:
                  scale: Tensor | None = None,  # [n_models]: batches come out as float32 `x * scale[m]` (norm factors)
                  rank: int = 0, world: int = 1,  # data-parallel: rank `rank` of `world` gets its share of each batch
                 ):
-        if len(x) < batch_size: raise ValueError(f"{len(x)} rows do not fill one batch of {batch_size}: pass more data or a smaller batch_size.")
+        if len(x) < batch_size:
+            raise ValueError(f"{len(x)} rows do not fill one batch of {batch_size}: "
+                             "pass more data or a smaller batch_size.")
         self.x, self.batch_size, self.seed, self.shuffle, self.epochs = x, batch_size, seed, shuffle, epochs
         self.rank, self.world, self.local = rank, world, batch_size // world
         self.scale = None if scale is None else torch.as_tensor(scale, dtype=torch.float32, device=x.device)[:, None]
@@ -134,17 +145,19 @@ class TensorBatches:
         if self.batch == len(self): self.epoch, self.batch, self._perm = self.epoch + 1, 0, None
         if self.epochs is not None and self.epoch >= self.epochs: raise StopIteration
         if self._perm is None: self._perm = self.order(self.epoch)
-        idx = self._perm[self.batch * self.batch_size:(self.batch + 1) * self.batch_size][self.rank * self.local:(self.rank + 1) * self.local]
+        idx = (self._perm[self.batch * self.batch_size:(self.batch + 1) * self.batch_size]
+               [self.rank * self.local:(self.rank + 1) * self.local])
         self.batch += 1
         return self.x[idx] if self.scale is None else self.x[idx].float() * self.scale
     def state_dict(self) -> dict: return {'epoch': self.epoch, 'batch': self.batch}
     def load_state_dict(self, d: dict): self.epoch, self.batch, self._perm = d['epoch'], d['batch'], None
 
+# %% ../nbs/05_trainer.ipynb
 def tensor_batches(x: Float[Tensor, "n n_models d_model"],  # activations in memory
                    batch_size: int, seed: int = 0, shuffle: bool = True,
                    epochs: int | None = None,  # passes over `x`; None: forever
                    scale: Tensor | None = None,  # [n_models]: multiply model m's activations by scale[m], in float32
-                   rank: int = 0, world: int = 1,  # data-parallel: this rank's share of each global batch of `batch_size`
+                   rank: int = 0, world: int = 1,  # data-parallel: this rank's share of each `batch_size` batch
                   ) -> TensorBatches:
     "Deterministic batches of `batch_size` rows of `x`, with a resumable position."
     return TensorBatches(x, batch_size, seed, shuffle, epochs, scale, rank, world)
@@ -174,6 +187,7 @@ class NonFiniteError(RuntimeError):
 METRICS_FILE = 'metrics.jsonl'
 STATE_PREFIX = 'trainer_state_'
 
+# %% ../nbs/05_trainer.ipynb
 class Trainer:
     "Train a `CrossCoder` on an iterator of activation batches, with logging, checkpoints and exact resume."
     def __init__(self, crosscoder: CrossCoder,
@@ -183,50 +197,63 @@ class Trainer:
                 ):
         self.cc, self.batches, self.cfg, self.run_dir = crosscoder, batches, cfg, Path(run_dir)
         if (self.run_dir / WEIGHTS_FILE).exists() and not overwrite:
-            raise FileExistsError(f"{self.run_dir} already holds a checkpoint: continue it with Trainer.resume({str(self.run_dir)!r}, batches), "
+            raise FileExistsError(f"{self.run_dir} already holds a checkpoint: continue it with "
+                                  f"Trainer.resume({str(self.run_dir)!r}, batches), "
                                   "or pass overwrite=True / another run_dir to start afresh.")
         self.device = torch.device(cfg.device) if cfg.device else next(crosscoder.parameters()).device
         self.cc.to(self.device)
-        self.rank, self.world = rank_world()   # data-parallel under torchrun (05b_distributed): each rank gets batch_size / world
-        self.fsdp = self.world > 1 and cfg.parallel == 'fsdp'   # each rank holds a shard of every weight and of its Adam state
+        # data-parallel under torchrun (05b_distributed): each rank gets batch_size / world
+        self.rank, self.world = rank_world()
+        # each rank holds a shard of every weight and of its Adam state
+        self.fsdp = self.world > 1 and cfg.parallel == 'fsdp'
         if self.world > 1: check_global_batch(cfg.batch_size, self.world); broadcast_state(self.cc)
         if self.fsdp: shard_fsdp(self.cc, self.device)   # before the optimizer, whose state then holds shards too
         fused_adam = cfg.fused and self.device.type in ('cpu', 'cuda')   # Adam's update in one kernel per tensor
-        self.opt = torch.optim.Adam(self.cc.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused_adam or None)
+        self.opt = torch.optim.Adam(self.cc.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                    fused=fused_adam or None)
         self.amp = compute_dtype(cfg.precision, self.device)   # bfloat16 for the step's compute, or None (float32)
-        if cfg.precision == 'auto': self.cfg = cfg = replace(cfg, precision='bfloat16' if self.amp else 'float32')   # recorded as resolved
+        # recorded as resolved
+        if cfg.precision == 'auto': self.cfg = cfg = replace(cfg, precision='bfloat16' if self.amp else 'float32')
         self.step, self.tokens, self.batches_used, self.saved_step, self.last_metrics = 0, 0, 0, None, None
         self._dev_step = torch.zeros((), dtype=torch.long, device=self.device)
-        self._bad = torch.full((2,), -1, dtype=torch.long, device=self.device)  # first step with a non-finite loss / batch
+        # first step with a non-finite loss / batch
+        self._bad = torch.full((2,), -1, dtype=torch.long, device=self.device)
         self._it, self._skip, self._wandb, self._wandb_id, self._t_train = None, 0, None, None, 0.0
 
 # %% ../nbs/05_trainer.ipynb
 @patch
 def _check_batch(self: Trainer, x):
     c = self.cc.cfg
-    if not isinstance(x, Tensor) or x.ndim != 3 or tuple(x.shape[1:]) != (c.n_models, c.d_model) or not x.is_floating_point():
+    if (not isinstance(x, Tensor) or x.ndim != 3 or tuple(x.shape[1:]) != (c.n_models, c.d_model)
+            or not x.is_floating_point()):
         got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"Batches must be float tensors of shape [batch, n_models={c.n_models}, d_model={c.d_model}] to match the crosscoder, got {got}"
-                         f"{'' if not isinstance(x, Tensor) else ' ' + str(x.dtype)}. Check the models and hook point of the activation source, "
+        raise ValueError(f"Batches must be float tensors of shape [batch, n_models={c.n_models}, d_model={c.d_model}] "
+                         f"to match the crosscoder, got {got}"
+                         f"{'' if not isinstance(x, Tensor) else ' ' + str(x.dtype)}. "
+                         "Check the models and hook point of the activation source, "
                          "or build the crosscoder with matching CrossCoderConfig(n_models=..., d_model=...).")
     if x.shape[0] * self.world != self.cfg.batch_size:
-        warnings.warn(f"Batches hold {x.shape[0]} examples but TrainConfig.batch_size is {self.cfg.batch_size}; the number of steps "
-                      f"({self.cfg.steps}) assumes batch_size. Set batch_size (or n_steps) to match.")
+        warnings.warn(f"Batches hold {x.shape[0]} examples but TrainConfig.batch_size is {self.cfg.batch_size}; "
+                      f"the number of steps ({self.cfg.steps}) assumes batch_size. "
+                      "Set batch_size (or n_steps) to match.")
 
 # %% ../nbs/05_trainer.ipynb
 @patch
 def _train_step(self: Trainer, x: Float[Tensor, "batch n_models d_model"]):
     lr, coeff = self.cfg.lr_at(self.step), self.cfg.l1_coeff_at(self.step, self.cc.cfg.l1_default)
     for g in self.opt.param_groups: g['lr'] = lr
-    with torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):   # fp32 weights either way
+    # fp32 weights either way
+    with torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
         out = self.cc.losses(x, l1_coeff=coeff, fused=self.cfg.fused)
     out.loss.backward()
-    if self.world > 1 and not self.fsdp: average_gradients(self.cc.parameters())   # the global batch's gradient, on every rank (FSDP reduce-scatters its own)
+    # the global batch's gradient, on every rank (FSDP reduce-scatters its own)
+    if self.world > 1 and not self.fsdp: average_gradients(self.cc.parameters())
     if self.cfg.grad_clip: clip_grad_norm_(self.cc.parameters(), self.cfg.grad_clip)
     self.opt.step()
     self.opt.zero_grad(set_to_none=True)
     self.step, self.tokens, self._dev_step = self.step + 1, self.tokens + x.shape[0] * self.world, self._dev_step + 1
-    nonfinite = torch.stack([~torch.isfinite(out.loss.detach()), ~torch.isfinite(x.sum())])   # a NaN or inf anywhere makes the sum one
+    # a NaN or inf anywhere makes the sum one
+    nonfinite = torch.stack([~torch.isfinite(out.loss.detach()), ~torch.isfinite(x.sum())])
     if self.world > 1: nonfinite = any_rank(nonfinite)   # a bad batch on any rank stops every rank, before rank 0 saves
     self._bad = torch.where((self._bad < 0) & nonfinite, self._dev_step, self._bad)
     return out, lr, coeff
@@ -239,7 +266,8 @@ def _check_finite(self: Trainer):
     step = min(s for s in (loss_step, data_step) if s >= 0)
     cause = ("the batch of activations contained NaN or inf: check the activation source" if data_step == step
              else "the activations were finite, so training diverged: lower lr or keep grad_clip on")
-    last = (f"the last checkpoint in {self.run_dir} (step {self.saved_step}) was not overwritten; continue from it with Trainer.resume"
+    last = (f"the last checkpoint in {self.run_dir} (step {self.saved_step}) was not overwritten; "
+            "continue from it with Trainer.resume"
             if self.saved_step is not None else "no checkpoint had been written yet")
     raise NonFiniteError(f"Non-finite loss at step {step}: {cause}. Training stopped; {last}.")
 
@@ -249,35 +277,46 @@ def _log(self: Trainer, out, lr: float, coeff: float, pbar=None):
     self._check_finite()
     m = out.to_dict()
     thr = getattr(self.cc.activation, 'threshold', None)
-    rec = {'step': self.step, 'tokens': self.tokens, **{k: m[k] for k in ('loss', 'l2', 'l1', 'l0', 'explained_variance', 'aux')},
-           'dead_fraction': self.cc.dead_mask().float().mean().item(), 'threshold': None if thr is None else thr.tolist(),
+    rec = {'step': self.step, 'tokens': self.tokens,
+           **{k: m[k] for k in ('loss', 'l2', 'l1', 'l0', 'explained_variance', 'aux')},
+           'dead_fraction': self.cc.dead_mask().float().mean().item(),
+           'threshold': None if thr is None else thr.tolist(),
            'lr': lr, 'l1_coeff': coeff, 'seconds': round(self._t_train + time.time() - self._t0, 3)}
     if self.rank == 0:   # one log, rank 0's
         with open(self.run_dir / METRICS_FILE, 'a') as fh: fh.write(json.dumps(rec) + '\n')
-    if pbar is not None: pbar.set_postfix(loss=f"{rec['loss']:.4g}", L0=f"{rec['l0']:.1f}", EV=f"{np.mean(rec['explained_variance']):.3f}", refresh=False)
+    if pbar is not None:
+        pbar.set_postfix(loss=f"{rec['loss']:.4g}", L0=f"{rec['l0']:.1f}",
+                         EV=f"{np.mean(rec['explained_variance']):.3f}", refresh=False)
     if self._wandb is not None:
         names = self.cc.cfg.model_names or [str(i) for i in range(self.cc.cfg.n_models)]
         flat = {k: v for k, v in rec.items() if k not in ('step', 'explained_variance', 'threshold')}
-        self._wandb.log({**flat, **{f'explained_variance/{n}': v for n, v in zip(names, rec['explained_variance'])}}, step=self.step)
+        self._wandb.log({**flat, **{f'explained_variance/{n}': v for n, v in zip(names, rec['explained_variance'])}},
+                        step=self.step)
     self.last_metrics = rec
 
+# %% ../nbs/05_trainer.ipynb
 @patch
 def _wandb_start(self: Trainer):
     self._wandb = None
     if not self.cfg.wandb or self.rank != 0: return
     try: import wandb
     except ImportError:
-        warnings.warn("TrainConfig.wandb is True but wandb is not installed (pip install wandb): logging to metrics.jsonl only."); return
-    self._wandb_id = self._wandb_id or uuid.uuid4().hex[:12]   # kept in the trainer state, so a resumed run continues the same W&B run
-    self._wandb = wandb.init(project=self.cfg.wandb_project, mode=self.cfg.wandb_mode, dir=str(self.run_dir), id=self._wandb_id,
-                             resume='allow', config={'train': self.cfg.to_dict(), 'crosscoder': self.cc.cfg.to_dict()})
+        warnings.warn("TrainConfig.wandb is True but wandb is not installed (pip install wandb): "
+                      "logging to metrics.jsonl only."); return
+    # kept in the trainer state, so a resumed run continues the same W&B run
+    self._wandb_id = self._wandb_id or uuid.uuid4().hex[:12]
+    self._wandb = wandb.init(project=self.cfg.wandb_project, mode=self.cfg.wandb_mode, dir=str(self.run_dir),
+                             id=self._wandb_id, resume='allow',
+                             config={'train': self.cfg.to_dict(), 'crosscoder': self.cc.cfg.to_dict()})
 
 # %% ../nbs/05_trainer.ipynb
 @patch
 def save(self: Trainer) -> Path:
     "Checkpoint the crosscoder and the trainer state into `run_dir` (atomically); returns `run_dir`."
     self._check_finite()
-    weights, opt_state = (full_state_dict(self.cc), full_optimizer_state(self.opt)) if self.fsdp else (None, self.opt.state_dict())   # FSDP: every rank sends its shards
+    # FSDP: every rank sends its shards
+    weights, opt_state = ((full_state_dict(self.cc), full_optimizer_state(self.opt)) if self.fsdp
+                          else (None, self.opt.state_dict()))
     if self.rank != 0: self.saved_step = self.step; return self.run_dir   # data-parallel: rank 0 writes, once
     self.run_dir.mkdir(parents=True, exist_ok=True)
     name = f'{STATE_PREFIX}{self.step:09d}.pt'
@@ -287,7 +326,8 @@ def save(self: Trainer) -> Path:
              'data': self.batches.state_dict() if hasattr(self.batches, 'state_dict') else None,
              'wandb_id': self._wandb_id, 'seconds': self._t_train}
     atomic_write(self.run_dir / name, lambda tmp: torch.save(state, tmp))
-    self.cc.save(self.run_dir, train_config=self.cfg.to_dict(), extra={'step': self.step, 'tokens': self.tokens, 'trainer_state': name}, weights=weights)
+    self.cc.save(self.run_dir, train_config=self.cfg.to_dict(),
+                 extra={'step': self.step, 'tokens': self.tokens, 'trainer_state': name}, weights=weights)
     for p in self.run_dir.glob(f'{STATE_PREFIX}*.pt'):
         if p.name != name: p.unlink()
     self.saved_step = self.step
@@ -307,7 +347,9 @@ def _start_data(self: Trainer):
     self._it = iter(self.batches)
     for i in range(self._skip):   # resume without a data state_dict: skip what was used
         try: next(self._it)
-        except StopIteration: raise ValueError(f"The batches given to resume hold only {i} batches, but the run had used {self._skip}: pass the same data source.") from None
+        except StopIteration:
+            raise ValueError(f"The batches given to resume hold only {i} batches, but the run had used {self._skip}: "
+                             "pass the same data source.") from None
     self._skip = 0
 
 # %% ../nbs/05_trainer.ipynb
@@ -324,7 +366,9 @@ def train(self: Trainer, n_steps: int | None = None,  # stop after this many mor
     x = self._next() if self.step < end else None
     if x is not None: self._check_batch(x)
     elif self.step < end:
-        if self.step == 0: raise ValueError("The batches yielded nothing: pass a non-empty iterator of [batch, n_models, d_model] tensors.")
+        if self.step == 0:
+            raise ValueError("The batches yielded nothing: pass a non-empty iterator of "
+                             "[batch, n_models, d_model] tensors.")
         stopped = 'out_of_data'
     if self.step == 0 and x is not None: torch.manual_seed(cfg.seed)
     self._wandb_start()
@@ -345,8 +389,9 @@ def train(self: Trainer, n_steps: int | None = None,  # stop after this many mor
         if self._wandb is not None: self._wandb.finish()
     if self.saved_step != self.step: self.save()
     if stopped == 'out_of_data':
-        warnings.warn(f"The batches ran out after {self.step - start} steps of this call (step {self.step} of {cfg.steps}); "
-                      f"the checkpoint in {self.run_dir} is at step {self.step}. Continue with Trainer.resume(run_dir, more_batches).")
+        warnings.warn(f"The batches ran out after {self.step - start} steps of this call "
+                      f"(step {self.step} of {cfg.steps}); the checkpoint in {self.run_dir} is at step {self.step}. "
+                      "Continue with Trainer.resume(run_dir, more_batches).")
     return {'stopped': stopped, 'steps': self.step, 'total_steps': cfg.steps, 'tokens': self.tokens,
             'seconds': round(self._t_train, 3), 'checkpoint': str(self.run_dir), 'final': self.last_metrics}
 
@@ -360,13 +405,19 @@ def resume(cls: Trainer, run_dir: str | Path,  # a folder written by `Trainer.sa
     run_dir = Path(run_dir)
     cc = CrossCoder.load(run_dir)
     if not cc.train_config or not (cc.extra or {}).get('trainer_state'):
-        raise ValueError(f"{run_dir} holds a crosscoder without trainer state (not written by Trainer): train it afresh with Trainer(...).")
-    cfg = TrainConfig.from_dict({'precision': 'float32', 'fused': False, **cc.train_config})   # as a checkpoint from before these options ran
+        raise ValueError(f"{run_dir} holds a crosscoder without trainer state (not written by Trainer): "
+                         "train it afresh with Trainer(...).")
+    # as a checkpoint from before these options ran
+    cfg = TrainConfig.from_dict({'precision': 'float32', 'fused': False, **cc.train_config})
     if device is not None: cfg.device = device
     spath = run_dir / cc.extra['trainer_state']
-    if not spath.exists(): raise FileNotFoundError(f"{spath} is missing: the checkpoint in {run_dir} names it as its trainer state. Restore it, or start afresh.")
+    if not spath.exists():
+        raise FileNotFoundError(f"{spath} is missing: the checkpoint in {run_dir} names it as its trainer state. "
+                                "Restore it, or start afresh.")
     state = torch.load(spath, map_location='cpu', weights_only=True)
-    if state['step'] != cc.extra['step']: raise ValueError(f"{spath} is from step {state['step']} but the crosscoder in {run_dir} from step {cc.extra['step']}.")
+    if state['step'] != cc.extra['step']:
+        raise ValueError(f"{spath} is from step {state['step']} but the crosscoder in {run_dir} "
+                         f"from step {cc.extra['step']}.")
     t = cls(cc, batches, cfg, run_dir, overwrite=True)
     t._load_state(state)
     return t
@@ -374,19 +425,25 @@ def resume(cls: Trainer, run_dir: str | Path,  # a folder written by `Trainer.sa
 # %% ../nbs/05_trainer.ipynb
 @patch
 def _load_state(self: Trainer, state: dict):
-    self.opt.load_state_dict(shard_optimizer_state(state['optimizer'], self.opt) if self.fsdp else state['optimizer'])   # FSDP: this rank's shards
+    # FSDP: this rank's shards
+    self.opt.load_state_dict(shard_optimizer_state(state['optimizer'], self.opt) if self.fsdp else state['optimizer'])
     self.step, self.tokens, self.batches_used = state['step'], state['tokens'], state['batches_used']
     self.saved_step, self._wandb_id, self._t_train = self.step, state.get('wandb_id'), state.get('seconds', 0.0)
     self._dev_step.fill_(self.step)
     torch.set_rng_state(state['rng_cpu'])
-    if torch.cuda.is_available() and len(state['rng_cuda']) == torch.cuda.device_count(): torch.cuda.set_rng_state_all(state['rng_cuda'])
-    if state['data'] is not None and hasattr(self.batches, 'load_state_dict'): self.batches.load_state_dict(state['data'])
+    if torch.cuda.is_available() and len(state['rng_cuda']) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state['rng_cuda'])
+    if state['data'] is not None and hasattr(self.batches, 'load_state_dict'):
+        self.batches.load_state_dict(state['data'])
     else: self._skip = self.batches_used
     mpath = self.run_dir / METRICS_FILE
-    if mpath.exists() and self.rank == 0:   # keep the lines up to the checkpoint (a line cut short by a crash is dropped too)
-        keep = [l for l in mpath.read_text().splitlines() if (r := _parse_line(l)) is not None and r['step'] <= self.step]
+    # keep the lines up to the checkpoint (a line cut short by a crash is dropped too)
+    if mpath.exists() and self.rank == 0:
+        keep = [l for l in mpath.read_text().splitlines()
+                if (r := _parse_line(l)) is not None and r['step'] <= self.step]
         atomic_write(mpath, lambda tmp: Path(tmp).write_text(''.join(l + '\n' for l in keep)))
 
+# %% ../nbs/05_trainer.ipynb
 def _parse_line(line: str) -> dict | None:
     try: return json.loads(line)
     except json.JSONDecodeError: return None
