@@ -52,38 +52,52 @@ class BufferConfig(Config):
 def validate(self: BufferConfig):
     "Raise a clear error for an impossible setting."
     for k in ('batch_size', 'model_batch_size', 'n_norm_batches'):
-        if not (isinstance(getattr(self, k), int) and getattr(self, k) >= 1): raise ValueError(f"{k} must be a positive int, got {getattr(self, k)!r}.")
-    if not (isinstance(self.layer, int) and self.layer >= 0): raise ValueError(f"layer must be an int >= 0, got {self.layer!r}.")
+        if not (isinstance(getattr(self, k), int) and getattr(self, k) >= 1):
+            raise ValueError(f"{k} must be a positive int, got {getattr(self, k)!r}.")
+    if not (isinstance(self.layer, int) and self.layer >= 0):
+        raise ValueError(f"layer must be an int >= 0, got {self.layer!r}.")
     if self.dtype not in DTYPES: raise ValueError(f"dtype {self.dtype!r} is not one of {list(DTYPES)}.")
     if not 0 < self.refill_at <= 1: raise ValueError(f"refill_at must be in (0, 1], got {self.refill_at}.")
     if not (isinstance(self.buffer_batches, int) and self.buffer_batches * self.refill_at >= 1):
-        raise ValueError(f"buffer_batches * refill_at must be at least 1 batch (got {self.buffer_batches} * {self.refill_at}): make the buffer larger.")
+        raise ValueError(f"buffer_batches * refill_at must be at least 1 batch "
+                         f"(got {self.buffer_batches} * {self.refill_at}): make the buffer larger.")
     m = _BLOCK_HOOK.match(self.hook_point or '')
     if m and int(m.group(1)) != self.layer:
-        raise ValueError(f"hook_point {self.hook_point!r} is in layer {m.group(1)} but layer={self.layer}: set layer={m.group(1)}, or leave hook_point out.")
+        raise ValueError(f"hook_point {self.hook_point!r} is in layer {m.group(1)} but layer={self.layer}: "
+                         f"set layer={m.group(1)}, or leave hook_point out.")
 
 # %% ../nbs/03_buffer.ipynb
 class _Stop(Exception):
     "Raised by a hook to end a forward pass once the activation it reads is stored."
 
-_MEMO = None   # while `reuse_activations` runs: {'store': {key: (model, activations on the CPU, their device)}, 'bytes': int, 'max_bytes': int, 'hits': int}
+# while `reuse_activations` runs:
+# {'store': {key: (model, activations on the CPU, their device)}, 'bytes': int, 'max_bytes': int, 'hits': int}
+_MEMO = None
 
 @contextlib.contextmanager
 def reuse_activations(max_bytes: int = 2 << 30,  # stop storing new results past this many bytes (those stored are kept)
                      ):
-    "Within this block `harvest` stores what it returns, and answers a repeated call (same model, tokens and hook point) from the store. For work that reads the same samples several times, such as the reports of several crosscoders on one pair of models. The models (their weights, and any hooks they carry outside `harvest`) must not change inside the block."
+    """Within this block `harvest` stores what it returns, and answers a repeated call (same model, tokens and hook
+    point) from the store. For work that reads the same samples several times, such as the reports of several
+    crosscoders on one pair of models. The models (their weights, and any hooks they carry outside `harvest`) must not
+    change inside the block."""
     global _MEMO
     outer, _MEMO = _MEMO, {'store': {}, 'bytes': 0, 'max_bytes': max_bytes, 'hits': 0}
     try: yield _MEMO
     finally: _MEMO = outer
 
+# %% ../nbs/03_buffer.ipynb
 def _memo_key(model, tokens: Tensor, hook_point: str) -> tuple | None:
-    "The store's key, or None where a result may not be reused: the model carries hooks (they may change what it computes)."
+    """The store's key, or None where a result may not be reused: the model carries hooks (they may change what it
+    computes)."""
     if any(getattr(h, 'fwd_hooks', None) for h in getattr(model, 'hook_dict', {}).values()): return None
     t = tokens.detach().cpu().contiguous()
-    version = sum(p._version for p in model.parameters())   # an in-place change of a weight (e.g. load_state_dict) is a new key
-    return id(model), version, hook_point, tuple(t.shape), str(t.dtype), hashlib.blake2b(t.numpy().tobytes(), digest_size=16).hexdigest()
+    # an in-place change of a weight (e.g. load_state_dict) is a new key
+    version = sum(p._version for p in model.parameters())
+    return (id(model), version, hook_point, tuple(t.shape), str(t.dtype),
+            hashlib.blake2b(t.numpy().tobytes(), digest_size=16).hexdigest())
 
+# %% ../nbs/03_buffer.ipynb
 @torch.no_grad()
 def harvest(model,  # a TransformerBridge
             tokens: Int[Tensor, "batch seq"],
@@ -97,12 +111,15 @@ def harvest(model,  # a TransformerBridge
         return x.to(dev, copy=True)
     x = _harvest(model, tokens, hook_point)
     size = x.numel() * x.element_size()
-    if _MEMO['bytes'] + size <= _MEMO['max_bytes']:   # kept on the CPU, with the model, so that its id cannot be reused inside the block
+    # kept on the CPU, with the model, so that its id cannot be reused inside the block
+    if _MEMO['bytes'] + size <= _MEMO['max_bytes']:
         _MEMO['store'][key], _MEMO['bytes'] = (model, x.to('cpu', copy=True), x.device), _MEMO['bytes'] + size
     return x
 
+# %% ../nbs/03_buffer.ipynb
 def _harvest(model, tokens: Tensor, hook_point: str) -> Tensor:
-    if m := re.fullmatch(r'blocks\.(\d+)\.hook_resid_pre', hook_point): return model(tokens, stop_at_layer=int(m.group(1)))
+    if m := re.fullmatch(r'blocks\.(\d+)\.hook_resid_pre', hook_point):
+        return model(tokens, stop_at_layer=int(m.group(1)))
     box = {}
     def grab(x, hook): box['x'] = x; raise _Stop
     try: model.run_with_hooks(tokens, fwd_hooks=[(hook_point, grab)])
@@ -114,43 +131,54 @@ def _harvest(model, tokens: Tensor, hook_point: str) -> Tensor:
 def check_models(models: list,  # TransformerBridge models
                  hook_point: str, seq_len: int | None = None):
     "Raise a clear error if `models` cannot be read at `hook_point` on the same rows of `seq_len` tokens."
-    if len(models) < 2: raise ValueError(f"Crosscoder diffing needs at least 2 models, got {len(models)}: pass a base and a chat model.")
+    if len(models) < 2:
+        raise ValueError(f"Crosscoder diffing needs at least 2 models, got {len(models)}: "
+                         "pass a base and a chat model.")
     if len({m.cfg.d_model for m in models}) > 1:
-        raise ValueError(f"The models have different d_model {[m.cfg.d_model for m in models]}: a crosscoder stacks their "
-                         "activations, so use models of one architecture (a base model and its fine-tune).")
+        raise ValueError(f"The models have different d_model {[m.cfg.d_model for m in models]}: "
+                         "a crosscoder stacks their activations, "
+                         "so use models of one architecture (a base model and its fine-tune).")
     toks = [getattr(m, 'tokenizer', None) for m in models]
     if any(t is None for t in toks): raise ValueError("Every model needs its tokenizer: load them with `load_model`.")
     v0 = toks[0].get_vocab()
     for i, t in enumerate(toks[1:], 1):
         if t.get_vocab() != v0 or t.bos_token_id != toks[0].bos_token_id:
-            raise ValueError(f"Model {i}'s tokenizer differs from model 0's (vocabulary or BOS): the same token ids must "
-                             "mean the same text in every model. Diff models that share a tokenizer.")
+            raise ValueError(f"Model {i}'s tokenizer differs from model 0's (vocabulary or BOS): "
+                             "the same token ids must mean the same text in every model. "
+                             "Diff models that share a tokenizer.")
     m = _BLOCK_HOOK.match(hook_point)
     for i, model in enumerate(models):
         if m and int(m.group(1)) >= model.cfg.n_layers:
-            raise ValueError(f"Layer {m.group(1)} is out of range: model {i} has {model.cfg.n_layers} layers (0..{model.cfg.n_layers - 1}). Pick a smaller layer.")
+            raise ValueError(f"Layer {m.group(1)} is out of range: model {i} has {model.cfg.n_layers} layers "
+                             f"(0..{model.cfg.n_layers - 1}). Pick a smaller layer.")
         if hook_point not in model.hook_dict:
             near = sorted(k for k in model.hook_dict if k.startswith('blocks.0.hook_resid'))
-            raise ValueError(f"Model {i} has no hook point {hook_point!r}. Residual-stream hooks look like {near}; see `model.hook_dict`.")
+            raise ValueError(f"Model {i} has no hook point {hook_point!r}. "
+                             f"Residual-stream hooks look like {near}; see `model.hook_dict`.")
     if seq_len is not None: check_seq_len(models, seq_len)
 
+# %% ../nbs/03_buffer.ipynb
 def check_seq_len(models: list, seq_len: int):
     "Raise a clear error if rows of `seq_len` tokens do not fit every model's context."
     for i, model in enumerate(models):
         if seq_len > model.cfg.n_ctx:
-            raise ValueError(f"Rows of {seq_len} tokens exceed model {i}'s context of {model.cfg.n_ctx}: set DataConfig.seq_len <= {model.cfg.n_ctx}.")
+            raise ValueError(f"Rows of {seq_len} tokens exceed model {i}'s context of {model.cfg.n_ctx}: "
+                             f"set DataConfig.seq_len <= {model.cfg.n_ctx}.")
 
 # %% ../nbs/03_buffer.ipynb
 def model_names(cc,  # a crosscoder (only its `cfg` is read)
                 names: list[str] | None = None) -> list[str]:
-    "One name per crosscoder slot: `names`, else 'base'/'chat' for 2 models, else `cc.cfg.model_names`, else 'model_i'."
+    """One name per crosscoder slot: `names`, else 'base'/'chat' for 2 models, else `cc.cfg.model_names`, else
+    'model_i'."""
     n = cc.cfg.n_models
     if names is None: names = ['base', 'chat'] if n == 2 else cc.cfg.model_names or [f'model_{i}' for i in range(n)]
     names = [str(x) for x in names]
-    if len(names) != n: raise ValueError(f"{len(names)} names {names} for a crosscoder of {n} models: give one name per model.")
+    if len(names) != n:
+        raise ValueError(f"{len(names)} names {names} for a crosscoder of {n} models: give one name per model.")
     if len(set(names)) != n: raise ValueError(f"Model names must be distinct, got {names}.")
     return names
 
+# %% ../nbs/03_buffer.ipynb
 def as_model_list(cc, models,  # a list in the crosscoder's order, a dict {name: model}, or names for `load_model`
                   names: list[str] | None = None, device: str | None = None) -> tuple[list, list[str]]:
     "The models as a list in the crosscoder's slot order, and their names."
@@ -165,14 +193,15 @@ def check_eval_models(cc,  # a crosscoder (only its `cfg` is read)
                      ) -> str:
     "Raise a clear error if `models` are not what `cc` reads; return the hook point."
     hp, trained = hook_point or cc.cfg.hook_point, f" (trained on {cc.cfg.model_names})" if cc.cfg.model_names else ''
-    if hp is None: raise ValueError("The crosscoder does not record its hook point (cfg.hook_point is None): pass hook_point=, "
-                                    "e.g. 'blocks.14.hook_resid_pre', the one it was trained on.")
+    if hp is None: raise ValueError("The crosscoder does not record its hook point (cfg.hook_point is None): "
+                                    "pass hook_point=, e.g. 'blocks.14.hook_resid_pre', the one it was trained on.")
     if len(models) != cc.cfg.n_models:
-        raise ValueError(f"The crosscoder reads {cc.cfg.n_models} models{trained} but {len(models)} were given: pass one model per slot, in its order.")
+        raise ValueError(f"The crosscoder reads {cc.cfg.n_models} models{trained} but {len(models)} were given: "
+                         "pass one model per slot, in its order.")
     for i, m in enumerate(models):
         if m.cfg.d_model != cc.cfg.d_model:
-            raise ValueError(f"Model {i} ({names[i]}) has d_model {m.cfg.d_model} but the crosscoder{trained} reads d_model {cc.cfg.d_model}: "
-                             "these are not the models it was trained on.")
+            raise ValueError(f"Model {i} ({names[i]}) has d_model {m.cfg.d_model} but the crosscoder{trained} "
+                             f"reads d_model {cc.cfg.d_model}: these are not the models it was trained on.")
         if hp not in m.hook_dict:
             raise ValueError(f"Model {i} ({names[i]}) has no hook point {hp!r}, where the crosscoder{trained} reads: "
                              f"it has {m.cfg.n_layers} layers. Use the models the crosscoder was trained on.")
@@ -189,26 +218,32 @@ def harvest_rows(models: list, tokens: Int[Tensor, "batch seq"], hook_point: str
 
 # %% ../nbs/03_buffer.ipynb
 class ActivationBuffer:
-    "Shuffled activations of 2+ models on the same tokens, refilled as used; an iterator of `[batch, n_models, d_model]`."
+    """Shuffled activations of 2+ models on the same tokens, refilled as used; an iterator of
+    `[batch, n_models, d_model]`."""
     def __init__(self, models: list,  # TransformerBridge models, or names/paths for `load_model`
                  data,  # a DataConfig, a TokenStream, or an iterator of [batch, seq] token rows starting with BOS
                  cfg: BufferConfig | None = None,
                  norm_factors: Tensor | None = None,  # known factors s_m (e.g. from a checkpoint): skips the estimate
                  progress: bool = True):  # show a progress bar while harvesting
         self.cfg = cfg = cfg or BufferConfig()
-        if len(models) < 2: raise ValueError(f"Crosscoder diffing needs at least 2 models, got {len(models)}: pass a base and a chat model.")
+        if len(models) < 2: raise ValueError(f"Crosscoder diffing needs at least 2 models, got {len(models)}: "
+                                             "pass a base and a chat model.")
         self.models = [load_model(m, device=cfg.device) if isinstance(m, (str, os.PathLike)) else m for m in models]
-        seq_len = data.seq_len if isinstance(data, DataConfig) else data.cfg.seq_len if isinstance(data, TokenStream) else None
+        seq_len = (data.seq_len if isinstance(data, DataConfig) else
+                   data.cfg.seq_len if isinstance(data, TokenStream) else None)
         check_models(self.models, cfg.hook_name, seq_len)
         if isinstance(data, DataConfig): data = TokenStream(data, self.models[0].tokenizer, cfg.model_batch_size)
         if isinstance(data, TokenStream):
             if data.tok.get_vocab() != self.models[0].tokenizer.get_vocab():
-                raise ValueError("The TokenStream's tokenizer is not the models' tokenizer: build it with `models[0].tokenizer`.")
+                raise ValueError("The TokenStream's tokenizer is not the models' tokenizer: "
+                                 "build it with `models[0].tokenizer`.")
             data.check()
         self.data = data if isinstance(data, TokenStream) else iter(data)
-        self.device, self.dtype, self.progress = torch.device(cfg.device or self.models[0].cfg.device), DTYPES[cfg.dtype], progress
+        self.device, self.dtype, self.progress = (torch.device(cfg.device or self.models[0].cfg.device),
+                                                  DTYPES[cfg.dtype], progress)
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        self._factors = None if norm_factors is None else torch.as_tensor(norm_factors, dtype=torch.float32, device=self.device)
+        self._factors = (None if norm_factors is None else
+                         torch.as_tensor(norm_factors, dtype=torch.float32, device=self.device))
         self.buffer, self.pointer, self._pending, self.tokens_harvested, self.n_refills = None, 0, [], 0, 0
 
     n_models = property(lambda self: len(self.models))
@@ -224,15 +259,19 @@ def _next_tokens(self: ActivationBuffer) -> Int[Tensor, "batch seq"]:
         raise ValueError(f"Token batches must be [batch, seq] integer tensors, got {tuple(toks.shape)} {toks.dtype}.")
     check_seq_len(self.models, toks.shape[1])
     if (toks[:, 0] != self.models[0].tokenizer.bos_token_id).any():
-        raise ValueError("Token rows must start with BOS (its position is dropped): prepend the tokenizer's BOS, as TokenStream does.")
+        raise ValueError("Token rows must start with BOS (its position is dropped): "
+                         "prepend the tokenizer's BOS, as TokenStream does.")
     return toks.long()
 
+# %% ../nbs/03_buffer.ipynb
 @patch
-def activations(self: ActivationBuffer, tokens: Int[Tensor, "batch seq"]) -> Float[Tensor, "n_tokens n_models d_model"]:
+def activations(self: ActivationBuffer,
+                tokens: Int[Tensor, "batch seq"]) -> Float[Tensor, "n_tokens n_models d_model"]:
     "Activations of every model on `tokens` (float32), without the BOS position and padding."
     t = self.models[0].tokenizer
     keep = torch.ones_like(tokens, dtype=torch.bool); keep[:, 0] = False
-    if t.pad_token_id is not None and t.pad_token_id not in (t.bos_token_id, t.eos_token_id): keep &= tokens != t.pad_token_id
+    if t.pad_token_id is not None and t.pad_token_id not in (t.bos_token_id, t.eos_token_id):
+        keep &= tokens != t.pad_token_id
     acts = [harvest(m, tokens.to(m.cfg.device), self.cfg.hook_name)[keep.to(m.cfg.device)] for m in self.models]
     self.tokens_harvested += int(keep.sum())
     return torch.stack([a.to(self.device, torch.float32) for a in acts], 1)
@@ -245,15 +284,18 @@ def estimate_norm_factors(acts: Iterable[Float[Tensor, "n_tokens n_models d_mode
     if n == 0: raise ValueError("No activations to estimate normalisation factors from: the data gave no tokens.")
     return math.sqrt(d) / (total / n)
 
+# %% ../nbs/03_buffer.ipynb
 @patch
 def fit_norm_factors(self: ActivationBuffer, n_batches: int | None = None) -> Float[Tensor, "n_models"]:
     "Estimate and store s_m on `n_batches` forward passes; their activations are kept to fill the buffer."
     def batches():
-        for _ in tqdm(range(n_batches or self.cfg.n_norm_batches), desc='norm factors', disable=not self.progress, leave=False):
+        for _ in tqdm(range(n_batches or self.cfg.n_norm_batches), desc='norm factors', disable=not self.progress,
+                      leave=False):
             a = self.activations(self._next_tokens()); self._pending.append(a.to(self.dtype)); yield a
     self._factors = estimate_norm_factors(batches()).to(self.device)
     return self._factors
 
+# %% ../nbs/03_buffer.ipynb
 @patch(as_prop=True)
 def norm_factors(self: ActivationBuffer) -> Float[Tensor, "n_models"]:
     "The factors s_m (estimated on first use; ones if `normalize` is off)."
@@ -274,12 +316,14 @@ def _fill(self: ActivationBuffer, n: int):
             if k < len(a): self._pending.insert(0, a[k:])
             done += k; bar.update(k)
 
+# %% ../nbs/03_buffer.ipynb
 @patch
 def refill(self: ActivationBuffer):
     "Replace the served activations with fresh ones (all of them at first) and shuffle the buffer."
     if self.buffer is None:
         self.norm_factors  # estimated first: its activations start the buffer
-        self.buffer = torch.empty(self.cfg.n_activations, self.n_models, self.d_model, dtype=self.dtype, device=self.device)
+        self.buffer = torch.empty(self.cfg.n_activations, self.n_models, self.d_model, dtype=self.dtype,
+                                  device=self.device)
         self._fill(self.cfg.n_activations)
     else: self._fill(self.pointer); self.n_refills += 1
     self.buffer = self.buffer[torch.randperm(len(self.buffer), generator=self.gen).to(self.device)]
@@ -307,17 +351,21 @@ def state_dict(self: ActivationBuffer, include_buffer: bool | None = None,  # de
                   pending=[p.to('cpu', copy=True) for p in self._pending])
     return sd
 
+# %% ../nbs/03_buffer.ipynb
 @patch
 def load_state_dict(self: ActivationBuffer, sd: dict):
     "Continue from a state saved by `state_dict`."
     if sd['data'] is not None:
-        if not hasattr(self.data, 'load_state_dict'): raise ValueError("The saved state has a data position, but this buffer's data cannot seek: pass a TokenStream or DataConfig.")
+        if not hasattr(self.data, 'load_state_dict'):
+            raise ValueError("The saved state has a data position, but this buffer's data cannot seek: "
+                             "pass a TokenStream or DataConfig.")
         self.data.load_state_dict(sd['data'])
     self.gen.set_state(sd['rng'])
     self._factors = None if sd['norm_factors'] is None else sd['norm_factors'].to(self.device)
     self.tokens_harvested, self.n_refills = sd['tokens_harvested'], sd['n_refills']
     self.buffer, self.pointer, self._pending = None, 0, []
-    if sd.get('buffer') is not None and self.cfg.save_buffer:   # save_buffer off (e.g. data-parallel ranks): refill from the position
+    # save_buffer off (e.g. data-parallel ranks): refill from the position
+    if sd.get('buffer') is not None and self.cfg.save_buffer:
         self.buffer, self.pointer = sd['buffer'].to(self.device, self.dtype), sd['pointer']
         self._pending = [p.to(self.device, self.dtype) for p in sd['pending']]
 
@@ -331,16 +379,19 @@ class HarvestedActivations:
     @property
     def tokens_per_s(self) -> float: return len(self.acts) / max(self.seconds, 1e-9)
 
+# %% ../nbs/03_buffer.ipynb
 def harvest_activations(models: list, data, cfg: BufferConfig,
                         n_tokens: int,  # activations to keep
                         norm_factors: Tensor | None = None,  # known factors; default: estimated on the first batches
                         dtype: str | None = None,  # storage dtype, a name in DTYPES; default the buffer's
                         progress: bool = True) -> HarvestedActivations:
     "Run the models once over `n_tokens` tokens of `data` and keep every activation (and the factors s_m) in memory."
-    if not (isinstance(n_tokens, int) and n_tokens >= 1): raise ValueError(f"n_tokens must be an int >= 1, got {n_tokens!r}.")
+    if not (isinstance(n_tokens, int) and n_tokens >= 1):
+        raise ValueError(f"n_tokens must be an int >= 1, got {n_tokens!r}.")
     t0 = time.perf_counter()
     if dtype is not None and dtype not in DTYPES: raise ValueError(f"dtype {dtype!r} is not one of {list(DTYPES)}.")
-    buf = ActivationBuffer(models, data, cfg if dtype is None else BufferConfig(**{**cfg.to_dict(), 'dtype': dtype}), norm_factors=norm_factors, progress=progress)
+    buf = ActivationBuffer(models, data, cfg if dtype is None else BufferConfig(**{**cfg.to_dict(), 'dtype': dtype}),
+                           norm_factors=norm_factors, progress=progress)
     factors = buf.norm_factors   # the activations it was estimated on are kept and used first
     buf.buffer = torch.empty(n_tokens, buf.n_models, buf.d_model, dtype=buf.dtype, device=buf.device)
     buf._fill(n_tokens)

@@ -22,10 +22,11 @@ CACHE_FILE, CACHE_FORMAT = 'cache.json', 1
 _NP = {'bfloat16': np.int16, 'float16': np.float16, 'float32': np.float32}   # bfloat16 is stored as its 16 raw bits
 
 def tokenizer_hash(tok) -> str:
-    """A short hash of a tokenizer's vocabulary: equal hashes, equal token ids. (Special-token settings are left out: loaders such
-    as TransformerLens set a missing pad token, which changes no token id.)"""
+    """A short hash of a tokenizer's vocabulary: equal hashes, equal token ids. (Special-token settings are left out:
+    loaders such as TransformerLens set a missing pad token, which changes no token id.)"""
     return hashlib.sha256(json.dumps(sorted(tok.get_vocab().items())).encode()).hexdigest()[:16]
 
+# %% ../nbs/03a_cache.ipynb
 def _resolved(name: str) -> str | None:
     try: p = Path(resolve_model(name))
     except (FileNotFoundError, OSError, TypeError): return None
@@ -34,8 +35,8 @@ def _resolved(name: str) -> str | None:
 def model_identity(model, name: str) -> dict:
     "What the cache records of one model: its name, local folder (if any), shapes and tokenizer."
     c = model.cfg
-    return {'name': str(name), 'path': _resolved(str(name)), 'd_model': c.d_model, 'n_layers': c.n_layers, 'd_vocab': c.d_vocab,
-            'tokenizer': tokenizer_hash(model.tokenizer)}
+    return {'name': str(name), 'path': _resolved(str(name)), 'd_model': c.d_model, 'n_layers': c.n_layers,
+            'd_vocab': c.d_vocab, 'tokenizer': tokenizer_hash(model.tokenizer)}
 
 def _same(name: str, ident: dict) -> bool:
     "Whether the model called `name` is the one `ident` describes (an alias and its folder are the same model)."
@@ -53,10 +54,12 @@ class ShardedActs:
     shape = property(lambda self: (len(self), *self.parts[0].shape[1:]))
     device = property(lambda self: torch.device('cpu'))
     def __getitem__(self, idx) -> Tensor:
-        "Rows `idx` (a tensor or list of ids, or a slice) as one tensor in the stored dtype; each shard is read in row order."
+        """Rows `idx` (a tensor or list of ids, or a slice) as one tensor in the stored dtype; each shard is read in
+        row order."""
         if isinstance(idx, slice): idx = torch.arange(len(self))[idx]
         idx = torch.as_tensor(idx, dtype=torch.long)
-        if len(idx) and (idx.min() < 0 or idx.max() >= len(self)): raise IndexError(f"row ids must lie in 0..{len(self) - 1}")
+        if len(idx) and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"row ids must lie in 0..{len(self) - 1}")
         order = idx.argsort(); s = idx[order]
         shard = torch.searchsorted(self.offsets[1:], s, right=True)
         out = torch.empty(len(idx), *self.parts[0].shape[1:], dtype=self.dtype)
@@ -65,6 +68,7 @@ class ShardedActs:
             out[order[m]] = self.parts[k][s[m] - self.offsets[k]]
         return out
 
+# %% ../nbs/03a_cache.ipynb
 def _map(path: Path, dtype: str, shape: tuple) -> Tensor:
     "A shard file as a tensor backed by the file (copy-on-write: nothing is ever written back)."
     a = np.memmap(path, dtype=_NP[dtype], mode='c', shape=shape)
@@ -81,48 +85,60 @@ class ActivationCache:
     model_names = property(lambda self: [m['name'] for m in self.manifest['models']])
     seconds = property(lambda self: self.manifest['seconds'])        # wall time of the harvest
     tokens_per_s = property(lambda self: len(self.acts) / max(self.seconds, 1e-9))
-    def __repr__(self): return (f"ActivationCache({str(self.path)!r}: {len(self.acts):,} activations of {self.model_names} at "
-                                f"{self.hook_point!r}, {len(self.manifest['shards'])} shards, {self.manifest['dtype']})")
+    def __repr__(self): return (f"ActivationCache({str(self.path)!r}: {len(self.acts):,} activations of "
+                                f"{self.model_names} at {self.hook_point!r}, {len(self.manifest['shards'])} shards, "
+                                f"{self.manifest['dtype']})")
 
     @classmethod
     def open(cls, path: str | Path) -> ActivationCache:
         "Open a complete cache; a missing, incomplete or damaged one is refused with the fix."
         path = Path(path); mf = path / CACHE_FILE
-        if not mf.exists(): raise FileNotFoundError(f"{path} holds no activation cache ({CACHE_FILE}): write one with `crosscoder-diff harvest --out {path}`.")
+        if not mf.exists():
+            raise FileNotFoundError(f"{path} holds no activation cache ({CACHE_FILE}): "
+                                    f"write one with `crosscoder-diff harvest --out {path}`.")
         man = json.loads(mf.read_text())
-        if man.get('format') != CACHE_FORMAT: raise ValueError(f"{path} is a cache of format {man.get('format')!r}; this version reads format {CACHE_FORMAT}: harvest it again.")
+        if man.get('format') != CACHE_FORMAT:
+            raise ValueError(f"{path} is a cache of format {man.get('format')!r}; "
+                             f"this version reads format {CACHE_FORMAT}: harvest it again.")
         if not man['complete']:
-            raise ValueError(f"The cache in {path} is incomplete: its harvest stopped after {len(man['shards'])} shards ({man['n']:,} of "
-                             f"{man['n_tokens']:,} activations). Finish it with `crosscoder-diff harvest --out {path} --resume` (the same flags).")
+            raise ValueError(f"The cache in {path} is incomplete: its harvest stopped after "
+                             f"{len(man['shards'])} shards ({man['n']:,} of {man['n_tokens']:,} activations). "
+                             f"Finish it with `crosscoder-diff harvest --out {path} --resume` (the same flags).")
         item, M, D = np.dtype(_NP[man['dtype']]).itemsize, man['n_models'], man['d_model']
         parts = []
         for s in man['shards']:
             f = path / s['acts']
             want = s['n'] * M * D * item
-            if not f.exists(): raise FileNotFoundError(f"Shard {f} of the cache is missing: restore it, or harvest the cache again.")
+            if not f.exists():
+                raise FileNotFoundError(f"Shard {f} of the cache is missing: restore it, or harvest the cache again.")
             if f.stat().st_size != want:
-                raise ValueError(f"Shard {f} is truncated or damaged: {f.stat().st_size:,} bytes where the manifest says {want:,}. "
-                                 "Harvest the cache again (or restore the file).")
+                raise ValueError(f"Shard {f} is truncated or damaged: {f.stat().st_size:,} bytes "
+                                 f"where the manifest says {want:,}. Harvest the cache again (or restore the file).")
             parts.append(_map(f, man['dtype'], (s['n'], M, D)))
         return cls(path, man, ShardedActs(parts))
 
     def tokens(self, shard: int) -> Tensor:
         "The token rows shard `shard` was harvested from, `[rows, seq]` (BOS first)."
         s = self.manifest['shards'][shard]
-        return torch.from_numpy(np.fromfile(self.path / s['tokens'], dtype=np.int32).reshape(s['rows'], -1).astype(np.int64))
+        return torch.from_numpy(np.fromfile(self.path / s['tokens'], dtype=np.int32)
+                                .reshape(s['rows'], -1).astype(np.int64))
 
     def check(self, model_names: list[str], hook_point: str, tokenizers: list | None = None):
-        "Raise a clear error unless the cache is of these models (by name or folder), this hook point and these tokenizers."
+        """Raise a clear error unless the cache is of these models (by name or folder), this hook point and these
+        tokenizers."""
         got = self.manifest['models']
-        fix = f"harvest these into a new cache (crosscoder-diff harvest --out NEW_CACHE ...), or train on the models of {self.path}"
+        fix = ("harvest these into a new cache (crosscoder-diff harvest --out NEW_CACHE ...), "
+               f"or train on the models of {self.path}")
         if len(model_names) != len(got) or not all(_same(n, g) for n, g in zip(model_names, got)):
-            raise ValueError(f"The cache in {self.path} holds activations of {[g['name'] for g in got]}, not {list(model_names)}: {fix}.")
+            raise ValueError(f"The cache in {self.path} holds activations of {[g['name'] for g in got]}, "
+                             f"not {list(model_names)}: {fix}.")
         if hook_point != self.hook_point:
-            raise ValueError(f"The cache in {self.path} was harvested at {self.hook_point!r}, not {hook_point!r}: {fix} (or read its hook point).")
+            raise ValueError(f"The cache in {self.path} was harvested at {self.hook_point!r}, not {hook_point!r}: "
+                             f"{fix} (or read its hook point).")
         for tok, g in zip(tokenizers or [], got):
             if tok is not None and tokenizer_hash(tok) != g['tokenizer']:
-                raise ValueError(f"The cache in {self.path} was harvested with another tokenizer than {g['name']}'s now has: the model "
-                                 f"changed since. Harvest it again.")
+                raise ValueError(f"The cache in {self.path} was harvested with another tokenizer than {g['name']}'s "
+                                 f"now has: the model changed since. Harvest it again.")
 
 # %% ../nbs/03a_cache.ipynb
 def _append(tmp: Path, t: Tensor):
@@ -138,67 +154,87 @@ def _commit(tmp: Path, path: Path):
 def _save_manifest(out: Path, man: dict):
     atomic_write(out / CACHE_FILE, lambda tmp: Path(tmp).write_text(json.dumps(man, indent=1)))
 
+# %% ../nbs/03a_cache.ipynb
 def _check_space(out: Path, n: int, n_models: int, d_model: int, dtype: str, resume_hint: str):
     "A clear error before harvesting when the disk cannot hold the `n` activations still to write."
     need = n * n_models * d_model * np.dtype(_NP[dtype]).itemsize
     free = shutil.disk_usage(out).free
     if free < need * 1.02:
-        raise OSError(errno.ENOSPC, f"The cache needs {need / 1e9:,.1f} GB more in {out}, and the disk has {free / 1e9:,.1f} GB free: "
-                                    f"free some space, pick a folder on a larger disk, or harvest fewer tokens (--n-tokens).{resume_hint}")
+        raise OSError(errno.ENOSPC, f"The cache needs {need / 1e9:,.1f} GB more in {out}, and the disk has "
+                                    f"{free / 1e9:,.1f} GB free: free some space, pick a folder on a larger disk, "
+                                    f"or harvest fewer tokens (--n-tokens).{resume_hint}")
 
+# %% ../nbs/03a_cache.ipynb
 def write_cache(models: list,  # loaded models, in the crosscoder's order (base, then chat)
                 model_names: list[str],  # their names or folders, as a run names them
                 data: DataConfig | TokenStream,  # where the token rows come from
                 cfg: BufferConfig,  # hook point, rows per forward pass, norm-factor batches, normalisation
                 n_tokens: int,  # activations to write
                 out: str | Path,  # the cache folder (absent or empty, unless resuming)
-                shard_tokens: int = 1 << 20,  # activations per shard (a shard ends at the first whole batch of rows past it)
+                # activations per shard (a shard ends at the first whole batch of rows past it)
+                shard_tokens: int = 1 << 20,
                 dtype: str = 'bfloat16',  # storage dtype: bfloat16, float16 or float32
                 resume: bool = False,  # continue an interrupted harvest in `out`
                 overwrite: bool = False, progress: bool = True) -> ActivationCache:
     "Harvest `n_tokens` activations of every model at the hook point into a cache folder; returns it opened."
     out = Path(out)
-    if not (isinstance(n_tokens, int) and n_tokens >= 1): raise ValueError(f"n_tokens must be an int >= 1, got {n_tokens!r}.")
-    if not (isinstance(shard_tokens, int) and shard_tokens >= 1): raise ValueError(f"shard_tokens must be an int >= 1, got {shard_tokens!r}.")
+    if not (isinstance(n_tokens, int) and n_tokens >= 1):
+        raise ValueError(f"n_tokens must be an int >= 1, got {n_tokens!r}.")
+    if not (isinstance(shard_tokens, int) and shard_tokens >= 1):
+        raise ValueError(f"shard_tokens must be an int >= 1, got {shard_tokens!r}.")
     if dtype not in _NP: raise ValueError(f"dtype {dtype!r}: a cache stores one of {list(_NP)}.")
-    if len(model_names) != len(models): raise ValueError(f"{len(models)} models but {len(model_names)} model names: name each model.")
-    buf = ActivationBuffer(models, data, cfg, progress=False)   # the buffer's checks: models, hook point, tokenizer, rows
-    if not isinstance(buf.data, TokenStream): raise ValueError("write_cache reads a DataConfig or a TokenStream (a stream it can resume).")
+    if len(model_names) != len(models):
+        raise ValueError(f"{len(models)} models but {len(model_names)} model names: name each model.")
+    # the buffer's checks: models, hook point, tokenizer, rows
+    buf = ActivationBuffer(models, data, cfg, progress=False)
+    if not isinstance(buf.data, TokenStream):
+        raise ValueError("write_cache reads a DataConfig or a TokenStream (a stream it can resume).")
     idents = [model_identity(m, n) for m, n in zip(buf.models, model_names)]
-    settings = {'hook_point': cfg.hook_name, 'dtype': dtype, 'n_tokens': n_tokens, 'shard_tokens': shard_tokens, 'normalize': cfg.normalize,
+    settings = {'hook_point': cfg.hook_name, 'dtype': dtype, 'n_tokens': n_tokens, 'shard_tokens': shard_tokens,
+                'normalize': cfg.normalize,
                 'model_dtype': str(next(buf.models[0].parameters()).dtype).removeprefix('torch.'),
                 'data': buf.data.cfg.to_dict() if hasattr(buf.data.cfg, 'to_dict') else None}
     settings = json.loads(json.dumps(settings))      # as the manifest stores them (lists, not tuples)
     man = json.loads((out / CACHE_FILE).read_text()) if resume and (out / CACHE_FILE).exists() else None
-    if resume and man is None: raise ValueError(f"Nothing to resume in {out}: it holds no {CACHE_FILE}. Start the harvest without --resume.")
+    if resume and man is None:
+        raise ValueError(f"Nothing to resume in {out}: it holds no {CACHE_FILE}. Start the harvest without --resume.")
     if man is not None:
-        if [i['tokenizer'] for i in idents] != [i['tokenizer'] for i in man['models']] or not all(_same(n, i) for n, i in zip(model_names, man['models'])):
-            raise ValueError(f"{out} is a cache of {[i['name'] for i in man['models']]}, not {list(model_names)}: resume with the same models.")
+        if ([i['tokenizer'] for i in idents] != [i['tokenizer'] for i in man['models']]
+                or not all(_same(n, i) for n, i in zip(model_names, man['models']))):
+            raise ValueError(f"{out} is a cache of {[i['name'] for i in man['models']]}, not {list(model_names)}: "
+                             "resume with the same models.")
         theirs = {k: man.get(k) for k in settings}
         if theirs != settings:
             diff = {k: (theirs[k], settings[k]) for k in settings if theirs[k] != settings[k]}
-            raise ValueError(f"{out} was started with other settings (started with, now): {diff}. Resume with the same flags.")
+            raise ValueError(f"{out} was started with other settings (started with, now): {diff}. "
+                             "Resume with the same flags.")
         if man['complete']: return ActivationCache.open(out)
     else:
         check_out_dir(out, overwrite, 'Cache folder')
         out.mkdir(parents=True, exist_ok=True)
-        for f in [out / CACHE_FILE, *out.glob('acts_*.bin*'), *out.glob('tokens_*.bin*')]: f.unlink(missing_ok=True)   # no stale shard survives
-    hint = f" The {len(man['shards'])} complete shards are kept: continue with `crosscoder-diff harvest --out {out} --resume`." if man else ''
+        # no stale shard survives
+        for f in [out / CACHE_FILE, *out.glob('acts_*.bin*'), *out.glob('tokens_*.bin*')]: f.unlink(missing_ok=True)
+    hint = (f" The {len(man['shards'])} complete shards are kept: "
+            f"continue with `crosscoder-diff harvest --out {out} --resume`." if man else '')
     _check_space(out, n_tokens - (man['n'] if man else 0), len(models), buf.d_model, dtype, hint)
     t0 = time.perf_counter() - (man['seconds'] if man else 0.0)
     pending = []                                     # (token rows, activations) read but not yet in a shard, on the CPU
     if man and man['shards']: buf.data.load_state_dict(man['stream']); factors = torch.tensor(man['norm_factors'])
-    else:                                            # a fresh start: the factors come from the first batches, which are kept
+    else:
+        # a fresh start: the factors come from the first batches, which are kept
         man = None
-        def norm_batches():                          # the buffer's estimate; each batch is kept, on the CPU, for the first shard
+        # the buffer's estimate; each batch is kept, on the CPU, for the first shard
+        def norm_batches():
             for _ in range(cfg.n_norm_batches):
                 r = buf._next_tokens(); a = buf.activations(r)
                 pending.append((r, a.to('cpu', DTYPES[dtype]))); yield a
         if cfg.normalize: factors = estimate_norm_factors(norm_batches()).cpu()
         else: factors = torch.ones(len(models))
-    man = man or {'format': CACHE_FORMAT, 'complete': False, 'n': 0, **settings, 'n_models': len(models), 'd_model': buf.d_model,
-                  'models': idents, 'norm_factors': factors.tolist(), 'shards': [], 'stream': None, 'seconds': 0.0}
-    _save_manifest(out, man)                         # from here on the folder is an (incomplete) cache, whatever happens
+    man = man or {'format': CACHE_FORMAT, 'complete': False, 'n': 0, **settings, 'n_models': len(models),
+                  'd_model': buf.d_model, 'models': idents, 'norm_factors': factors.tolist(), 'shards': [],
+                  'stream': None, 'seconds': 0.0}
+    # from here on the folder is an (incomplete) cache, whatever happens
+    _save_manifest(out, man)
     with tqdm(total=n_tokens, initial=man['n'], desc='harvesting to cache', unit='tok', disable=not progress) as bar:
         while man['n'] < n_tokens:
             k = len(man['shards'])
@@ -207,17 +243,20 @@ def write_cache(models: list,  # loaded models, in the crosscoder's order (base,
             for t in tmps.values(): t.unlink(missing_ok=True)
             got, n_rows, want = 0, 0, min(shard_tokens, n_tokens - man['n'])
             try:
-                while (got < want or pending) and man['n'] + got < n_tokens:   # the norm-factor batches all go in the first shard
-                    r, a = pending.pop(0) if pending else (lambda r: (r, buf.activations(r).to('cpu', DTYPES[dtype])))(buf._next_tokens())
+                # the norm-factor batches all go in the first shard
+                while (got < want or pending) and man['n'] + got < n_tokens:
+                    r, a = (pending.pop(0) if pending else
+                            (lambda r: (r, buf.activations(r).to('cpu', DTYPES[dtype])))(buf._next_tokens()))
                     a = a[:n_tokens - man['n'] - got]        # only the last shard is cut short
                     _append(tmps['acts'], a); _append(tmps['tokens'], r.to(torch.int32))
                     got, n_rows = got + len(a), n_rows + len(r); bar.update(len(a))
                 for w in paths: _commit(tmps[w], paths[w])
             except OSError as e:
                 for t in tmps.values(): t.unlink(missing_ok=True)
-                raise OSError(e.errno, f"Writing shard {k} of the cache in {out} failed ({e.strerror or e}): the {k} complete shards "
-                                       f"({man['n']:,} activations) are kept. Free some space, then continue with "
-                                       f"`crosscoder-diff harvest --out {out} --resume` (the same flags), or write_cache(..., resume=True).") from e
+                raise OSError(e.errno, f"Writing shard {k} of the cache in {out} failed ({e.strerror or e}): "
+                                       f"the {k} complete shards ({man['n']:,} activations) are kept. "
+                                       f"Free some space, then continue with `crosscoder-diff harvest --out {out} "
+                                       "--resume` (the same flags), or write_cache(..., resume=True).") from e
             man['shards'].append({'acts': paths['acts'].name, 'tokens': paths['tokens'].name, 'n': got, 'rows': n_rows})
             man.update(n=man['n'] + got, stream=buf.data.state_dict(), seconds=round(time.perf_counter() - t0, 3))
             _save_manifest(out, man)

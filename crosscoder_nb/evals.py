@@ -26,8 +26,10 @@ def is_organism_tokenizer(tok) -> bool:
     "Is `tok` the bundled model organisms' tokenizer?"
     return tok.get_vocab() == AutoTokenizer.from_pretrained(resolve_model('organism-base')).get_vocab()
 
+# %% ../nbs/06_evals.ipynb
 def eval_tokens(model_or_tokenizer,  # a model (its tokenizer is used) or a tokenizer
-                data: DataConfig | TokenStream | None = None,  # default: the organisms' test mix (the half of the held-out text nothing is tuned on), or the seed's Pile + LmSys mix
+                # default: the organisms' test mix, or the seed's Pile + LmSys mix
+                data: DataConfig | TokenStream | None = None,
                 n_seqs: int | None = None,  # rows; default 64 (organisms) or 40 (the seed)
                 seq_len: int | None = None,  # tokens per row, BOS included; default 128 (organisms) or 1024 (the seed)
                 seed: int = 1,  # the stream's seed (a training stream's default is 0)
@@ -36,11 +38,13 @@ def eval_tokens(model_or_tokenizer,  # a model (its tokenizer is used) or a toke
     tok = getattr(model_or_tokenizer, 'tokenizer', None) or model_or_tokenizer
     if data is None:
         org = is_organism_tokenizer(tok)
+        # the organisms' test mix: the half of the held-out text nothing is tuned on
         data = organisms_mix('test', seq_len or 128, seed) if org else pile_lmsys_mix(seq_len or 1024, seed)
         if n_seqs is None: n_seqs = 64 if org else 40
     elif isinstance(data, DataConfig) and seq_len: data = dataclasses.replace(data, seq_len=seq_len)
     if n_seqs is None: n_seqs = 40
-    if not (isinstance(n_seqs, int) and n_seqs >= 1): raise ValueError(f"n_seqs must be an int >= 1, got {n_seqs!r}.")
+    if not (isinstance(n_seqs, int) and n_seqs >= 1):
+        raise ValueError(f"n_seqs must be an int >= 1, got {n_seqs!r}.")
     stream = data if isinstance(data, TokenStream) else TokenStream(data, tok)
     return stream.take(n_seqs)
 
@@ -49,11 +53,14 @@ def check_tokens(tokens: Tensor, models: list) -> Int[Tensor, "n_seqs seq"]:
     "Raise a clear error for token rows the evals cannot use; return them as a long tensor."
     tokens = torch.as_tensor(tokens)
     if tokens.ndim != 2 or tokens.dtype not in (torch.long, torch.int32, torch.int64):
-        raise ValueError(f"Eval tokens must be a [n_seqs, seq] integer tensor, got {tuple(tokens.shape)} {tokens.dtype}.")
+        raise ValueError(f"Eval tokens must be a [n_seqs, seq] integer tensor, "
+                         f"got {tuple(tokens.shape)} {tokens.dtype}.")
     if tokens.shape[0] == 0: raise ValueError("No eval tokens (0 rows): pass some rows, e.g. eval_tokens(model).")
-    if tokens.shape[1] < 2: raise ValueError(f"Eval rows need at least 2 tokens (BOS and one more), got {tokens.shape[1]}.")
+    if tokens.shape[1] < 2:
+        raise ValueError(f"Eval rows need at least 2 tokens (BOS and one more), got {tokens.shape[1]}.")
     if (tokens[:, 0] != models[0].tokenizer.bos_token_id).any():
-        raise ValueError("Eval rows must start with BOS (it is left alone in spliced runs): prepend the tokenizer's BOS, as TokenStream does.")
+        raise ValueError("Eval rows must start with BOS (it is left alone in spliced runs): "
+                         "prepend the tokenizer's BOS, as TokenStream does.")
     if tokens.min() < 0 or tokens.max() >= models[0].cfg.d_vocab:
         raise ValueError(f"Token ids must lie in [0, {models[0].cfg.d_vocab}): these rows come from another tokenizer.")
     check_seq_len(models, tokens.shape[1])
@@ -74,24 +81,31 @@ def norm_factor_estimate(models: list,  # in the crosscoder's order
     return estimate_norm_factors(batches()).float()
 
 # %% ../nbs/06_evals.ipynb
-def resolve_norm_factors(cc: CrossCoder, norm_factors=None,  # None: the checkpoint's; 'estimate'; or one number per model
-                         models: list | None = None, tokens: Tensor | None = None, hook_point: str | None = None,  # for 'estimate'
+def resolve_norm_factors(cc: CrossCoder,
+                         norm_factors=None,  # None: the checkpoint's; 'estimate'; or one number per model
+                         models: list | None = None, tokens: Tensor | None = None,
+                         hook_point: str | None = None,  # for 'estimate'
                          batch_size: int = 8,
                          mask: Tensor | None = None,  # [n_seqs, seq] positions to estimate on; default all but BOS
                         ) -> tuple[Float[Tensor, "n_models"], str]:
     "The factors s_m to evaluate with, and where they come from ('checkpoint', 'given' or 'estimated')."
     n = cc.cfg.n_models
     if isinstance(norm_factors, str):
-        if norm_factors != 'estimate': raise ValueError(f"norm_factors={norm_factors!r}: use None (the checkpoint's), 'estimate', or one number per model.")
+        if norm_factors != 'estimate':
+            raise ValueError(f"norm_factors={norm_factors!r}: use None (the checkpoint's), 'estimate', "
+                             "or one number per model.")
         return norm_factor_estimate(models, tokens, hook_point, batch_size, mask), 'estimated'
     if norm_factors is not None:
         s = torch.as_tensor(norm_factors, dtype=torch.float32).flatten()
-        if len(s) != n or not (torch.isfinite(s) & (s > 0)).all(): raise ValueError(f"norm_factors must be {n} finite numbers > 0, got {norm_factors!r}.")
+        if len(s) != n or not (torch.isfinite(s) & (s > 0)).all():
+            raise ValueError(f"norm_factors must be {n} finite numbers > 0, got {norm_factors!r}.")
         return s, 'given'
     if cc.cfg.norm_factors is None:
-        raise ValueError("This crosscoder has no normalisation factors (cfg.norm_factors is None), so its reconstructions cannot be spliced "
-                         "back into the models. Pass norm_factors='estimate' to estimate s_m = sqrt(d_model) / mean ||x_m|| on the eval "
-                         "tokens (norm_factor_estimate), or set cc.cfg.norm_factors to the factors it was trained with (ActivationBuffer.norm_factors).")
+        raise ValueError("This crosscoder has no normalisation factors (cfg.norm_factors is None), "
+                         "so its reconstructions cannot be spliced back into the models. "
+                         "Pass norm_factors='estimate' to estimate s_m = sqrt(d_model) / mean ||x_m|| "
+                         "on the eval tokens (norm_factor_estimate), or set cc.cfg.norm_factors "
+                         "to the factors it was trained with (ActivationBuffer.norm_factors).")
     return torch.tensor(cc.cfg.norm_factors, dtype=torch.float32), 'checkpoint'
 
 # %% ../nbs/06_evals.ipynb
@@ -100,6 +114,7 @@ def sample_positions(n_seqs: int, seq_len: int, n: int = 4096, seed: int = 0) ->
     total = n_seqs * (seq_len - 1)
     return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
 
+# %% ../nbs/06_evals.ipynb
 @torch.no_grad()
 def reconstruction_metrics(cc: CrossCoder, x: Float[Tensor, "batch n_models d_model"],  # normalised activations
                            names: list[str]) -> dict:
@@ -115,16 +130,20 @@ def splice_hook(new: Float[Tensor, "batch seq_minus_1 d_model"]):
         return x
     return hook
 
+# %% ../nbs/06_evals.ipynb
 def ce_sum(logits: Float[Tensor, "batch seq d_vocab"], tokens: Int[Tensor, "batch seq"]) -> float:
     "Summed next-token cross-entropy of the rows (each row predicts its tokens 1 and up)."
     tokens = tokens.to(logits.device)
-    return sum(F.cross_entropy(logits[i, :-1].float(), tokens[i, 1:], reduction='sum').item() for i in range(len(tokens)))
+    return sum(F.cross_entropy(logits[i, :-1].float(), tokens[i, 1:], reduction='sum').item()
+               for i in range(len(tokens)))
 
+# %% ../nbs/06_evals.ipynb
 @torch.no_grad()
 def spliced_loss(model, tokens: Int[Tensor, "batch seq"], hook_point: str, new: Tensor | None = None) -> float:
     "Summed CE of `model` on `tokens`: clean if `new` is None, else with `new` spliced in at positions 1:."
     tokens = tokens.to(model.cfg.device)
-    return ce_sum(model(tokens) if new is None else model.run_with_hooks(tokens, fwd_hooks=[(hook_point, splice_hook(new))]), tokens)
+    return ce_sum(model(tokens) if new is None else
+                  model.run_with_hooks(tokens, fwd_hooks=[(hook_point, splice_hook(new))]), tokens)
 
 # %% ../nbs/06_evals.ipynb
 def frequency_histogram(freqs: Float[Tensor, "d_latent"], title: str = 'Latent activation frequency',
@@ -134,7 +153,8 @@ def frequency_histogram(freqs: Float[Tensor, "d_latent"], title: str = 'Latent a
     live = freqs[freqs > 0]
     fig = go.Figure(go.Histogram(x=live.log10().tolist(), nbinsx=nbins, marker_color='#4c72b0'))
     n_dead = int((freqs == 0).sum())
-    fig.update_layout(title=f'{title} ({len(freqs)} latents; {n_dead} dead ({n_dead / max(len(freqs), 1):.1%}), not shown)',
+    fig.update_layout(title=f'{title} ({len(freqs)} latents; '
+                            f'{n_dead} dead ({n_dead / max(len(freqs), 1):.1%}), not shown)',
                       xaxis_title='log10 activation frequency', yaxis_title='number of latents', bargap=0.05,
                       template='plotly_white', width=700, height=400)
     return fig
@@ -145,12 +165,14 @@ class _Grab:
     def __call__(self, x, hook=None): self.x = x
 
 @torch.no_grad()
-def _eval_batch(cc: CrossCoder, models: list, tokens: Int[Tensor, "batch seq"], hook_point: str, s: Float[Tensor, "n_models"]):
+def _eval_batch(cc: CrossCoder, models: list, tokens: Int[Tensor, "batch seq"], hook_point: str,
+                s: Float[Tensor, "n_models"]):
     dev, clean, acts = cc_device(cc), [], []
     for m in models:
         grab, t = _Grab(), tokens.to(m.cfg.device)
         clean.append(ce_sum(m.run_with_hooks(t, fwd_hooks=[(hook_point, grab)]), t)); acts.append(grab.x[:, 1:])
-    x = torch.stack([a.to(dev, torch.float32) for a in acts], 2) * s.to(dev)[:, None]   # [batch, seq-1, n_models, d_model]
+    # x: [batch, seq-1, n_models, d_model]
+    x = torch.stack([a.to(dev, torch.float32) for a in acts], 2) * s.to(dev)[:, None]
     f = cc.encode(x.flatten(0, 1))
     x_hat = (cc.decode(f).float() / s.to(dev)[:, None]).view_as(x)
     spliced = [spliced_loss(m, tokens, hook_point, x_hat[:, :, i]) for i, m in enumerate(models)]
@@ -159,7 +181,8 @@ def _eval_batch(cc: CrossCoder, models: list, tokens: Int[Tensor, "batch seq"], 
 
 # %% ../nbs/06_evals.ipynb
 class EvalResult(dict):
-    "The metrics of `evaluate` (JSON-ready); `.frequencies` holds each latent's activation frequency on the eval tokens."
+    """The metrics of `evaluate` (JSON-ready); `.frequencies` holds each latent's activation frequency on the eval
+    tokens."""
     frequencies: Tensor | None = None
 
 def _per_model(names, vals): return dict(zip(names, [float(v) for v in vals]))
@@ -172,7 +195,8 @@ def _recovered(clean: float, spliced: float, ablated: float) -> float:
 
 # %% ../nbs/06_evals.ipynb
 @torch.no_grad()
-def evaluate(cc: CrossCoder, models,  # in the crosscoder's order (a list), a dict {name: model}, or names for `load_model`
+def evaluate(cc: CrossCoder,
+             models,  # in the crosscoder's order (a list), a dict {name: model}, or names for `load_model`
              tokens: Tensor | None = None,  # [n_seqs, seq] rows starting with BOS; default `eval_tokens(models[0])`
              names: list[str] | None = None,  # one per model; see `model_names`
              norm_factors=None,  # None: the checkpoint's; 'estimate': from the eval tokens; or one number per model
@@ -181,16 +205,19 @@ def evaluate(cc: CrossCoder, models,  # in the crosscoder's order (a list), a di
              n_activations: int = 4096,  # size of the L0 / explained-variance batch
              seed: int = 0,  # which positions make that batch
              progress: bool = True) -> EvalResult:
-    "The seed's evals of `cc` on `models`: L0, explained variance, CE clean / spliced / ablated / delta / recovered, dead latents."
+    """The seed's evals of `cc` on `models`: L0, explained variance, CE clean / spliced / ablated / delta / recovered,
+    dead latents."""
     models, names = as_model_list(cc, models, names)
     hp = check_eval_models(cc, models, names, hook_point)
-    if not (isinstance(batch_size, int) and batch_size >= 1): raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
     if norm_factors is None: resolve_norm_factors(cc)   # fails here, before the eval tokens are even read
     tokens = check_tokens(eval_tokens(models[0]) if tokens is None else tokens, models)
     s, source = resolve_norm_factors(cc, norm_factors, models, tokens, hp, batch_size)
     n_seqs, seq = tokens.shape
     pick, got = sample_positions(n_seqs, seq, n_activations, seed), []
-    losses, counts = torch.zeros(3, len(models), dtype=torch.float64), torch.zeros(cc.cfg.d_latent, dtype=torch.long, device=cc_device(cc))
+    losses, counts = (torch.zeros(3, len(models), dtype=torch.float64),
+                      torch.zeros(cc.cfg.d_latent, dtype=torch.long, device=cc_device(cc)))
     for i in tqdm(range(0, n_seqs, batch_size), desc='evaluating', unit='batch', disable=not progress):
         clean, spliced, ablated, f, x = _eval_batch(cc, models, tokens[i:i + batch_size], hp, s)
         losses += torch.tensor([clean, spliced, ablated], dtype=torch.float64)
@@ -204,10 +231,12 @@ def evaluate(cc: CrossCoder, models,  # in the crosscoder's order (a list), a di
 def _eval_result(cc, names, ce, counts, sample, n_seqs, seq, hp, s, source) -> EvalResult:
     clean, spliced, ablated = ce.tolist()
     res = EvalResult(reconstruction_metrics(cc, sample, names))
-    res.update(ce_clean=_per_model(names, clean), ce_spliced=_per_model(names, spliced), ce_ablated=_per_model(names, ablated),
+    res.update(ce_clean=_per_model(names, clean), ce_spliced=_per_model(names, spliced),
+               ce_ablated=_per_model(names, ablated),
                ce_delta=_per_model(names, [b - a for a, b in zip(clean, spliced)]),
                ce_recovered=_per_model(names, [_recovered(*v) for v in zip(clean, spliced, ablated)]),
-               dead_fraction=float((counts == 0).float().mean()), n_seqs=n_seqs, seq_len=seq, n_tokens=n_seqs * (seq - 1),
-               n_activations=len(sample), hook_point=hp, model_names=names, norm_factors=s.tolist(), norm_factors_source=source)
+               dead_fraction=float((counts == 0).float().mean()), n_seqs=n_seqs, seq_len=seq,
+               n_tokens=n_seqs * (seq - 1), n_activations=len(sample), hook_point=hp, model_names=names,
+               norm_factors=s.tolist(), norm_factors_source=source)
     res.frequencies = counts.cpu().double() / (n_seqs * (seq - 1))
     return res

@@ -31,13 +31,15 @@ def resolve_model(name: str | os.PathLike) -> str:
         path = assets_dir() / ORGANISMS[name]
         if not (path / 'config.json').exists():
             raise FileNotFoundError(f"The bundled organism {name!r} is missing from {path}. Reinstall crosscoder-nb, "
-                                    "or regenerate the organisms with `crosscoder-diff organisms --out DIR` and pass DIR/base or DIR/chat.")
+                                    "or regenerate the organisms with `crosscoder-diff organisms --out DIR` "
+                                    "and pass DIR/base or DIR/chat.")
         return str(path)
     path = pathlib.Path(name).expanduser()
     if path.exists():
         if not (path / 'config.json').exists():
             raise FileNotFoundError(f"{path} is not a Hugging Face model directory (it has no config.json). "
-                                    "Pass a folder written by `save_pretrained`, a hub name, or one of " + ', '.join(ORGANISMS))
+                                    "Pass a folder written by `save_pretrained`, a hub name, or one of "
+                                    + ', '.join(ORGANISMS))
         return str(path)
     if _looks_like_path(name):
         raise FileNotFoundError(f"Model directory {path} does not exist. Check the path, or pass a hub name "
@@ -51,15 +53,19 @@ def default_device() -> str:
     if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available(): return 'mps'
     return 'cpu'
 
-MODEL_DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16, 'float64': torch.float64}
+# %% ../nbs/00_models.ipynb
+MODEL_DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16,
+                'float64': torch.float64}
 
 def resolve_dtype(dtype: str | torch.dtype | None,  # a torch dtype, a name in MODEL_DTYPES, or None / 'auto'
                   device: str | torch.device | None = None,  # where the model runs; default `default_device()`
                  ) -> torch.dtype:
     "The dtype to run a model in: `dtype` itself, or for None / 'auto' bfloat16 on a GPU and float32 elsewhere."
     if isinstance(dtype, torch.dtype): return dtype
-    if dtype is None or dtype == 'auto': return torch.bfloat16 if torch.device(device or default_device()).type == 'cuda' else torch.float32
-    if dtype not in MODEL_DTYPES: raise ValueError(f"Unknown model dtype {dtype!r}: use one of {['auto', *MODEL_DTYPES]}.")
+    if dtype is None or dtype == 'auto':
+        return torch.bfloat16 if torch.device(device or default_device()).type == 'cuda' else torch.float32
+    if dtype not in MODEL_DTYPES:
+        raise ValueError(f"Unknown model dtype {dtype!r}: use one of {['auto', *MODEL_DTYPES]}.")
     return MODEL_DTYPES[dtype]
 
 # %% ../nbs/00_models.ipynb
@@ -71,6 +77,7 @@ def hub_offline() -> bool:
     from huggingface_hub import constants
     return bool(constants.HF_HUB_OFFLINE) or os.environ.get('HF_HUB_OFFLINE', '').upper() in ('1', 'ON', 'YES', 'TRUE')
 
+# %% ../nbs/00_models.ipynb
 def hub_error(e: BaseException,  # what transformers or huggingface_hub raised
               name: str,  # the repo id that was asked for
               what: str = 'model',  # what was being fetched, for the message
@@ -84,21 +91,28 @@ def hub_error(e: BaseException,  # what transformers or huggingface_hub raised
     if has(E.GatedRepoError):
         return HubError(f"The hub refused access to the gated {what} {name}: {login} and accept the licence on "
                         f"https://huggingface.co/{name}, then run again.")
-    if has(E.RevisionNotFoundError): return HubError(f"The {what} {name} has no such revision on the hub: check the branch, tag or commit.")
+    if has(E.RevisionNotFoundError):
+        return HubError(f"The {what} {name} has no such revision on the hub: check the branch, tag or commit.")
     # the hub answers an anonymous request for a missing repo with 401, as it does for a private one: say both
-    if has(E.RepositoryNotFoundError): return HubError(f"The {what} {name} does not exist on the Hugging Face hub (or is private: {login}), "
-                                                       "nor as a local folder: check the name (org/name) or the path.")
+    if has(E.RepositoryNotFoundError):
+        return HubError(f"The {what} {name} does not exist on the Hugging Face hub (or is private: {login}), "
+                        "nor as a local folder: check the name (org/name) or the path.")
     if {getattr(getattr(c, 'response', None), 'status_code', None) for c in chain} & {401, 403}:
-        return HubError(f"The hub refused access to the {what} {name} (private, gated, or no token): {login} and accept the licence on "
-                        f"https://huggingface.co/{name} if it has one, then run again.")
-    if any(k.__name__ in ('LocalEntryNotFoundError', 'OfflineModeIsEnabled', 'ConnectionError', 'TransportError', 'TimeoutError')
+        return HubError(f"The hub refused access to the {what} {name} (private, gated, or no token): {login} "
+                        f"and accept the licence on https://huggingface.co/{name} if it has one, then run again.")
+    if any(k.__name__ in ('LocalEntryNotFoundError', 'OfflineModeIsEnabled', 'ConnectionError', 'TransportError',
+                          'TimeoutError')
            for c in chain for k in type(c).__mro__) or any("couldn't connect" in str(c) for c in chain):
         why = 'HF_HUB_OFFLINE is set' if hub_offline() else 'no network'
-        return HubError(f"The {what} {name} is not in the local Hugging Face cache and the hub cannot be reached ({why}): pass a local folder "
-                        f"instead, or go online{' (unset HF_HUB_OFFLINE)' if hub_offline() else ''} to download it once.")
-    if has(E.EntryNotFoundError): return HubError(f"The {what} {name} lacks a file on the hub ({str(e).splitlines()[0][:200]}): check the subfolder or file name.")
+        return HubError(f"The {what} {name} is not in the local Hugging Face cache and the hub cannot be reached "
+                        f"({why}): pass a local folder instead, "
+                        f"or go online{' (unset HF_HUB_OFFLINE)' if hub_offline() else ''} to download it once.")
+    if has(E.EntryNotFoundError):
+        return HubError(f"The {what} {name} lacks a file on the hub ({str(e).splitlines()[0][:200]}): "
+                        "check the subfolder or file name.")
     return None
 
+# %% ../nbs/00_models.ipynb
 @contextlib.contextmanager
 def hub_errors(name: str, what: str = 'model'):
     "Inside the block, a hub failure becomes the `HubError` that names the fix; other errors pass unchanged."
@@ -112,7 +126,8 @@ def hub_errors(name: str, what: str = 'model'):
 # %% ../nbs/00_models.ipynb
 def load_model(name: str | os.PathLike,  # organism alias, local HF directory or hub name
                device: str | torch.device | None = None,  # defaults to `default_device()`
-               dtype: torch.dtype | str | None = torch.float32,  # a torch dtype or a name in MODEL_DTYPES; None or 'auto': `resolve_dtype`'s choice
+               # a torch dtype or a name in MODEL_DTYPES; None or 'auto': `resolve_dtype`'s choice
+               dtype: torch.dtype | str | None = torch.float32,
               ) -> TransformerBridge:
     "Load a causal LM as a TransformerLens `TransformerBridge`, in eval mode with gradients off."
     path, device = resolve_model(name), device or default_device()
@@ -131,6 +146,7 @@ def stop_token_mask(model: TransformerBridge, stop: str) -> Tensor | None:
     mask[:len(tok)] = torch.tensor([stop in tok.decode([i]) for i in range(len(tok))])
     return mask
 
+# %% ../nbs/00_models.ipynb
 @torch.no_grad()
 def greedy_rows(logits_fn,  # token rows [batch, seq] -> logits [batch, seq, d_vocab]
                 rows: list[list[int]], max_new_tokens: int, stop_ids: Tensor | None, pad: int) -> list[list[int]]:
@@ -147,13 +163,15 @@ def greedy_rows(logits_fn,  # token rows [batch, seq] -> logits [batch, seq, d_v
         if done.all(): break
     return [toks[i, len(r):int(lens[i])].tolist() for i, r in enumerate(rows)]
 
+# %% ../nbs/00_models.ipynb
 @torch.no_grad()
 def greedy_complete(model: TransformerBridge,  # a loaded model
                     prompts: list[str],
                     max_new_tokens: int = 48,
                     stop: str = '\n',  # stop a row once it emits a token containing this string
                     batch_size: int = 64,
-                    generate_rows=None,  # (rows, max_new_tokens, stop_ids, pad) -> generated ids; default `greedy_rows` on the model
+                    # (rows, max_new_tokens, stop_ids, pad) -> generated ids; default `greedy_rows` on the model
+                    generate_rows=None,
                    ) -> list[str]:
     "Greedy continuations of `prompts` (BOS prepended), each cut at the first `stop`."
     tok, stop_ids = model.tokenizer, stop_token_mask(model, stop)
@@ -163,7 +181,8 @@ def greedy_complete(model: TransformerBridge,  # a loaded model
     for b in range(0, len(prompts), batch_size):
         rows = [model.to_tokens(p, prepend_bos=True)[0].tolist() for p in prompts[b:b + batch_size]]
         if max(map(len, rows)) + max_new_tokens > model.cfg.n_ctx:
-            raise ValueError(f"A prompt of {max(map(len, rows))} tokens plus {max_new_tokens} new ones exceeds the context ({model.cfg.n_ctx}).")
+            raise ValueError(f"A prompt of {max(map(len, rows))} tokens plus {max_new_tokens} new ones "
+                             f"exceeds the context ({model.cfg.n_ctx}).")
         for g in generate_rows(rows, max_new_tokens, stop_ids, pad):
             text = tok.decode(g)
             out.append(text.split(stop)[0] if stop else text)
