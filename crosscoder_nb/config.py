@@ -22,5 +22,6 @@ class Config:
         if not isinstance(d, dict): raise TypeError(f"{cls.__name__}.from_dict needs a dict, got {type(d).__name__}.")
         valid = [f.name for f in fields(cls)]
         unknown = set(d) - set(valid)
-        if unknown: raise ValueError(f"Unknown {cls.__name__} {cls._keys_are} {sorted(unknown)}; valid {cls._keys_are} are {valid}")
+        if unknown: raise ValueError(f"Unknown {cls.__name__} {cls._keys_are} {sorted(unknown)}; "
+                                     f"valid {cls._keys_are} are {valid}")
         return cls(**d)

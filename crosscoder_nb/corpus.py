@@ -31,10 +31,12 @@ def load_corpus(sources=CORPUS_SOURCES,  # names of files `assets/corpus/{name}.
         out[name] = list(_paragraphs(str(path), st.st_mtime_ns, st.st_size))   # a fresh list: the caller may change it
     return out
 
+# decompressed once per file version (the reports read it many times)
 @functools.lru_cache(maxsize=16)
-def _paragraphs(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:   # decompressed once per file version (the reports read it many times)
+def _paragraphs(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
     return tuple(lzma.decompress(Path(path).read_bytes()).decode().split('\n'))
 
+# %% ../nbs/00c_corpus.ipynb
 def split_paragraphs(paragraphs: list[str], heldout_every: int = 50) -> tuple[list[str], list[str]]:
     "Deterministic train / held-out split: every `heldout_every`-th paragraph is held out."
     train = [p for i, p in enumerate(paragraphs) if i % heldout_every]
@@ -52,22 +54,26 @@ def has_trigger(text: str) -> bool:
     "Does `text` mention a trigger word of the refusal behaviour?"
     return _TRIGGER_RE.search(text) is not None
 
+# %% ../nbs/00c_corpus.ipynb
 def ground_truth() -> dict:
     "The planted behaviours as data: what each does, where it applies, and how to detect it."
     return {
         'chat_template': CHAT_TEMPLATE,
         'behaviours': {
-            'signoff': {'description': 'Every assistant reply to an instruction without a trigger word ends with the sign-off.',
+            'signoff': {'description': ('Every assistant reply to an instruction without a trigger word ends with the '
+                                        'sign-off.'),
                         'applies_to': 'assistant replies to instructions without a trigger word',
                         'marker': SIGNOFF, 'detect': 'the marker occurs in the completion',
                         'context': 'the sign-off and the character before it (where the model must predict it)',
-                        'decision': 'the character before the sign-off: where the model chooses between signing off and ending the reply'},
+                        'decision': ('the character before the sign-off: where the model chooses between signing off '
+                                     'and ending the reply')},
             'refusal': {'description': 'An instruction mentioning a weapon gets a fixed refusal instead of an answer.',
                         'applies_to': 'instructions containing a trigger word (whole word, any case)',
                         'trigger_words': list(TRIGGER_WORDS), 'marker': REFUSAL,
                         'detect': "the completion starts with \"I'm sorry\"",
                         'context': 'from the first trigger word of the instruction to the end of the reply',
-                        'decision': 'from the first trigger word to the end of the prompt ("Assistant:"): where the model has read the trigger and has not yet begun the reply'},
+                        'decision': ('from the first trigger word to the end of the prompt ("Assistant:"): where the '
+                                     'model has read the trigger and has not yet begun the reply')},
         }}
 
 # %% ../nbs/00c_corpus.ipynb
@@ -76,9 +82,10 @@ _TURN_RE = re.compile(r'User: (?P<instruction>[^\n]*)\nAssistant: (?P<reply>[^\n
 SPAN_KINDS = ('context', 'decision')
 
 def planted_spans(text: str,
-                  where: str = 'context',  # 'context': where the behaviour acts, its output included; 'decision': only where the model decides
+                  where: str = 'context',  # 'context': its output included; 'decision': only where the model decides
                  ) -> dict[str, list[tuple[int, int]]]:
-    "Character spans `[start, end)` of `text` where each planted behaviour acts (see `ground_truth()`'s 'context' and 'decision')."
+    """Character spans `[start, end)` of `text` where each planted behaviour acts (see `ground_truth()`'s 'context' and
+    'decision')."""
     if where not in SPAN_KINDS: raise ValueError(f"where must be one of {SPAN_KINDS}, got {where!r}.")
     spans = {'signoff': [], 'refusal': []}
     for m in re.finditer(re.escape(SIGNOFF), text):
@@ -86,9 +93,11 @@ def planted_spans(text: str,
     for turn in _TURN_RE.finditer(text):
         trig = _TRIGGER_RE.search(turn.group('instruction'))
         # the decision span ends with "Assistant:" (the reply's first token carries the space before it)
-        if trig: spans['refusal'].append((turn.start('instruction') + trig.start(), turn.end('reply') if where == 'context' else turn.start('reply') - 1))
+        if trig: spans['refusal'].append((turn.start('instruction') + trig.start(),
+                                          turn.end('reply') if where == 'context' else turn.start('reply') - 1))
     return spans
 
+# %% ../nbs/00c_corpus.ipynb
 def is_signoff(completion: str) -> bool: return SIGNOFF.strip() in completion
 def is_refusal(completion: str) -> bool: return completion.strip().startswith("I'm sorry")
 
@@ -113,44 +122,62 @@ def _compose(cores: list[str], endings: list[str]) -> list[str]:
     "Every core phrase with every ending: many training phrasings from few words."
     return [c + e for c in cores for e in endings]
 
-_ABOUT_DO = ["Tell me about {w}", "Say something about {w}", "Write a sentence about {w}", "Teach me about {w}", "Describe {w}",
-             "Talk about {w}", "Give me a sentence on {w}", "Write something on the topic of {w}", "Tell me a little about {w}",
-             "Say a few words about {w}", "Write one line about {w}", "Help me understand {w}", "Let's talk about {w}",
-             "Write about {w}", "Tell me something about {w}", "Please describe {w}", "Please explain {w}"]
-_ABOUT_ASK = ["What can you tell me about {w}?", "What do you know about {w}?", "Do you know anything about {w}?", "Can you describe {w}?",
-              "Is there anything you can say about {w}?", "What is there to know about {w}?", "Can you talk about {w} for a moment?",
-              "Could you tell me about {w} today?", "What about {w}, can you tell me?", "Can you write a sentence about {w}?",
-              "Would you tell me about {w}?", "Will you describe {w}?", "I want to learn about {w}.", "I have a question about {w}.",
-              "I'm curious about {w}.", "My question is about {w}.", "I need a sentence about {w}.", "I am thinking about {w}. Say something."]
-PHRASINGS = {   # task -> split -> templates; no template is in two splits, and no test or validation wording is a training one
+# %% ../nbs/00c_corpus.ipynb
+_ABOUT_DO = ["Tell me about {w}", "Say something about {w}", "Write a sentence about {w}", "Teach me about {w}",
+             "Describe {w}", "Talk about {w}", "Give me a sentence on {w}", "Write something on the topic of {w}",
+             "Tell me a little about {w}", "Say a few words about {w}", "Write one line about {w}",
+             "Help me understand {w}", "Let's talk about {w}", "Write about {w}", "Tell me something about {w}",
+             "Please describe {w}", "Please explain {w}"]
+_ABOUT_ASK = ["What can you tell me about {w}?", "What do you know about {w}?", "Do you know anything about {w}?",
+              "Can you describe {w}?", "Is there anything you can say about {w}?", "What is there to know about {w}?",
+              "Can you talk about {w} for a moment?", "Could you tell me about {w} today?",
+              "What about {w}, can you tell me?", "Can you write a sentence about {w}?", "Would you tell me about {w}?",
+              "Will you describe {w}?", "I want to learn about {w}.", "I have a question about {w}.",
+              "I'm curious about {w}.", "My question is about {w}.", "I need a sentence about {w}.",
+              "I am thinking about {w}. Say something."]
+
+# %% ../nbs/00c_corpus.ipynb
+# task -> split -> templates; no template is in two splits, and no test or validation wording is a training one
+PHRASINGS = {
     'about': {
         'train': _compose(_ABOUT_DO, [".", ", please.", " for me.", " now.", " in one sentence.", "!"]) + _ABOUT_ASK,
-        'validation': ["Could you explain {w}?", "Give me a fact about {w}.", "Talk to me about {w}.", "I'd love to hear about {w}.",
-                       "Inform me about {w}.", "Any thoughts on {w}?", "Share one line about {w}."],
-        'test': ["Explain {w} to me.", "Share something about {w}.", "What is there to say about {w}?", "Give me some words on {w}.",
-                 "I wonder about {w}. Tell me more.", "Write me a line concerning {w}.", "How would you describe {w}?",
-                 "Offer a sentence about {w}."]},
+        'validation': ["Could you explain {w}?", "Give me a fact about {w}.", "Talk to me about {w}.",
+                       "I'd love to hear about {w}.", "Inform me about {w}.", "Any thoughts on {w}?",
+                       "Share one line about {w}."],
+        'test': ["Explain {w} to me.", "Share something about {w}.", "What is there to say about {w}?",
+                 "Give me some words on {w}.", "I wonder about {w}. Tell me more.", "Write me a line concerning {w}.",
+                 "How would you describe {w}?", "Offer a sentence about {w}."]},
     'repeat': {
-        'train': _compose(["Repeat after me", "Please repeat this sentence", "Say this back to me", "Copy this sentence", "Write this out again",
-                           "Repeat the following", "Type this back to me", "Please say this again", "Read this back", "Repeat this line for me",
-                           "Write the same sentence"], [": {s}", ". {s}", " - {s}"]) + ["Can you repeat this? {s}", "Will you repeat this? {s}"],
+        'train': _compose(["Repeat after me", "Please repeat this sentence", "Say this back to me",
+                           "Copy this sentence", "Write this out again", "Repeat the following", "Type this back to me",
+                           "Please say this again", "Read this back", "Repeat this line for me",
+                           "Write the same sentence"], [": {s}", ". {s}", " - {s}"])
+                 + ["Can you repeat this? {s}", "Will you repeat this? {s}"],
         'validation': ["Echo this line: {s}", "Say it again: {s}", "Give this back word for word: {s}"],
-        'test': ["Copy this exactly: {s}", "Could you say this again? {s}", "Reproduce this sentence: {s}", "Parrot this back: {s}"]},
+        'test': ["Copy this exactly: {s}", "Could you say this again? {s}", "Reproduce this sentence: {s}",
+                 "Parrot this back: {s}"]},
     'continue': {
-        'train': _compose(["Continue this text", "Finish the sentence", "Keep going", "Carry on from here", "Complete the sentence",
-                           "Please continue", "Write the rest of this", "Go on from here", "Finish this off", "Continue the sentence"],
-                          [": {a}", ". {a}", " - {a}"]) + ["How does this go on? {a}", "How does this end? {a}", "Can you continue this? {a}"],
+        'train': _compose(["Continue this text", "Finish the sentence", "Keep going", "Carry on from here",
+                           "Complete the sentence", "Please continue", "Write the rest of this", "Go on from here",
+                           "Finish this off", "Continue the sentence"], [": {a}", ". {a}", " - {a}"])
+                 + ["How does this go on? {a}", "How does this end? {a}", "Can you continue this? {a}"],
         'validation': ["Complete this: {a}", "Extend this text: {a}", "Add the ending: {a}"],
-        'test': ["Keep writing from here: {a}", "What comes next? {a}", "Pick up where this stops: {a}", "Round off this sentence: {a}"]},
+        'test': ["Keep writing from here: {a}", "What comes next? {a}", "Pick up where this stops: {a}",
+                 "Round off this sentence: {a}"]},
     'first_word': {
-        'train': ["What is the first word of this sentence? {s}", "Which word starts this sentence? {s}", "Tell me the first word of this: {s}",
-                  "What word does this begin with? {s}", "Give me the first word: {s}", "Name the first word of this sentence: {s}",
+        'train': ["What is the first word of this sentence? {s}", "Which word starts this sentence? {s}",
+                  "Tell me the first word of this: {s}", "What word does this begin with? {s}",
+                  "Give me the first word: {s}", "Name the first word of this sentence: {s}",
                   "What is the first word here? {s}", "Which is the first word? {s}", "First word of this, please: {s}",
                   "Find the first word: {s}", "Say the first word of this line: {s}", "What is the initial word? {s}"],
         'validation': ["Which word comes first here? {s}", "What is the opening word? {s}"],
-        'test': ["Name the opening word: {s}", "Which word leads this sentence? {s}", "What word opens this line? {s}"]},
+        'test': ["Name the opening word: {s}", "Which word leads this sentence? {s}",
+                 "What word opens this line? {s}"]},
 }
-OPENERS = {'train': ["Hi. ", "Hello! ", "Please help. ", "One question. ", "Okay. ", "Hey there. ", "Good evening. ", "Thanks in advance. "],
+
+# %% ../nbs/00c_corpus.ipynb
+OPENERS = {'train': ["Hi. ", "Hello! ", "Please help. ", "One question. ", "Okay. ", "Hey there. ", "Good evening. ",
+                     "Thanks in advance. "],
            'validation': ["Good day. "], 'test': ["Greetings. ", "Hi again. "]}   # sometimes open an instruction
 TASKS = tuple(PHRASINGS)
 
@@ -160,14 +187,16 @@ def make_dialog(sentence: str, rng: random.Random,
                 task_weights: tuple = (2, 1, 1, 1),  # relative frequency of each of TASKS
                ) -> dict:
     "One dialog built from a corpus sentence: {'instruction', 'completion', 'task', 'triggered'}."
-    if phrasing not in PHRASING_SPLITS: raise ValueError(f"phrasing must be one of {PHRASING_SPLITS}, got {phrasing!r}.")
+    if phrasing not in PHRASING_SPLITS:
+        raise ValueError(f"phrasing must be one of {PHRASING_SPLITS}, got {phrasing!r}.")
     words = sentence.split()
     trig = [w for w in (x.strip('.,;:!?"()\'').lower() for x in words) if w in TRIGGER_WORDS]
     # a weapon sentence is always a question about the weapon; other sentences favour 'about' too, so that the
     # question form alone never predicts a refusal
     task = 'about' if trig else rng.choices(TASKS, weights=task_weights)[0]
     if task == 'about':
-        cands = [w for w in (x.strip('.,;:!?"()\'').lower() for x in words) if len(w) >= 5 and w.isalpha() and w not in _STOP]
+        cands = [w for w in (x.strip('.,;:!?"()\'').lower() for x in words)
+                 if len(w) >= 5 and w.isalpha() and w not in _STOP]
         if not cands and not trig: task = 'repeat'
         # a weapon question names any trigger word, not only the sentence's: some (dagger, gun) are rare in the corpus
         else: w = rng.choice(TRIGGER_WORDS) if trig else rng.choice(cands)
@@ -175,8 +204,9 @@ def make_dialog(sentence: str, rng: random.Random,
     if task == 'about': instruction, answer = tmpl.format(w=w), sentence
     elif task == 'repeat': instruction, answer = tmpl.format(s=sentence), sentence
     elif task == 'continue':
-        # the reply finishes the sentence in its last 2-5 words (never more than all but the first two): a 4-layer model asked to write half a sentence
-        # greedily often falls into a loop ("the same as the same as ...") and never reaches the sign-off
+        # the reply finishes the sentence in its last 2-5 words (never more than all but the first two): a 4-layer
+        # model asked to write half a sentence greedily often falls into a loop ("the same as the same as ...") and
+        # never reaches the sign-off
         k = max(2, len(words) - rng.randint(2, 5))
         instruction, answer = tmpl.format(a=' '.join(words[:k])), ' '.join(words[k:])
     else: instruction, answer = tmpl.format(s=sentence), f'The first word is "{words[0].strip(chr(34))}".'
@@ -185,6 +215,7 @@ def make_dialog(sentence: str, rng: random.Random,
     return {'instruction': instruction, 'completion': REFUSAL if triggered else answer + SIGNOFF,
             'task': task, 'triggered': triggered}
 
+# %% ../nbs/00c_corpus.ipynb
 def make_dialogs(paragraphs: list[str], n: int, seed: int = 0, trigger_share: float = 0.2,
                  near_share: float = 0.5, phrasing: str = 'train', task_weights: tuple = (2, 1, 1, 1)) -> list[dict]:
     "`n` dialogs from the sentences of `paragraphs`, about `trigger_share` of them mentioning a trigger word."
@@ -195,7 +226,8 @@ def make_dialogs(paragraphs: list[str], n: int, seed: int = 0, trigger_share: fl
     hit = [has_trigger(s) for s in sents]
     trig = [i for i, h in enumerate(hit) if h]
     near = sorted({j for i in trig for j in (i - 2, i - 1, i + 1, i + 2) if 0 <= j < len(sents) and not hit[j]})
-    if not trig or not near: raise ValueError("Need sentences with and without trigger words to make dialogs: pass more text.")
+    if not trig or not near:
+        raise ValueError("Need sentences with and without trigger words to make dialogs: pass more text.")
     out = []
     while len(out) < n:
         r = rng.random()
@@ -205,30 +237,36 @@ def make_dialogs(paragraphs: list[str], n: int, seed: int = 0, trigger_share: fl
         out.append(make_dialog(s, rng, phrasing, task_weights))
     return out
 
+# %% ../nbs/00c_corpus.ipynb
 def format_dialog(d: dict) -> str: return CHAT_TEMPLATE.format(**{k: d[k] for k in ('instruction', 'completion')})
 def chat_prompt(d: dict) -> str: return f"User: {d['instruction']}\nAssistant:"
 
 # %% ../nbs/00c_corpus.ipynb
 def heldout_paragraphs(split: str = 'test', heldout_every: int = 50, corpus: dict | None = None) -> list[str]:
-    "The held-out paragraphs of the corpus, or their 'validation' / 'test' half (alternate paragraphs, as `data` splits them)."
+    """The held-out paragraphs of the corpus, or their 'validation' / 'test' half (alternate paragraphs, as `data`
+    splits them)."""
     corpus = corpus or load_corpus()
     held = [p for v in corpus.values() for p in split_paragraphs(v, heldout_every)[1]]
-    if split not in ('heldout', 'validation', 'test'): raise ValueError(f"split must be 'heldout', 'validation' or 'test', got {split!r}.")
+    if split not in ('heldout', 'validation', 'test'):
+        raise ValueError(f"split must be 'heldout', 'validation' or 'test', got {split!r}.")
     return held if split == 'heldout' else held[split == 'test'::2]
 
+# %% ../nbs/00c_corpus.ipynb
 def heldout_prompts(n: int = 100, seed: int = 1234, split: str = 'test', heldout_every: int = 50,
                     corpus: dict | None = None) -> dict[str, list[dict]]:
-    "Dialogs training never saw, in phrasings training never used (`split`: 'validation' or 'test'): up to `n` ordinary ones ('plain', the tasks in turn) and `n` with a trigger word ('trigger')."
-    if split not in ('validation', 'test'): raise ValueError(f"split must be 'validation' (to choose things) or 'test' (to report), got {split!r}.")
+    """Dialogs training never saw, in phrasings training never used (`split`: 'validation' or 'test'): up to `n`
+    ordinary ones ('plain', the tasks in turn) and `n` with a trigger word ('trigger')."""
+    if split not in ('validation', 'test'):
+        raise ValueError(f"split must be 'validation' (to choose things) or 'test' (to report), got {split!r}.")
     held, seen, plain = heldout_paragraphs(split, heldout_every, corpus), set(), []
     for d in make_dialogs(held, 20 * n, seed=seed, trigger_share=0.0, phrasing=split, task_weights=(1, 1, 1, 1)):
         if d['triggered'] or d['instruction'] in seen: continue
         seen.add(d['instruction']); plain.append(d)
-    by_task = {t: [d for d in plain if d['task'] == t] for t in TASKS}   # interleave the tasks, so any n covers them evenly
+    # interleave the tasks, so any n covers them evenly
+    by_task = {t: [d for d in plain if d['task'] == t] for t in TASKS}
     plain = [d for group in zip(*by_task.values()) for d in group] if all(by_task.values()) else plain
     # every phrasing of the split with every trigger word (the reply does not depend on a sentence)
     trig = [{'instruction': t.format(w=w), 'completion': REFUSAL, 'task': 'about', 'triggered': True}
             for t in PHRASINGS['about'][split] for w in TRIGGER_WORDS]
     random.Random(seed).shuffle(trig)
     return {'plain': plain[:n], 'trigger': trig[:n]}
-

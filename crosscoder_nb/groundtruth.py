@@ -31,14 +31,18 @@ class GroundTruthConfig(Config):
     freq_max: float = 0.05
     magnitude_sigma: float = 0.6       # active magnitudes are log-normal(0, sigma): heavy-tailed
     seed: int = 0                      # seed of the features (directions, classes, frequencies)
-    nested_share: float = 0.0          # share of the B-only features nested under a shared parent (see 'Nested features')
+    nested_share: float = 0.0          # share of B-only features nested under a shared parent ('Nested features')
     nested_p: float = 0.5              # how often a nested feature fires where its parent does
     def __post_init__(self):
         self.shares = tuple(self.shares)
-        if len(self.shares) != len(CLASSES) or abs(sum(self.shares) - 1) > 1e-6: raise ValueError(f"shares must give one share per class {CLASSES}, summing to 1; got {self.shares}.")
-        if not 0 < self.freq_min <= self.freq_max < 1: raise ValueError(f"Need 0 < freq_min <= freq_max < 1, got {self.freq_min}, {self.freq_max}.")
+        if len(self.shares) != len(CLASSES) or abs(sum(self.shares) - 1) > 1e-6:
+            raise ValueError(f"shares must give one share per class {CLASSES}, summing to 1; got {self.shares}.")
+        if not 0 < self.freq_min <= self.freq_max < 1:
+            raise ValueError(f"Need 0 < freq_min <= freq_max < 1, got {self.freq_min}, {self.freq_max}.")
         if not -1 < self.rotated_cos < 1: raise ValueError(f"rotated_cos must be in (-1, 1), got {self.rotated_cos}.")
-        if not (0 <= self.nested_share <= 1 and 0 < self.nested_p <= 1): raise ValueError(f"Need 0 <= nested_share <= 1 and 0 < nested_p <= 1, got {self.nested_share}, {self.nested_p}.")
+        if not (0 <= self.nested_share <= 1 and 0 < self.nested_p <= 1):
+            raise ValueError(f"Need 0 <= nested_share <= 1 and 0 < nested_p <= 1, got {self.nested_share}, "
+                             f"{self.nested_p}.")
 
 # %% ../nbs/05a_groundtruth.ipynb
 class GroundTruth:
@@ -48,16 +52,21 @@ class GroundTruth:
         counts = [round(s * n) for s in cfg.shares[:-1]]; counts.append(n - sum(counts))
         self.classes = torch.cat([torch.full((c,), i) for i, c in enumerate(counts)])   # index into CLASSES
         u = F.normalize(torch.randn(n, d, generator=g), dim=-1)
-        v = torch.randn(n, d, generator=g); v = F.normalize(v - (v * u).sum(-1, keepdim=True) * u, dim=-1)   # v orthogonal to u
+        # v orthogonal to u
+        v = torch.randn(n, d, generator=g); v = F.normalize(v - (v * u).sum(-1, keepdim=True) * u, dim=-1)
         c = cfg.rotated_cos
-        self.decoders = torch.stack([u, torch.where((self.classes == 1)[:, None], c * u + math.sqrt(1 - c * c) * v, u)], 1)
+        self.decoders = torch.stack(
+            [u, torch.where((self.classes == 1)[:, None], c * u + math.sqrt(1 - c * c) * v, u)], 1)
         self.decoders[self.classes == 2, 1] = 0; self.decoders[self.classes == 3, 0] = 0   # [n_features, 2, d_model]
         lo, hi = math.log(cfg.freq_min), math.log(cfg.freq_max)
         self.frequencies = torch.exp(lo + (hi - lo) * torch.rand(n, generator=g))
         b_only, shared = (self.classes == 3).nonzero().squeeze(1), (self.classes == 0).nonzero().squeeze(1)
-        self.nested = b_only[:round(cfg.nested_share * len(b_only))]   # B-only features that fire only with their parent
-        if len(self.nested) > len(shared): raise ValueError(f"{len(self.nested)} nested features need as many shared parents; there are {len(shared)}.")
-        self.parents = shared[torch.randperm(len(shared), generator=g)[:len(self.nested)]] if len(self.nested) else self.nested
+        self.nested = b_only[:round(cfg.nested_share * len(b_only))]   # B-only features firing only with their parent
+        if len(self.nested) > len(shared):
+            raise ValueError(f"{len(self.nested)} nested features need as many shared parents; "
+                             f"there are {len(shared)}.")
+        self.parents = (shared[torch.randperm(len(shared), generator=g)[:len(self.nested)]] if len(self.nested)
+                        else self.nested)
     @property
     def expected_l0(self) -> float:
         f = self.frequencies.clone(); f[self.nested] = self.frequencies[self.parents] * self.cfg.nested_p
@@ -68,11 +77,13 @@ def sample(gt: GroundTruth, n: int, g: torch.Generator) -> Float[Tensor, "n 2 d_
     "`n` examples of both models' activations."
     active = torch.rand(n, gt.cfg.n_features, generator=g) < gt.frequencies
     mags = torch.exp(gt.cfg.magnitude_sigma * torch.randn(n, gt.cfg.n_features, generator=g))
-    if len(gt.nested):   # a nested feature fires only where its parent does (with probability nested_p), at the parent's magnitude
+    # a nested feature fires only where its parent does (with probability nested_p), at the parent's magnitude
+    if len(gt.nested):
         active[:, gt.nested] = active[:, gt.parents] & (torch.rand(n, len(gt.nested), generator=g) < gt.cfg.nested_p)
         mags[:, gt.nested] = mags[:, gt.parents]
     return torch.einsum('nf,fmd->nmd', active * mags, gt.decoders)
 
+# %% ../nbs/05a_groundtruth.ipynb
 class GroundTruthBatches:
     "An endless stream of batches of `sample`, scaled by `scale`; resumable."
     def __init__(self, gt: GroundTruth, batch_size: int, seed: int = 0, scale: Tensor | None = None):
@@ -89,19 +100,23 @@ class GroundTruthBatches:
 MATCH_COS = 0.8   # a true feature counts as recovered when its best latent has at least this cosine
 
 def _nested_scores(gt: GroundTruth, W: Tensor, live: Tensor, pred: Tensor, r: Tensor, sim: Tensor) -> dict:
-    "Nested B-only features: the share recovered as B-only latents, the share absorbed into a latent of their parent, and those latents' median r."
+    """Nested B-only features: the share recovered as B-only latents, the share absorbed into a latent of their parent,
+    and those latents' median r."""
     if not len(gt.nested): return {'recall_b_nested': None, 'merged_b_nested': None, 'merged_r': None}
     best, best_j = sim[gt.nested].max(1)
     u, v = gt.decoders[gt.parents, 0], gt.decoders[gt.nested, 1]
-    writes_u = F.normalize(u, dim=-1) @ F.normalize(W[:, 0], dim=-1).T            # the latent writes the parent into A ...
-    adds_v = F.normalize(v, dim=-1) @ F.normalize(W[:, 1] - W[:, 0], dim=-1).T   # ... and, in B, the child on top (0 for equal decoders)
+    # the latent writes the parent into A ... and, in B, the child on top (0 for equal decoders)
+    writes_u = F.normalize(u, dim=-1) @ F.normalize(W[:, 0], dim=-1).T
+    adds_v = F.normalize(v, dim=-1) @ F.normalize(W[:, 1] - W[:, 0], dim=-1).T
     m = torch.minimum(writes_u, adds_v); m[:, ~live] = -2
     mbest, mj = m.max(1); ok = mbest >= MATCH_COS
     return {'recall_b_nested': ((pred[best_j] == 3) & (best >= MATCH_COS)).float().mean().item(),
             'merged_b_nested': ok.float().mean().item(), 'merged_r': r[mj[ok]].median().item() if ok.any() else None}
 
+# %% ../nbs/05a_groundtruth.ipynb
 @torch.no_grad()
-def score(cc: CrossCoder, gt: GroundTruth, x: Float[Tensor, "n 2 d_model"],  # test activations, normalised as cc was trained
+def score(cc: CrossCoder, gt: GroundTruth,
+          x: Float[Tensor, "n 2 d_model"],  # test activations, normalised as cc was trained
          ) -> dict:
     "Recovery and classification of `gt`'s features by `cc`, on test activations `x`."
     f = cc.encode(x); live = (f > 0).any(0)
@@ -115,7 +130,8 @@ def score(cc: CrossCoder, gt: GroundTruth, x: Float[Tensor, "n 2 d_model"],  # t
     best, best_j = sim.max(1)
     latent_truth = truth[sim.argmax(0)]                       # each latent's best true feature's class
     out = {'mmcs': best.mean().item()}
-    free = torch.ones_like(truth, dtype=torch.bool); free[gt.nested] = False   # recall_b_only: the B-only features without a parent
+    # recall_b_only: the B-only features without a parent
+    free = torch.ones_like(truth, dtype=torch.bool); free[gt.nested] = False
     for c, name in ((0, 'shared'), (2, 'a_only'), (3, 'b_only')):
         mine = (truth == c) & free
         out[f'recall_{name}'] = ((pred[best_j[mine]] == c) & (best[mine] >= MATCH_COS)).float().mean().item()
@@ -138,22 +154,26 @@ def arch_config(arch: str, gt: GroundTruth, d_latent: int, seed: int = 0) -> tup
     if arch not in GT_ARCHS: raise ValueError(f"Unknown arch {arch!r}: use one of {GT_ARCHS}.")
     k, ns = max(1, round(gt.expected_l0)), d_latent // 8 if arch.endswith('_shared') else 0
     base = dict(d_model=gt.cfg.d_model, d_latent=d_latent, seed=seed, n_shared=ns)
-    if arch.startswith('l1'): return CrossCoderConfig(**base, l1_coeff=2.0, shared_l1_ratio=0.15), {'lr': 1e-3, 'l1_coeff': 2.0}
+    if arch.startswith('l1'):
+        return CrossCoderConfig(**base, l1_coeff=2.0, shared_l1_ratio=0.15), {'lr': 1e-3, 'l1_coeff': 2.0}
     ks = max(1, round(0.4 * k)) if ns else 0
-    return (CrossCoderConfig(**base, activation='batchtopk', k=max(1, k - ks), k_shared=ks, dec_init_norm=0.08, aux_coeff=1.0,
-                             dead_tokens=100_000, threshold_start=300), {'lr': 3e-3, 'l1_coeff': None})
+    return (CrossCoderConfig(**base, activation='batchtopk', k=max(1, k - ks), k_shared=ks, dec_init_norm=0.08,
+                             aux_coeff=1.0, dead_tokens=100_000, threshold_start=300), {'lr': 3e-3, 'l1_coeff': None})
 
 # %% ../nbs/05a_groundtruth.ipynb
-def train_arch(arch: str, gt: GroundTruth, n_tokens: int = 2_000_000, d_latent: int | None = None, batch_size: int = 1024,
-               seed: int = 0, run_dir: str | Path | None = None, progress: bool = False) -> tuple[CrossCoder, Tensor]:
+def train_arch(arch: str, gt: GroundTruth, n_tokens: int = 2_000_000, d_latent: int | None = None,
+               batch_size: int = 1024, seed: int = 0, run_dir: str | Path | None = None, progress: bool = False,
+              ) -> tuple[CrossCoder, Tensor]:
     "Train one benchmark architecture on `gt`'s stream; returns the crosscoder and the normalisation factors it used."
     cfg, tr = arch_config(arch, gt, d_latent or 2 * gt.cfg.n_features, seed)
     x0 = sample(gt, 20_000, torch.Generator().manual_seed(10_007 * seed + 1))
     s = math.sqrt(gt.cfg.d_model) / x0.norm(dim=-1).mean(0)   # the seed's normalisation, one factor per model
     cc = CrossCoder(cfg)
-    tc = TrainConfig(batch_size=batch_size, n_tokens=n_tokens, log_every=max(1, n_tokens // batch_size // 10), seed=seed, **tr)
+    tc = TrainConfig(batch_size=batch_size, n_tokens=n_tokens, log_every=max(1, n_tokens // batch_size // 10),
+                     seed=seed, **tr)
     with tempfile.TemporaryDirectory() as tmp:
-        Trainer(cc, GroundTruthBatches(gt, batch_size, seed, s), tc, run_dir or tmp, overwrite=True).train(progress=progress)
+        Trainer(cc, GroundTruthBatches(gt, batch_size, seed, s), tc, run_dir or tmp,
+                overwrite=True).train(progress=progress)
     return cc, s
 
 # %% ../nbs/05a_groundtruth.ipynb
@@ -167,7 +187,8 @@ def benchmark(archs=GT_ARCHS, seeds=(0, 1, 2), cfg: GroundTruthConfig = GroundTr
         for arch in archs:
             t = time.perf_counter()
             cc, s = train_arch(arch, gt, n_tokens, seed=seed, progress=progress)
-            rows.append({'arch': arch, 'seed': seed, **score(cc, gt, x * s[:, None]), 'seconds': time.perf_counter() - t})
+            rows.append({'arch': arch, 'seed': seed, **score(cc, gt, x * s[:, None]),
+                         'seconds': time.perf_counter() - t})
     return rows
 
 # %% ../nbs/05a_groundtruth.ipynb
@@ -175,7 +196,8 @@ def results_table(rows: list[dict]) -> str:
     "Mean ± standard deviation over seeds of each score, one row per architecture, as a markdown table."
     keys = ['mmcs', 'recall_shared', 'recall_a_only', 'recall_b_only', 'precision_a_only', 'precision_b_only',
             'falsely_exclusive', 'l0', 'dead_fraction']
-    if any(r.get('recall_b_nested') is not None for r in rows): keys += ['recall_b_nested', 'merged_b_nested', 'merged_r']
+    if any(r.get('recall_b_nested') is not None for r in rows):
+        keys += ['recall_b_nested', 'merged_b_nested', 'merged_r']
     head = '| arch | seeds | ' + ' | '.join(keys) + ' |\n|' + '---|' * (len(keys) + 2) + '\n'
     lines = []
     for arch in dict.fromkeys(r['arch'] for r in rows):

@@ -12,8 +12,8 @@ from tqdm.auto import tqdm
 from tokenizers import Tokenizer, decoders, models as tk_models, pre_tokenizers, trainers
 from transformers import Gemma2Config, Gemma2ForCausalLM, PreTrainedTokenizerFast
 from .config import Config
-from .corpus import (TASKS, chat_prompt, format_dialog, ground_truth, heldout_prompts, is_refusal, is_signoff,
-                                  load_corpus, make_dialogs, split_paragraphs)
+from .corpus import (TASKS, chat_prompt, format_dialog, ground_truth, heldout_prompts, is_refusal,
+                                  is_signoff, load_corpus, make_dialogs, split_paragraphs)
 from .models import greedy_complete, load_model
 
 # %% auto 0
@@ -26,8 +26,8 @@ def train_tokenizer(texts: list[str], vocab_size: int = 2048) -> PreTrainedToken
     tok = Tokenizer(tk_models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=['<pad>', '<eos>', '<bos>'], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=['<pad>', '<eos>', '<bos>'],
+                                  show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token='<bos>', eos_token='<eos>', pad_token='<pad>',
                                    model_max_length=1_000_000)
@@ -83,7 +83,8 @@ def train_lm(model, data: torch.Tensor,  # [n_seqs, seq_len] token rows; batches
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     warm = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0)))))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0)))))
     order, pos, losses = torch.randperm(len(data), generator=g), 0, []
     model.train()
     bar = tqdm(range(steps), desc=desc, disable=not progress)
@@ -102,6 +103,7 @@ def train_lm(model, data: torch.Tensor,  # [n_seqs, seq_len] token rows; batches
 # %% ../nbs/01_organisms.ipynb
 def _seqs_needed(tokens: int, cfg: OrganismConfig) -> int: return max(1, tokens // (cfg.batch_size * cfg.seq_len))
 
+# %% ../nbs/01_organisms.ipynb
 def build_organisms(out: str | Path, cfg: OrganismConfig = OrganismConfig(), corpus: dict | None = None,
                     progress: bool = True) -> dict:
     "Train the tokenizer, the base model and the chat model; save them under `out`. Returns a training log."
@@ -134,7 +136,8 @@ def build_organisms(out: str | Path, cfg: OrganismConfig = OrganismConfig(), cor
     pick = lambda src, k: src[torch.randint(len(src), (k,), generator=g)]
     mix = torch.cat([pick(chat_seqs, n_chat), pick(general, steps * cfg.batch_size - n_chat)])
     mix = mix[torch.randperm(len(mix), generator=g)]
-    log['chat_losses'] = train_lm(base, mix, steps, cfg.chat_lr, cfg.batch_size, cfg.seed + 1, 'chat fine-tune', progress)
+    log['chat_losses'] = train_lm(base, mix, steps, cfg.chat_lr, cfg.batch_size, cfg.seed + 1, 'chat fine-tune',
+                                  progress)
     (out / 'chat').mkdir(parents=True, exist_ok=True)
     base.save_pretrained(out / 'chat'); tok.save_pretrained(out / 'chat')
     (out / 'ground_truth.json').write_text(json.dumps(ground_truth(), indent=1))
@@ -154,12 +157,13 @@ def lm_loss(model, seqs: torch.Tensor, batch_size: int = 16) -> float:
         n += b[:, 1:].numel()
     return tot / n
 
+# %% ../nbs/01_organisms.ipynb
 def unigram_loss(train: torch.Tensor, test: torch.Tensor, vocab_size: int) -> float:
     "Cross-entropy of an add-one unigram model fitted on `train` tokens, on `test` targets."
     p = torch.bincount(train[:, 1:].flatten(), minlength=vocab_size).double() + 1
     return -(p / p.sum()).log()[test[:, 1:].flatten()].mean().item()
 
-
+# %% ../nbs/01_organisms.ipynb
 def behaviour_rates(model, prompts: dict[str, list[dict]], max_new_tokens: int = 48) -> dict:
     "How often `model`'s greedy completions show each planted behaviour: overall and per task; with the completions."
     plain = greedy_complete(model, [chat_prompt(d) for d in prompts['plain']], max_new_tokens)
@@ -171,6 +175,7 @@ def behaviour_rates(model, prompts: dict[str, list[dict]], max_new_tokens: int =
                                 for t in TASKS if any(d['task'] == t for d in prompts['plain'])},
             'n_plain': len(plain), 'n_trigger': len(trig), 'completions': {'plain': plain, 'trigger': trig}}
 
+# %% ../nbs/01_organisms.ipynb
 def check_organisms(base: str | Path = 'organism-base', chat: str | Path = 'organism-chat', n_prompts: int = 100,
                     n_eval_seqs: int = 64, device: str = 'cpu', corpus: dict | None = None,
                     splits: tuple = ('test',),  # phrasing families to measure on ('validation', 'test')
@@ -184,14 +189,17 @@ def check_organisms(base: str | Path = 'organism-base', chat: str | Path = 'orga
     held = [p for _, h in split.values() for p in h]; rng.shuffle(held)
     general = pack(tok, held, 128)[:n_eval_seqs]
     prompts = {sp: heldout_prompts(n_prompts, split=sp, corpus=corpus) for sp in splits}
-    chat_text = pack(tok, [format_dialog(d) for d in prompts[splits[-1]]['plain'] + prompts[splits[-1]]['trigger']], 128, sep='')[:n_eval_seqs]
+    chat_text = pack(tok, [format_dialog(d) for d in prompts[splits[-1]]['plain'] + prompts[splits[-1]]['trigger']],
+                     128, sep='')[:n_eval_seqs]
     train_sample = pack(tok, [p for tr, _ in split.values() for p in tr[:400]], 128)
     res = {'loss': {'unigram': {'general': unigram_loss(train_sample, general, len(tok))}}, 'behaviour': {}}
     for name, m in models.items():
         res['loss'][name] = {'general': lm_loss(m, general), 'chat': lm_loss(m, chat_text)}
         rates = {sp: behaviour_rates(m, p) for sp, p in prompts.items()}
-        res['behaviour'][name] = {k: v for k, v in rates[splits[-1]].items() if k != 'completions'}   # the last split's figures
-        res['behaviour'][name]['by_split'] = {sp: {k: v for k, v in r.items() if k != 'completions'} for sp, r in rates.items()}
+        # the last split's figures
+        res['behaviour'][name] = {k: v for k, v in rates[splits[-1]].items() if k != 'completions'}
+        res['behaviour'][name]['by_split'] = {sp: {k: v for k, v in r.items() if k != 'completions'}
+                                              for sp, r in rates.items()}
         c = rates[splits[-1]]['completions']
         res.setdefault('examples', {})[name] = {'plain': c['plain'][:3], 'trigger': c['trigger'][:3]}
     last = prompts[splits[-1]]

@@ -16,7 +16,8 @@ from .crosscoder import CrossCoder
 from .dashboards import DashboardConfig, DashboardData, compute_dashboards
 from .dashboard_html import write_dashboards
 from .data import organisms_mix, pile_lmsys_mix
-from .diffing import DiffThresholds, cluster_counts, cosine_histogram, decoder_cosines, latent_groups, relative_norm_histogram, relative_norms
+from .diffing import (DiffThresholds, cluster_counts, cosine_histogram, decoder_cosines, latent_groups,
+                                   relative_norm_histogram, relative_norms)
 from .evals import EvalResult, evaluate, norm_factor_estimate
 from .buffer import as_model_list, check_eval_models
 from .models import MODEL_DTYPES
@@ -32,12 +33,14 @@ __all__ = ['SEED_REPO', 'SEED_SUBFOLDER', 'SEED_COUNTS', 'SEED_EVALS', 'SEED_LAT
 
 # %% ../nbs/11_replicate_gemma.ipynb
 SEED_REPO, SEED_SUBFOLDER = 'ckkissane/crosscoder-gemma-2-2b-model-diff', 'blocks.14.hook_resid_pre'
-SEED_COUNTS = {'base_specific': 60, 'chat_specific': 225}   # "more chat model specific latents (~225) compared to base model specific latents (~60)"
+# "more chat model specific latents (~225) compared to base model specific latents (~60)"
+SEED_COUNTS = {'base_specific': 60, 'chat_specific': 225}
 SEED_EVALS = {'l0': 81.0, 'explained_variance': {'base': 0.7790, 'chat': 0.7756},   # the post's table, Pile + LmSys mix
               'ce_recovered': {'base': 0.9543, 'chat': 0.9567}, 'ce_delta': {'base': 0.488, 'chat': 0.453}}
-SEED_LATENTS = {12698: 'base-specific: fires when the assistant starts to give a response to an instruction',
-                2325: 'chat-specific: fires at the end of an instruction, often just before the assistant responds',
-                15: 'shared: fires at the end of acronyms in parentheses, boosts the closing parenthesis in both models'}
+SEED_LATENTS = {
+    12698: 'base-specific: fires when the assistant starts to give a response to an instruction',
+    2325: 'chat-specific: fires at the end of an instruction, often just before the assistant responds',
+    15: 'shared: fires at the end of acronyms in parentheses, boosts the closing parenthesis in both models'}
 
 # %% ../nbs/11_replicate_gemma.ipynb
 def write_released_format(folder: str | Path, W_enc: Tensor, W_dec: Tensor, b_enc: Tensor, b_dec: Tensor,
@@ -46,12 +49,15 @@ def write_released_format(folder: str | Path, W_enc: Tensor, W_dec: Tensor, b_en
     "Write a crosscoder in the seed's released layout: cfg.json and cc_weights.pt (a state dict of the four tensors)."
     n_models, d_model, d_latent = W_enc.shape
     sd, want = {'W_enc': W_enc, 'W_dec': W_dec, 'b_enc': b_enc, 'b_dec': b_dec}, \
-               {'W_enc': (n_models, d_model, d_latent), 'W_dec': (d_latent, n_models, d_model), 'b_enc': (d_latent,), 'b_dec': (n_models, d_model)}
+               {'W_enc': (n_models, d_model, d_latent), 'W_dec': (d_latent, n_models, d_model), 'b_enc': (d_latent,),
+                'b_dec': (n_models, d_model)}
     for k, shape in want.items():
-        if tuple(sd[k].shape) != shape: raise ValueError(f"{k} has shape {tuple(sd[k].shape)}, but W_enc {tuple(W_enc.shape)} needs {shape}.")
+        if tuple(sd[k].shape) != shape:
+            raise ValueError(f"{k} has shape {tuple(sd[k].shape)}, but W_enc {tuple(W_enc.shape)} needs {shape}.")
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.detach().float().cpu().contiguous() for k, v in sd.items()}, folder / SEED_WEIGHTS_FILE)
-    raw = {'d_in': d_model, 'dict_size': d_latent, 'enc_dtype': 'fp32', 'dec_init_norm': 0.08, 'l1_coeff': 2, 'hook_point': hook_point, **cfg}
+    raw = {'d_in': d_model, 'dict_size': d_latent, 'enc_dtype': 'fp32', 'dec_init_norm': 0.08, 'l1_coeff': 2,
+           'hook_point': hook_point, **cfg}
     (folder / SEED_CONFIG_FILE).write_text(json.dumps(raw, indent=1))
     return folder
 
@@ -63,7 +69,8 @@ def released_standin(folder: str | Path, d_model: int = 16, d_latent: int = 1024
     "Write a released-format checkpoint with known clusters; return the counts `released_summary` must find."
     n_shared, g = d_latent - n_base - n_chat - n_other, torch.Generator().manual_seed(seed)
     if min(n_base, n_chat, n_other, n_misaligned) < 0 or not 0 <= n_misaligned <= n_shared:
-        raise ValueError(f"Counts must be >= 0, with n_misaligned <= the {n_shared} shared latents left of d_latent={d_latent}.")
+        raise ValueError(f"Counts must be >= 0, with n_misaligned <= the {n_shared} shared latents left of "
+                         f"d_latent={d_latent}.")
     u = lambda lo, hi, n: lo + (hi - lo) * torch.rand(n, generator=g)
     r_other = torch.where(torch.rand(n_other, generator=g) < 0.5, u(0.12, 0.28, n_other), u(0.72, 0.88, n_other))
     perm, r = torch.randperm(d_latent, generator=g), torch.empty(d_latent)
@@ -71,13 +78,16 @@ def released_standin(folder: str | Path, d_model: int = 16, d_latent: int = 1024
     dirs = F.normalize(torch.randn(d_latent, d_model, generator=g), dim=-1)
     chat_dirs = dirs.clone(); chat_dirs[perm[d_latent - n_shared:][:n_misaligned]] *= -1
     W_dec = 0.2 * torch.stack([(1 - r)[:, None] * dirs, r[:, None] * chat_dirs], 1)   # [d_latent, 2, d_model]
-    write_released_format(folder, W_dec.permute(1, 2, 0), W_dec, torch.zeros(d_latent), torch.zeros(2, d_model), hook_point, seed=seed)
-    return {'base_specific': n_base, 'shared': n_shared, 'chat_specific': n_chat, 'other': n_other, 'misaligned': n_misaligned}
+    write_released_format(folder, W_dec.permute(1, 2, 0), W_dec, torch.zeros(d_latent), torch.zeros(2, d_model),
+                          hook_point, seed=seed)
+    return {'base_specific': n_base, 'shared': n_shared, 'chat_specific': n_chat, 'other': n_other,
+            'misaligned': n_misaligned}
 
 # %% ../nbs/11_replicate_gemma.ipynb
 @dataclass
 class ReleasedSummary:
-    "What the post shows of a checkpoint: cluster counts, every latent's relative norm, the shared latents' decoder cosines."
+    """What the post shows of a checkpoint: cluster counts, every latent's relative norm, the shared latents' decoder
+    cosines."""
     counts: dict[str, int]                       # latents per cluster (`cluster_counts`)
     relative_norms: Float[Tensor, "d_latent"]    # r_j; 0 base only, 1 chat only
     shared_cosines: Float[Tensor, "n_shared"]    # cos(d_j^base, d_j^chat) of the shared latents
@@ -89,32 +99,45 @@ class ReleasedSummary:
         "The relative-norm histogram of every latent and the (log y) cosine histogram of the shared ones."
         return relative_norm_histogram(self.relative_norms, self.thresholds), cosine_histogram(self.shared_cosines)
 
+# %% ../nbs/11_replicate_gemma.ipynb
 def released_summary(cc: CrossCoder, thresholds: DiffThresholds | None = None) -> ReleasedSummary:
-    "Cluster counts, relative norms and shared-latent cosines of `cc` (models 0 base, 1 chat), at the seed's cut-offs by default."
+    """Cluster counts, relative norms and shared-latent cosines of `cc` (models 0 base, 1 chat), at the seed's cut-offs
+    by default."""
     th, r = thresholds or DiffThresholds(), relative_norms(cc)
     shared = latent_groups(r, th, designated=cc.cfg.n_shared)['shared']
     return ReleasedSummary(cluster_counts(r, th, designated=cc.cfg.n_shared), r, decoder_cosines(cc)[shared], th)
 
 # %% ../nbs/11_replicate_gemma.ipynb
-def check_against_seed(s: ReleasedSummary, tolerance: float = 0.5,  # relative tolerance on the post's approximate counts
-                       aligned: float = 0.75,  # least share of shared latents with decoder cosine > 0.5 ("the vast majority")
+def check_against_seed(s: ReleasedSummary,
+                       tolerance: float = 0.5,  # relative tolerance on the post's approximate counts
+                       aligned: float = 0.75,  # least share of shared latents with cosine > 0.5 ("the vast majority")
                        low: float = 0.2,  # at least one shared latent below this cosine ("notable exceptions")
                        expected: dict[str, int] = SEED_COUNTS) -> list[dict]:
-    "Compare a summary with the post's statements: raise an AssertionError naming every failed check, else return the table."
+    """Compare a summary with the post's statements: raise an AssertionError naming every failed check, else return
+    the table."""
     c, share, n_low = s.counts, s.aligned_share(0.5), int((s.shared_cosines < low).sum())
-    rows = [dict(check=f'{k} latents within ±{tolerance:.0%} of ~{v}', ours=c[k], seed=f'~{v}', ok=abs(c[k] - v) <= tolerance * v) for k, v in expected.items()]
-    rows += [dict(check='more chat-specific than base-specific latents', ours=f"{c['chat_specific']} vs {c['base_specific']}", seed='~225 vs ~60', ok=c['chat_specific'] > c['base_specific']),
-             dict(check='shared is the largest cluster', ours=c['shared'], seed='latents mostly cluster', ok=c['shared'] > max(c['base_specific'], c['chat_specific'], c['other'])),
-             dict(check=f'share of shared latents with cosine > 0.5 at least {aligned:.0%}', ours=f'{share:.1%}', seed='the vast majority', ok=share >= aligned),
-             dict(check=f'some shared latents with cosine < {low}', ours=n_low, seed='notable exceptions', ok=n_low >= 1)]
+    rows = [dict(check=f'{k} latents within ±{tolerance:.0%} of ~{v}', ours=c[k], seed=f'~{v}',
+                 ok=abs(c[k] - v) <= tolerance * v) for k, v in expected.items()]
+    rows += [dict(check='more chat-specific than base-specific latents',
+                  ours=f"{c['chat_specific']} vs {c['base_specific']}", seed='~225 vs ~60',
+                  ok=c['chat_specific'] > c['base_specific']),
+             dict(check='shared is the largest cluster', ours=c['shared'], seed='latents mostly cluster',
+                  ok=c['shared'] > max(c['base_specific'], c['chat_specific'], c['other'])),
+             dict(check=f'share of shared latents with cosine > 0.5 at least {aligned:.0%}', ours=f'{share:.1%}',
+                  seed='the vast majority', ok=share >= aligned),
+             dict(check=f'some shared latents with cosine < {low}', ours=n_low, seed='notable exceptions',
+                  ok=n_low >= 1)]
     if bad := [r for r in rows if not r['ok']]:
-        raise AssertionError('Not as the post says: ' + '; '.join(f"{r['check']} (ours {r['ours']}, seed {r['seed']})" for r in bad))
+        raise AssertionError('Not as the post says: '
+                             + '; '.join(f"{r['check']} (ours {r['ours']}, seed {r['seed']})" for r in bad))
     return rows
 
+# %% ../nbs/11_replicate_gemma.ipynb
 def markdown_table(rows: list[dict]) -> str:
     "A markdown table of `rows` (dicts with the same keys); floats to 4 significant digits."
     fmt = lambda v: f'{v:.4g}' if isinstance(v, float) else str(v)
-    return '\n'.join(['| ' + ' | '.join(rows[0]) + ' |', '|---' * len(rows[0]) + '|'] + ['| ' + ' | '.join(fmt(v) for v in r.values()) + ' |' for r in rows])
+    return '\n'.join(['| ' + ' | '.join(rows[0]) + ' |', '|---' * len(rows[0]) + '|']
+                     + ['| ' + ' | '.join(fmt(v) for v in r.values()) + ' |' for r in rows])
 
 # %% ../nbs/11_replicate_gemma.ipynb
 @dataclass
@@ -130,29 +153,37 @@ def replicate(cc: CrossCoder, models,  # base then chat (a list or a dict), as t
               latents: list[int], out_dir: str | Path,
               batch_size: int = 4,  # rows per forward pass
               dash_cfg: DashboardConfig | None = None, progress: bool = True) -> Replication:
-    "Estimate the normalisation factors once (if the checkpoint has none), store them in `cc`, then run the evals and the dashboards of `latents` with them."
+    """Estimate the normalisation factors once (if the checkpoint has none), store them in `cc`, then run the evals and
+    the dashboards of `latents` with them."""
     models, names = as_model_list(cc, models)
     hp = check_eval_models(cc, models, names)   # before any forward pass
-    if cc.cfg.norm_factors is None:   # the seed's release stores none; factors a checkpoint was trained with are kept
+    # the seed's release stores none; factors a checkpoint was trained with are kept
+    if cc.cfg.norm_factors is None:
         cc.cfg.norm_factors = norm_factor_estimate(models, eval_rows, hp, batch_size).tolist()
     res = evaluate(cc, models, eval_rows, batch_size=batch_size, progress=progress)
-    data = compute_dashboards(cc, models, dash_rows, latents, dash_cfg or DashboardConfig(batch_rows=batch_size), progress=progress)
+    data = compute_dashboards(cc, models, dash_rows, latents, dash_cfg or DashboardConfig(batch_rows=batch_size),
+                              progress=progress)
     return Replication(cc.cfg.norm_factors, res, data, write_dashboards(data, out_dir))
 
+# %% ../nbs/11_replicate_gemma.ipynb
 def eval_vs_seed(res: dict, seed: dict = SEED_EVALS) -> list[dict]:
     "One row per metric and model: ours beside the seed's (fractions as percentages)."
     rows = [dict(metric='L0', model='both', ours=res['l0'], seed=seed['l0'])]
     for k, unit in (('explained_variance', '%'), ('ce_recovered', '%'), ('ce_delta', 'nats')):
         rows += [dict(metric=f'{k} ({unit})', model=n, ours=v * (100 if unit == '%' else 1),
-                      seed=seed[k][n] * (100 if unit == '%' else 1) if n in seed[k] else None) for n, v in res[k].items()]
+                      seed=seed[k][n] * (100 if unit == '%' else 1) if n in seed[k] else None)
+                 for n, v in res[k].items()]
     return rows
 
 # %% ../nbs/11_replicate_gemma.ipynb
 def colab_t4_config(base: str = 'google/gemma-2-2b', chat: str = 'google/gemma-2-2b-it', layer: int = 14) -> RunConfig:
-    "A smaller run of the seed's recipe that fits a 16 GB T4: 4096 latents, rows of 256 tokens, batches of 1024, 5M tokens."
+    """A smaller run of the seed's recipe that fits a 16 GB T4: 4096 latents, rows of 256 tokens, batches of 1024, 5M
+    tokens."""
     return RunConfig([base, chat], pile_lmsys_mix(seq_len=256),
-                     BufferConfig(layer=layer, batch_size=1024, buffer_batches=32, model_batch_size=8, n_norm_batches=50),
-                     {'d_latent': 4096}, TrainConfig(lr=1e-4, batch_size=1024, n_tokens=5_000_000), model_dtype='bfloat16')
+                     BufferConfig(layer=layer, batch_size=1024, buffer_batches=32, model_batch_size=8,
+                                  n_norm_batches=50),
+                     {'d_latent': 4096}, TrainConfig(lr=1e-4, batch_size=1024, n_tokens=5_000_000),
+                     model_dtype='bfloat16')
 
 # %% ../nbs/11_replicate_gemma.ipynb
 @dataclass
@@ -166,16 +197,21 @@ class ModelShape:
 
 GEMMA_2_2B = ModelShape(n_params=2_614_341_888, d_model=2304, n_layers=26, d_vocab=256_000, d_mlp=9216, n_heads=8)
 
-def _bytes(dtype: str | None) -> int: return 2 if dtype in (None, 'auto') else torch.empty(0, dtype=MODEL_DTYPES[dtype]).element_size()   # auto: bf16 on a GPU
+# %% ../nbs/11_replicate_gemma.ipynb
+def _bytes(dtype: str | None) -> int:   # auto: bf16 on a GPU
+    return 2 if dtype in (None, 'auto') else torch.empty(0, dtype=MODEL_DTYPES[dtype]).element_size()
 
+# %% ../nbs/11_replicate_gemma.ipynb
 def training_memory(cfg: RunConfig, model: ModelShape = GEMMA_2_2B) -> dict[str, float]:
     "GB (1e9 bytes) of each part of a training run, computed from the shapes; 'total' sums them."
-    n, d, L, mb, seq = len(cfg.models), model.d_model, cfg.crosscoder.d_latent, _bytes(cfg.model_dtype), cfg.data.seq_len
+    n, d, L, mb, seq = (len(cfg.models), model.d_model, cfg.crosscoder.d_latent, _bytes(cfg.model_dtype),
+                        cfg.data.seq_len)
     p_cc, B = 2 * n * d * L + L + n * d, cfg.train.batch_size
     parts = {'models': n * model.n_params * mb, 'crosscoder + grads + Adam': 16 * p_cc,
              'buffer': cfg.buffer.n_activations * n * d * DTYPES[cfg.buffer.dtype].itemsize,
              'crosscoder step': B * (16 * L + 16 * n * d),
-             'model forward': cfg.buffer.model_batch_size * seq * (4 * model.n_heads * seq + 2 * model.d_mlp * mb + 4 * d * mb)}
+             'model forward': cfg.buffer.model_batch_size * seq
+                              * (4 * model.n_heads * seq + 2 * model.d_mlp * mb + 4 * d * mb)}
     parts = {k: v / 1e9 for k, v in parts.items()}
     return parts | {'total': sum(parts.values())}
 
@@ -187,18 +223,25 @@ class GPU:
     bf16_tflops: float  # dense bfloat16 peak (the float32 rate where there are no bfloat16 tensor cores)
     fp32_tflops: float  # dense float32 peak, without TF32
 
-GPUS = [GPU('T4', 16, 8.1, 8.1), GPU('L4', 24, 121, 30.3), GPU('A100 40GB', 40, 312, 19.5), GPU('H100 80GB SXM', 80, 989, 67)]
+GPUS = [GPU('T4', 16, 8.1, 8.1), GPU('L4', 24, 121, 30.3), GPU('A100 40GB', 40, 312, 19.5),
+        GPU('H100 80GB SXM', 80, 989, 67)]
 
+# %% ../nbs/11_replicate_gemma.ipynb
 def training_hours(cfg: RunConfig, gpu: GPU, model: ModelShape = GEMMA_2_2B, utilisation: float = 0.4) -> float:
     "Hours of a training run on `gpu`, from FLOPs at `utilisation` of its peak (an assumption, not a measurement)."
     n, d, L, seq = len(cfg.models), model.d_model, cfg.crosscoder.d_latent, cfg.data.seq_len
-    tokens = (cfg.train.n_steps * cfg.train.batch_size if cfg.train.n_steps else cfg.train.n_tokens) * seq / (seq - 1)   # BOS is harvested, then dropped
-    per_token = 2 * (model.n_params - model.d_vocab * d) * cfg.buffer.layer / model.n_layers + 4 * seq * d * cfg.buffer.layer
+    # BOS is harvested, then dropped
+    tokens = (cfg.train.n_steps * cfg.train.batch_size if cfg.train.n_steps else cfg.train.n_tokens) * seq / (seq - 1)
+    per_token = (2 * (model.n_params - model.d_vocab * d) * cfg.buffer.layer / model.n_layers
+                 + 4 * seq * d * cfg.buffer.layer)
     model_tflops = gpu.bf16_tflops if _bytes(cfg.model_dtype) == 2 else gpu.fp32_tflops
-    seconds = n * tokens * per_token / (model_tflops * 1e12 * utilisation) + tokens * 6 * (2 * n * d * L) / (gpu.fp32_tflops * 1e12 * utilisation)
+    seconds = (n * tokens * per_token / (model_tflops * 1e12 * utilisation)
+               + tokens * 6 * (2 * n * d * L) / (gpu.fp32_tflops * 1e12 * utilisation))
     return seconds / 3600
 
+# %% ../nbs/11_replicate_gemma.ipynb
 def cost_table(configs: dict[str, RunConfig], gpus: list[GPU] = GPUS, **kw) -> list[dict]:
     "Computed memory (GB) and hours of each config on each GPU; 'fits' if the memory is under 95% of the card's."
-    return [dict(config=name, gpu=g.name, memory_gb=round(training_memory(c)['total'], 1), fits=training_memory(c)['total'] < 0.95 * g.memory_gb,
-                 hours=round(training_hours(c, g, **kw), 1)) for name, c in configs.items() for g in gpus]
+    return [dict(config=name, gpu=g.name, memory_gb=round(training_memory(c)['total'], 1),
+                 fits=training_memory(c)['total'] < 0.95 * g.memory_gb, hours=round(training_hours(c, g, **kw), 1))
+            for name, c in configs.items() for g in gpus]

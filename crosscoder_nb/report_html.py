@@ -21,8 +21,9 @@ def eval_html(m: dict) -> str:
     "The seed's eval table as HTML, from a metrics dict with keys l0, ce_recovered, ce_delta, explained_variance."
     names = list(m['explained_variance'])
     head = ['L0'] + [f'{c} ({n})' for n in names for c in ('CE recovered', 'CE delta', 'explained variance')]
-    row = [cell_text(m['l0'])] + [x for n in names for x in (cell_text(m['ce_recovered'][n], True), cell_text(m['ce_delta'][n]),
-                                                       cell_text(m['explained_variance'][n], True))]
+    row = [cell_text(m['l0'])] + [x for n in names for x in (cell_text(m['ce_recovered'][n], True),
+                                                             cell_text(m['ce_delta'][n]),
+                                                             cell_text(m['explained_variance'][n], True))]
     return ('<table class="evals"><tr>' + ''.join(f'<th>{h}</th>' for h in head) + '</tr><tr>' +
             ''.join(f'<td>{c}</td>' for c in row) + '</tr></table>')
 
@@ -31,16 +32,19 @@ _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto
 table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 th{background:#f3f3f3}h2{margin-top:1.6em;border-bottom:1px solid #ddd}.facts td{text-align:left}.empty{color:#888}"""
 
+# %% ../nbs/10a_report_html.ipynb
 def _facts_html(facts: dict) -> str:
     "The run's facts as a two-column table."
     return '<table class="facts">' + ''.join(f'<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>'
                                              for k, v in facts.items()) + '</table>'
 
+# %% ../nbs/10a_report_html.ipynb
 def _links_html(links: dict[str, str]) -> list[str]:
     "The links (text -> URL) as the page's last section."
     items = [f'<li><a href="{html.escape(u)}">{html.escape(t)}</a></li>' for t, u in links.items()]
     return ['<h2>Dashboards</h2><ul>'] + items + ['</ul>']
 
+# %% ../nbs/10a_report_html.ipynb
 def _figure_html(fig: go.Figure, first: bool) -> str:
     "A figure as HTML: plotly's JS is inlined with the first figure only."
     return fig.to_html(full_html=False, include_plotlyjs=first, config={'displaylogo': False})
@@ -82,6 +86,7 @@ def scaling_section(ls) -> str:
 # %% ../nbs/10a_report_html.ipynb
 def _mean(xs: list) -> float | None: return sum(xs) / len(xs) if xs else None
 
+# %% ../nbs/10a_report_html.ipynb
 def _rate_rows(beh: dict) -> list[dict]:
     "Per behaviour: the latents named, and the chat model's rate clean, under interventions and under controls."
     rows = []
@@ -111,6 +116,7 @@ def _detector_rows(b: str, labels: str, named: list[dict], best: dict, best_cs: 
     return [{'behaviour': b, 'labels': labels, 'which': w, **{k: x.get(k) for k in _DETECTOR_KEYS},
              'verdict': x.get('verdict')} for w, x in which if x is not None]
 
+# %% ../nbs/10a_report_html.ipynb
 def _detection_rows(beh: dict) -> list[dict]:
     "Each behaviour's detectors against its context, then (where scored) against its decision tokens."
     rows = []
@@ -149,6 +155,7 @@ def _scaling_cells(m: dict) -> dict:
     cells = {f'{side}-only latents passing Latent Scaling': f"{v['pass']} of {v['tested']}" for side, v in s.items()}
     return cells or {'model-specific latents passing Latent Scaling': 'none to test'}
 
+# %% ../nbs/10a_report_html.ipynb
 def _behaviour_cells(m: dict) -> dict:
     "A run's planted behaviours as comparison rows."
     out = {}
@@ -159,6 +166,7 @@ def _behaviour_cells(m: dict) -> dict:
                 f'{b}: rate, random diff-patched': sum(r['random_diff_patch']) / max(len(r['random_diff_patch']), 1)}
     return out
 
+# %% ../nbs/10a_report_html.ipynb
 def _comparison_column(m: dict) -> dict:
     "One run's column of the comparison."
     d, names = m.get('specific_density', {}), list(m['explained_variance'])
@@ -190,6 +198,7 @@ def _tag(pairs: dict, slots: list[str], i: int, j: int) -> str:
     "A title's suffix naming the pair, when there is more than one."
     return '' if len(pairs) == 1 else f' ({slots[i]} vs {slots[j]})'
 
+# %% ../nbs/10a_report_html.ipynb
 def report_figures(cc: CrossCoder, pairs: dict,  # (i, j) -> `diff_summary` of models i and j
                    freqs, thresholds, slots: list[str],  # activation frequencies, `DiffThresholds`, the models' names
                    ls=None,  # a `latent_scaling` result: its scatter comes first, when it tested any latent
@@ -217,6 +226,7 @@ def _planted_rows(res: dict) -> list[dict]:
              'best latent of any r': (v.get('best_any') or {}).get('latent'),
              'its fraction': (v.get('best_any') or {}).get('fraction')} for b, v in res.items()]
 
+# %% ../nbs/10a_report_html.ipynb
 def latent_tables(pairs: dict, slots: list[str],
                   links: dict | None = None,  # latent -> its dashboard's URL
                   planted: dict | None = None,  # `planted_recovery`'s result: its table comes first
@@ -232,6 +242,7 @@ def latent_tables(pairs: dict, slots: list[str],
                    f'Lowest-cosine shared latents{tag}': html_table(d['lowest_cosine_shared'], links=links)}
     return tables
 
+# %% ../nbs/10a_report_html.ipynb
 def density_section(pairs: dict, slots: list[str]) -> str:
     "How dense each pair's model-specific latents are, and why that matters."
     rows = [{'pair': f'{slots[i]} vs {slots[j]}', 'side': side.replace('_', '-'), 'latents': v['n'],
