@@ -330,7 +330,12 @@ def _summary(m: dict) -> str:
 
 # %% ../nbs/90_cli.ipynb
 def cmd_demo(args) -> int:
-    from crosscoder_nb.report import demo
+    from crosscoder_nb.report import demo, demo_configs, demo_report_config
+    if args.show_config:   # the run config of each crosscoder and the report settings, before any work
+        archs = [args.arch] + ([] if args.no_compare else [a for a in ('batchtopk', 'l1') if a != args.arch])
+        cfgs = demo_configs(args.base, args.chat, archs, _settings(args.set))
+        show = {'runs': {a: c.to_dict() for a, c in cfgs.items()}, 'report': demo_report_config({}).to_dict()}
+        print(json.dumps(show, indent=1, default=str)); return 0
     _model_arg(args.base); _model_arg(args.chat)
     out = _fresh_dir(args.out, args.overwrite)
     m = demo(out, overwrite=args.overwrite, device=args.device, settings=_settings(args.set), base=args.base,
@@ -355,20 +360,29 @@ def _demo_parser(sub):
     m.add_argument('--no-compare', action='store_true',
                    help='train only the headline crosscoder, not the other architecture beside it')
     m.add_argument('--device', help='torch device (default: cuda if available, else cpu)')
+    m.add_argument('--show-config', action='store_true', help='print the run configs and the report settings, and exit')
 
 # %% ../nbs/90_cli.ipynb
-def cmd_report(args) -> int:
-    from crosscoder_nb.report import report_run
+def _report_config(args):
+    "The `ReportConfig` the report's flags ask for."
+    from crosscoder_nb.report import ReportConfig
     models = None if args.base is None and args.chat is None else [args.base, args.chat] + list(args.model or [])
     if models is not None and None in models:
         raise CLIError("report: give both --base and --chat, or neither (to use the models the checkpoint names).")
-    for m in models or []: _model_arg(m)
-    out = _fresh_dir(args.out or Path(args.run_dir) / 'report', args.overwrite)
-    m = report_run(args.run_dir, out=out, models=models, device=args.device, overwrite=args.overwrite,
-                   norm_factors='estimate' if args.estimate_norm_factors else None, n_eval_seqs=args.n_eval_seqs,
-                   dashboards=not args.no_dashboards, dashboard_tokens=args.dashboard_tokens, n_top=args.n_top,
-                   latent_scaling=not args.no_latent_scaling, causal=False if args.no_causal else None,
-                   n_test=args.n_test_prompts, n_validation=args.n_validation_prompts, model_dtype=args.model_dtype)
+    return ReportConfig(out=args.out or Path(args.run_dir) / 'report', models=models, device=args.device,
+                        overwrite=args.overwrite, norm_factors='estimate' if args.estimate_norm_factors else None,
+                        n_eval_seqs=args.n_eval_seqs, dashboards=not args.no_dashboards,
+                        dashboard_tokens=args.dashboard_tokens, n_top=args.n_top,
+                        latent_scaling=not args.no_latent_scaling, causal=False if args.no_causal else None,
+                        n_test=args.n_test_prompts, n_validation=args.n_validation_prompts, model_dtype=args.model_dtype)
+
+def cmd_report(args) -> int:
+    from crosscoder_nb.report import report_run
+    cfg = _report_config(args)
+    if args.show_config: print(json.dumps(cfg.to_dict(), indent=1, default=str)); return 0
+    for m in cfg.models or []: _model_arg(m)
+    out = _fresh_dir(cfg.out, args.overwrite)
+    m = report_run(args.run_dir, cfg.replace(out=out))
     print(_summary(m)); print(f"report: {(out / 'report.html').resolve()}")
     return 0
 
@@ -399,6 +413,7 @@ def _report_parser(sub):
     r.add_argument('--device', help='torch device')
     r.add_argument('--model-dtype', choices=['auto', *_MODEL_DTYPES],
                    help="the models' dtype (default: the run's, else auto: bfloat16 on a GPU, float32 elsewhere)")
+    r.add_argument('--show-config', action='store_true', help='print the report settings (a ReportConfig) and exit')
 
 # %% ../nbs/90_cli.ipynb
 def cmd_dashboards(args) -> int:

@@ -28,7 +28,7 @@ from .report_html import render_report, report_figures, scaling_section
 
 # %% auto 0
 __all__ = ['METRICS_FILE', 'REPORT_FILE', 'DASHBOARD_DIR', 'ReportConfig', 'check_models_match', 'arch_label', 'report_run',
-           'demo_configs', 'demo']
+           'demo_configs', 'demo_report_config', 'demo']
 
 # %% ../nbs/10_report.ipynb
 @dataclass
@@ -341,7 +341,7 @@ def demo_configs(base: str, chat: str, archs: list[str], settings: dict | None =
 # %% ../nbs/10_report.ipynb
 _DEMO_SETS = ('out', 'models', 'extra_facts', 'compare', 'label')   # report settings the demo sets itself
 
-def _demo_report_config(report_kw: dict) -> ReportConfig:
+def demo_report_config(report_kw: dict) -> ReportConfig:
     "The demo's report settings: `report_kw` over causal checks on fewer prompts than a report's (minutes, not tens)."
     fixed = sorted(set(report_kw) & set(_DEMO_SETS))
     if fixed: raise TypeError(f"demo sets {fixed} itself: pass other report settings only.")
@@ -376,7 +376,7 @@ def demo(out: str | Path = 'demo_out',  # folder for the runs and the reports
          **report_kw) -> dict:  # `ReportConfig` fields for the reports
     "Harvest once, train the headline crosscoder (and the other architecture beside it), evaluate, diff, report."
     t0, out = time.time(), check_out_dir(Path(out), overwrite)
-    rcfg = _demo_report_config(report_kw)
+    rcfg = demo_report_config(report_kw)
     if arch not in ARCHS: raise ValueError(f"Unknown arch {arch!r}: use one of {ARCHS}.")
     archs = [arch] + ([a for a in ARCHS if a != arch] if compare else [])
     cfgs = demo_configs(base, chat, archs, settings)   # a bad setting fails here, before any work

@@ -4,7 +4,7 @@ import json, math
 import pytest
 import torch
 import plotly.graph_objects as go
-from crosscoder_nb import diffing as Df
+from crosscoder_nb import diffing as Df, planted as P
 from crosscoder_nb.crosscoder import CrossCoder, CrossCoderConfig
 from crosscoder_nb.diffing import DiffThresholds, cluster_counts, cosine_histogram, decoder_cosines, diff_summary, html_table, latent_groups, latent_table, relative_norm_histogram, relative_norms, top_latents
 from crosscoder_nb.planted import PlantedSample, label_tokens, planted_recovery, planted_recovery_figure, planted_texts, score_latents, top_activations
@@ -197,7 +197,7 @@ def test_top_activations_match_brute_force(organisms):
 
 def test_planted_recovery_bad_input(organisms, monkeypatch):
     def boom(*a, **k): raise AssertionError('work started before the checks')
-    monkeypatch.setattr(Df, 'top_activations', boom); monkeypatch.setattr(Df, 'planted_texts', boom)
+    monkeypatch.setattr(P, 'top_activations', boom); monkeypatch.setattr(P, 'planted_texts', boom)
     d = organisms[0].cfg.d_model
     cc = CrossCoder(CrossCoderConfig(d_model=d, d_latent=16, hook_point='blocks.2.hook_resid_pre'))
     with pytest.raises(ValueError, match="norm_factors='estimate'"): planted_recovery(cc, organisms, progress=False)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from einops import rearrange
 from transformers import Gemma2Config, Gemma2ForCausalLM
-from crosscoder_nb import evals as E
+from crosscoder_nb import buffer as B, evals as E
 from crosscoder_nb.buffer import estimate_norm_factors
 from crosscoder_nb.crosscoder import CrossCoder, CrossCoderConfig
 from crosscoder_nb.data import organisms_mix
@@ -61,7 +61,7 @@ def random_gemma(path, tokenizer, d_model=32, n_layers=2, n_ctx=64):
 def no_forward(monkeypatch, models):
     "Make any forward pass fail loudly: the checks must all run before one."
     def boom(*a, **k): raise AssertionError('a forward pass ran before the checks')
-    monkeypatch.setattr(E, 'harvest', boom); monkeypatch.setattr(E, '_eval_batch', boom); monkeypatch.setattr(E, 'eval_tokens', boom)
+    monkeypatch.setattr(B, 'harvest', boom); monkeypatch.setattr(E, '_eval_batch', boom); monkeypatch.setattr(E, 'eval_tokens', boom)
     for m in models:
         monkeypatch.setattr(m, 'run_with_hooks', boom); monkeypatch.setattr(m, 'forward', boom)
 
