@@ -57,8 +57,8 @@ def test_model_device_from_set_is_checked_too(tmp_path):
 
 
 def test_show_config_of_report_and_demo_does_no_work(tmp_path):
-    "`report --show-config` prints the ReportConfig the flags make, `demo --show-config` the run configs and the report
-    settings; neither loads a model or writes a file."
+    """`report --show-config` prints the ReportConfig the flags make, `demo --show-config` the run configs and the report
+    settings; neither loads a model or writes a file."""
     import json
     code, out = run('report', tmp_path / 'run', '--n-top', '3', '--no-causal', '--show-config')
     cfg = json.loads(out)
