@@ -45,8 +45,10 @@ def test_two_gloo_processes_equal_one_process_on_the_same_global_batches(cache, 
         b = load_file(tmp_path / run / 'crosscoder.safetensors')
         assert a.keys() == b.keys(), run
         # float32 sums in another order, carried through 40 Adam steps, differ by up to ~5e-5 (BatchTopK with AuxK on the
-        # organisms); a step taken differently (a top-k choice, a normalisation) moves a weight by about lr = 1e-3
-        for k in a: torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=2e-4, msg=f'{run}: {k}')
+        # organisms), and by up to 2.2e-4 in one weight of 262K on a CPU with AVX512-BF16/AMX units (the same at the
+        # commit before this test's last change); a step taken differently (a top-k choice, a normalisation) moves a
+        # weight by about lr = 1e-3
+        for k in a: torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=4e-4, msg=f'{run}: {k}')
         lines = (tmp_path / run / 'metrics.jsonl').read_text().splitlines()
         assert len(lines) == N // B // 10 and not list((tmp_path / run).glob('*.tmp'))   # one log, no partial files
 
