@@ -374,7 +374,8 @@ def _report_config(args):
                         n_eval_seqs=args.n_eval_seqs, dashboards=not args.no_dashboards,
                         dashboard_tokens=args.dashboard_tokens, n_top=args.n_top,
                         latent_scaling=not args.no_latent_scaling, causal=False if args.no_causal else None,
-                        n_test=args.n_test_prompts, n_validation=args.n_validation_prompts, model_dtype=args.model_dtype)
+                        n_test=args.n_test_prompts, n_validation=args.n_validation_prompts,
+                        model_dtype=args.model_dtype)
 
 def cmd_report(args) -> int:
     from crosscoder_nb.report import report_run

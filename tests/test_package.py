@@ -96,3 +96,12 @@ def test_cli_imports_nothing_heavy_at_startup():
     heavy = [n for _, n, top in _imports(tree) if top and (n or '').split('.')[0] in ('torch', 'transformer_lens',
              'transformers', 'datasets', 'plotly', 'numpy') or top and (n or '').startswith('crosscoder_nb.')]
     assert not heavy, f'cli.py imports at startup: {heavy}'
+
+
+def test_notebook_code_lines_fit_120_characters():
+    "Readable cells: every line of code in the notebooks (and so in the package, but nbdev's own) within 120 characters."
+    import json
+    long = [f'{p.name}: {l[:60]}...' for p in sorted((ROOT / 'nbs').glob('*.ipynb'))
+            for c in json.loads(p.read_text())['cells'] if c['cell_type'] == 'code'
+            for l in ''.join(c['source']).splitlines() if len(l) > 120]
+    assert not long, 'wrap these lines:\n' + '\n'.join(long)
