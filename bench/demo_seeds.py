@@ -91,7 +91,7 @@ bnote = (f"Planted behaviours, mean ± std over the same runs: latents named by 
          "(phrased in ways neither training nor validation used); other behaviour: the other planted behaviour's rate on its own test prompts with this behaviour's named latents diff-patched (its clean rate is in its own row); random: as many latents of similar density (mean of 3 draws); "
          "loss change in nats/token on held-out general text; base rate steered: the base model with the named latents' chat "
          "decoders added. AUROC over every token of a held-out test sample, against each behaviour's context (its output included) "
-         "and against its decision tokens only (see `organisms.planted_spans`); densities on that sample, except where marked 'data "
+         "and against its decision tokens only (see `corpus.planted_spans`); densities on that sample, except where marked 'data "
          "mix' (the activation frequency on the held-out data mix the crosscoder trains on). Latent Scaling (mean counts per run): "
          + ls_line + '.')
 md = f"{table}\n\n{note}\n\n{btable}\n\n{bnote}\n"

@@ -124,7 +124,7 @@ md += ('\n| logistic probe (AUROC, test) on | ' + ' | '.join(cols) + ' |\n|' + '
 md += (f"\nOne training seed ({a.seed}) per config, all on one harvest of {a.n_tokens:,} activations at the demo's layer; every "
        "other setting as in the demo. AUROC and density over every token of the validation detection sample (100 plain and 100 "
        "trigger dialogs in validation phrasings, 100 held-out paragraphs), against each behaviour's context (its output "
-       "included) and its decision tokens (`organisms.planted_spans`); r: relative decoder norm (1 = chat only). Latent "
+       "included) and its decision tokens (`corpus.planted_spans`); r: relative decoder norm (1 = chat only). Latent "
        "Scaling on the report's evaluation text. The target (fixed before the run): for each behaviour, a chat-specific latent "
        f"that passes Latent Scaling with AUROC >= {AUROC_MIN} at density <= {pct(DENSITY_MAX)}, against either label set. "
        "The probe: class-balanced logistic regression on both models' activations, on the base model's alone, or on the chat "

@@ -39,6 +39,8 @@ def graph() -> dict[str, set[str]]:
         deps = set()
         for node in ast.walk(ast.parse(p.read_text())):
             if isinstance(node, ast.ImportFrom) and node.level and node.module: deps.add(node.module.split('.')[0])
+            if isinstance(node, ast.ImportFrom) and node.level and not node.module:   # from . import cache
+                deps |= {a.name for a in node.names if not a.name.startswith('__')}
             if isinstance(node, ast.ImportFrom) and not node.level and (node.module or '').startswith('crosscoder_nb.'):
                 deps.add(node.module.split('.')[1])
         g[m] = deps - {m}

@@ -32,6 +32,14 @@ def _model_arg(name: str) -> str:
     except FileNotFoundError as e: raise CLIError(str(e)) from None
 
 # %% ../nbs/90_cli.ipynb
+def _device_count(torch, kind: str) -> int:
+    "How many devices of `kind` ('cuda', 'mps', 'xpu', ...) this torch sees; 0 when it cannot tell (any torch >= 2.4)."
+    try:
+        if kind == 'mps': return int(torch.backends.mps.is_available())
+        mod = getattr(torch, kind, None)
+        return int(mod.device_count()) if hasattr(mod, 'device_count') else 0
+    except (RuntimeError, AssertionError): return 0
+
 def _check_device(flag: str, device: str | None) -> None:
     "Refuse (`CLIError`) a device this machine's torch cannot use; None (the default device) is always fine."
     if device is None: return
@@ -43,8 +51,7 @@ def _check_device(flag: str, device: str | None) -> None:
     if d.type == 'cuda' and torch.version.cuda is None and getattr(torch.version, 'hip', None) is None:
         raise CLIError(f"{flag} {device}: this PyTorch build has no CUDA (torch {torch.__version__}); "
                        f"use {flag} cpu or install a CUDA build of torch")
-    acc = torch.accelerator.current_accelerator()
-    n = torch.accelerator.device_count() if acc is not None and acc.type == d.type else 0
+    n = _device_count(torch, d.type)
     if n == 0: raise CLIError(f"{flag} {device}: this machine has no {d.type} device; use {flag} cpu")
     if (d.index or 0) >= n:
         raise CLIError(f"{flag} {device}: this machine has {n} {d.type} device(s), {d.type}:0 to {d.type}:{n - 1}")

@@ -7,8 +7,7 @@ from __future__ import annotations
 import html, math
 from pathlib import Path
 import torch
-from fastcore.basics import patch
-from .dashboards import DashboardData, Examples, Interval, LatentDashboard, LogitEffect
+# the dashboards' data classes (crosscoder_nb.dashboards) appear here only in type hints: dashboards imports this
 
 # %% auto 0
 __all__ = ['CSS', 'SORT_JS', 'render_examples', 'render_histogram', 'render_logits', 'render_latent', 'latent_file',
@@ -121,8 +120,6 @@ def render_latent(d: LatentDashboard, index_link: str | None = None) -> str:
     parts += [_interval(iv, ts, mx) for iv in reversed(d.intervals)]
     return f'<div class="ccd"><style>{CSS}</style>' + ''.join(parts) + '</div>'
 
-@patch
-def _repr_html_(self: LatentDashboard) -> str: return render_latent(self)
 
 # %% ../nbs/08a_dashboard_html.ipynb
 SORT_JS = """<script>
@@ -181,8 +178,6 @@ def render_index(data: DashboardData, latents: list[int] | None = None, links: b
             f'<table class="sortable latents"><thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(_index_row(j, data[j], links) for j in ids)}</tbody></table></div>')
 
-@patch
-def _repr_html_(self: DashboardData) -> str: return render_index(self, links=False) + SORT_JS
 
 # %% ../nbs/08a_dashboard_html.ipynb
 def _page(title: str, body: str, script: str = '') -> str:

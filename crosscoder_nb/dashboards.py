@@ -5,13 +5,14 @@
 # %% ../nbs/08_dashboards.ipynb 3
 from __future__ import annotations
 import math, time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 import torch, torch.nn.functional as F
 from torch import Tensor
 from jaxtyping import Float, Int
 from fastcore.basics import patch
 from tqdm.auto import tqdm
+from .config import Config
 from .buffer import check_models, harvest
 from .checkpoint import SEED_WEIGHTS_FILE, WEIGHTS_FILE
 from .crosscoder import CrossCoder
@@ -20,6 +21,8 @@ from .diffing import decoder_cosines, relative_norms
 from .buffer import check_eval_models, model_names
 from .models import load_model
 from .scaling import check_latents
+from .dashboard_html import SORT_JS, render_index, render_latent
+
 
 # %% auto 0
 __all__ = ['DashboardConfig', 'select_latents', 'Examples', 'Interval', 'LogitEffect', 'LatentDashboard', 'DashboardData',
@@ -28,7 +31,7 @@ __all__ = ['DashboardConfig', 'select_latents', 'Examples', 'Interval', 'LogitEf
 
 # %% ../nbs/08_dashboards.ipynb
 @dataclass
-class DashboardConfig:
+class DashboardConfig(Config):
     "What the dashboards show, and the sizes of the running summaries of the pass."
     top_k: int = 20          # top activating examples kept per latent
     n_intervals: int = 5     # activation intervals from 0 to the latent's max
@@ -44,13 +47,6 @@ class DashboardConfig:
     def __post_init__(self): self.validate()
     @property
     def width(self) -> int: return self.left + 1 + self.right
-    def to_dict(self) -> dict: return asdict(self)
-    @classmethod
-    def from_dict(cls, d: dict) -> DashboardConfig:
-        if unknown := set(d) - {f.name for f in fields(cls)}:
-            raise ValueError(f"Unknown DashboardConfig fields {sorted(unknown)}; "
-                             f"valid fields are {[f.name for f in fields(cls)]}")
-        return cls(**d)
 
 # %% ../nbs/08_dashboards.ipynb
 @patch
@@ -170,6 +166,13 @@ class DashboardData:
             more = ' ...' if len(self.dashboards) > 10 else ''
             raise KeyError(f"Latent {j} has no dashboard here; computed: {self.latents[:10]}{more}")
         return self.dashboards[j]
+
+# %% ../nbs/08_dashboards.ipynb
+@patch
+def _repr_html_(self: LatentDashboard) -> str: return render_latent(self)   # a notebook shows the page
+
+@patch
+def _repr_html_(self: DashboardData) -> str: return render_index(self, links=False) + SORT_JS
 
 # %% ../nbs/08_dashboards.ipynb
 @torch.no_grad()

@@ -69,6 +69,8 @@ def _crosscoder_settings(d: dict):
     if fixed:
         raise ValueError(f"crosscoder.{sorted(fixed)[0]} is read off the models and the buffer, so it cannot be set; "
                          f"settable crosscoder fields: {sorted(_cc_fields())}.")
+    unknown = set(d) - _cc_fields()
+    if unknown: raise ValueError(f"Unknown crosscoder fields {sorted(unknown)}; settable ones: {sorted(_cc_fields())}.")
     return CrossCoderSettings.from_dict(d)
 
 # %% ../nbs/09_pipeline.ipynb

@@ -33,7 +33,10 @@ def _imports(tree: ast.Module, top_level_only: bool = False):
             for a in node.names: yield node, a.name, id(node) in top
         elif isinstance(node, ast.ImportFrom):
             name = ('crosscoder_nb' + (f'.{node.module}' if node.module else '')) if node.level else node.module
-            yield node, name, id(node) in top
+            if name == 'crosscoder_nb':   # `from . import cache, pipeline`: each a module of the package
+                for a in node.names:
+                    yield node, 'crosscoder_nb' if a.name.startswith('__') else f'crosscoder_nb.{a.name}', id(node) in top
+            else: yield node, name, id(node) in top
 
 
 def _internal_graph() -> dict[str, set[str]]:

@@ -9,7 +9,12 @@ PY=${1:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-$PY -m pip wheel -q --no-deps -w "$work/dist" .
+# the wheel is built from a copy of the files git knows (tracked or not ignored): a stale build/ folder of this
+# checkout cannot slip old modules into it
+mkdir -p "$work/src"
+git ls-files -co --exclude-standard | while IFS= read -r f; do if [ -e "$f" ]; then printf '%s\n' "$f"; fi; done \
+  | tar -cf - -T - | tar -xf - -C "$work/src"
+$PY -m pip wheel -q --no-deps -w "$work/dist" "$work/src"
 $PY -m venv "$work/venv"
 V="$work/venv/bin"
 $V/python -m pip install -q --upgrade pip
