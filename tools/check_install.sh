@@ -34,9 +34,9 @@ PY
 TIMEFORMAT='crosscoder-diff --help answered in %R s'
 time $V/crosscoder-diff --help > /dev/null
 $V/crosscoder-diff --version
-$V/crosscoder-diff train --out run --n-tokens 40000 --d-latent 64 --set train.log_every=1000 > train.log
+$V/crosscoder-diff train --out run --n-tokens 40000 --d-latent 64 --set train.log_every=1000 > train.log 2>&1 || { cat train.log; exit 1; }
 tail -n 3 train.log
-$V/crosscoder-diff report run --no-dashboards --no-latent-scaling --no-causal --n-eval-seqs 8 > report.log
+$V/crosscoder-diff report run --no-dashboards --no-latent-scaling --no-causal --n-eval-seqs 8 > report.log 2>&1 || { cat report.log; exit 1; }
 tail -n 3 report.log
 test -s run/report/report.html && test -s run/report/metrics.json
 echo "clean install: OK"
