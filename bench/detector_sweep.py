@@ -35,7 +35,7 @@ p.add_argument('--no-readme', action='store_true')
 a = p.parse_args()
 AUROC_MIN, DENSITY_MAX = 0.95, 0.05   # the target
 BEH, LABELS = ('signoff', 'refusal'), ('context', 'decision')
-l1 = lambda c: {'crosscoder.l1_coeff': c, 'train.l1_coeff': c}
+l1 = lambda c: {'crosscoder.l1_coeff': c}
 CONFIGS = [('batchtopk', 'demo (512 latents, k 32)', {}), ('batchtopk', 'k 8', {'crosscoder.k': 8}),
            ('batchtopk', '2048 latents', {'crosscoder.d_latent': 2048}),
            ('batchtopk', '256 designated shared (k 16 + 16)', {'crosscoder.n_shared': 256, 'crosscoder.k_shared': 16, 'crosscoder.k': 16}),

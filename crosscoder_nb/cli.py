@@ -179,13 +179,13 @@ def _run_config(args):
     settings = {'models': models, **(_config_file(args.config) if args.config else {})}
     if args.layer is not None: settings.update({'buffer.layer': args.layer, 'buffer.hook_point': None})
     flags = {'crosscoder.d_latent': args.d_latent, 'train.lr': args.lr, 'train.n_tokens': args.n_tokens,
-             'train.l1_coeff': args.l1_coeff, 'crosscoder.l1_coeff': args.l1_coeff, 'train.seed': args.seed,
+             'crosscoder.l1_coeff': args.l1_coeff, 'train.seed': args.seed,
              'data.seq_len': args.seq_len}
     settings.update({k: v for k, v in flags.items() if v is not None})
     if args.model_dtype is not None: settings['model_dtype'] = None if args.model_dtype == 'auto' else args.model_dtype
     if args.model_device is not None: settings['model_device'] = args.model_device
     if args.batch_size is not None:
-        settings.update({'train.batch_size': args.batch_size, 'buffer.batch_size': args.batch_size})
+        settings.update({'train.batch_size': args.batch_size})
     settings.update(_settings(args.set))
     cfg = set_fields(cfg, settings)
     if not args.show_config: _check_device('model_device', cfg.model_device)   # also when --config or --set gave it
@@ -200,7 +200,7 @@ def _run_flags(q: argparse.ArgumentParser, n_tokens: str):
     q.add_argument('--layer', type=int,
                    help='read blocks.LAYER.hook_resid_pre (default 3 for the organisms, 14 otherwise)')
     q.add_argument('--n-tokens', type=int, help=n_tokens)
-    q.add_argument('--batch-size', type=int, help='activations per step (sets train and buffer batch size)')
+    q.add_argument('--batch-size', type=int, help='activations per step (train.batch_size)')
     q.add_argument('--seq-len', type=int, help='tokens per row of the data stream')
     q.add_argument('--device', help='torch device (default: cuda if available, else cpu)')
     q.add_argument('--model-dtype', choices=['auto', *_MODEL_DTYPES], help="the models' dtype (auto: bfloat16 on a "

@@ -55,10 +55,21 @@ class RunConfig(Config):
 
     def __post_init__(self):
         if isinstance(self.data, dict): self.data = DataConfig.from_dict(self.data)
-        if isinstance(self.buffer, dict): self.buffer = BufferConfig.from_dict(self.buffer)
         if isinstance(self.train, dict): self.train = TrainConfig.from_dict(self.train)
+        if isinstance(self.buffer, dict):   # its batch size is train.batch_size (an older run_config.json repeats it)
+            self.buffer = BufferConfig.from_dict({'batch_size': self.train.batch_size, **self.buffer})
         if isinstance(self.crosscoder, dict): self.crosscoder = _crosscoder_settings(self.crosscoder)
+        if self.train.l1_coeff is not None and self.crosscoder.l1_coeff in (None, self.train.l1_coeff):
+            # train.l1_coeff of an older config (or --set): the run's L1 coefficient lives in crosscoder.l1_coeff
+            self.crosscoder = replace(self.crosscoder, l1_coeff=self.train.l1_coeff)
+            self.train = replace(self.train, l1_coeff=None)
         self.validate()
+
+    def to_dict(self) -> dict:
+        "Every setting once: no buffer.batch_size (it is train.batch_size), no train.l1_coeff (crosscoder.l1_coeff)."
+        d = super().to_dict()
+        del d['buffer']['batch_size'], d['train']['l1_coeff']
+        return d
 
 # %% ../nbs/09_pipeline.ipynb
 def _cc_fields() -> set[str]: return {f.name for f in fields(CrossCoderSettings)}
@@ -85,8 +96,11 @@ def validate(self: RunConfig):
         raise ValueError(f"model_dtype must be one of {['auto', *MODEL_DTYPES]} "
                          f"(auto: bfloat16 on a GPU, float32 elsewhere), got {self.model_dtype!r}.")
     if self.buffer.batch_size != self.train.batch_size:
-        raise ValueError(f"buffer.batch_size ({self.buffer.batch_size}) and train.batch_size ({self.train.batch_size}) "
-                         "differ: set both to the same value (the trainer counts steps in the buffer's batches).")
+        raise ValueError(f"buffer.batch_size ({self.buffer.batch_size}) differs from train.batch_size "
+                         f"({self.train.batch_size}): a run sets its batch size once, as train.batch_size.")
+    if self.train.l1_coeff is not None:
+        raise ValueError(f"train.l1_coeff ({self.train.l1_coeff}) differs from crosscoder.l1_coeff "
+                         f"({self.crosscoder.l1_coeff}): a run sets its L1 coefficient once, as crosscoder.l1_coeff.")
 
 # %% ../nbs/09_pipeline.ipynb
 def _parse(value):
@@ -95,16 +109,27 @@ def _parse(value):
     except json.JSONDecodeError: return value
 
 # %% ../nbs/09_pipeline.ipynb
+# settings a run holds in one place (the second); the first is accepted when it agrees, as older configs repeat it
+_ONE_PLACE = {'buffer.batch_size': 'train.batch_size', 'train.l1_coeff': 'crosscoder.l1_coeff'}
+
 def set_fields(cfg: RunConfig, settings: dict) -> RunConfig:
     ("A copy of `cfg` with fields changed: `{'train.lr': '1e-4', 'buffer.layer': 3}` "
      "(strings are read as JSON when the field wants it).")
     d = cfg.to_dict()
+    # train.l1_coeff: another name for crosscoder.l1_coeff, from older configs
+    if settings.get('train.l1_coeff') not in (None, 'null'):
+        l1 = typed_value('train.l1_coeff', settings['train.l1_coeff'], cfg)
+        if settings.get('crosscoder.l1_coeff', l1) != l1:
+            raise ValueError("train.l1_coeff and crosscoder.l1_coeff differ: a run sets its L1 coefficient once, "
+                             "as crosscoder.l1_coeff.")
+        settings = {k: v for k, v in settings.items() if k != 'train.l1_coeff'} | {'crosscoder.l1_coeff': l1}
     for path, value in settings.items():
         section, _, name = path.partition('.')
         if section not in d:
             raise ValueError(f"Unknown setting {path!r}: the sections are {list(d)} (e.g. train.lr=1e-4).")
         if not name: d[section] = typed_value(path, value, cfg)
-        elif section == 'crosscoder' or name in d[section]: d[section][name] = typed_value(path, value, cfg)
+        elif section == 'crosscoder' or name in d[section] or path in _ONE_PLACE:
+            d[section][name] = typed_value(path, value, cfg)
         else: raise ValueError(f"Unknown setting {path!r}: {section} fields are {list(d[section])}.")
     return RunConfig.from_dict(d)   # validated once, after all changes
 
@@ -196,7 +221,7 @@ def organisms_config(base: str = 'organism-base', chat: str = 'organism-chat', l
     return RunConfig([base, chat], organisms_mix('train', seq_len=128),
                      BufferConfig(layer=layer, batch_size=bs, buffer_batches=64, model_batch_size=32, n_norm_batches=16,
                                   dtype='float32'),
-                     cc, TrainConfig(lr=1e-3, batch_size=bs, n_tokens=1_000_000, l1_coeff=0.2 if arch == 'l1' else None,
+                     cc, TrainConfig(lr=1e-3, batch_size=bs, n_tokens=1_000_000,
                                      log_every=50, precision='auto'),
                      model_dtype='float32')   # tiny models: they run in float32 on any device
 
