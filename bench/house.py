@@ -3,7 +3,7 @@ notebooks), exported cells' sizes, import cycles, and how long `crosscoder-diff 
 
     python bench/house.py          (a few seconds; prints a Markdown report)
 """
-import ast, json, statistics, subprocess, sys, time
+import ast, importlib.util, json, statistics, subprocess, sys, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,31 +33,11 @@ def notebook_cells():
             if c['cell_type'] == 'code': yield p.name, ''.join(c['source']).startswith('#| export'), ''.join(c['source'])
 
 
-def graph() -> dict[str, set[str]]:
-    g = {}
-    for m, p in modules().items():
-        deps = set()
-        for node in ast.walk(ast.parse(p.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level and node.module: deps.add(node.module.split('.')[0])
-            if isinstance(node, ast.ImportFrom) and node.level and not node.module:   # from . import cache
-                deps |= {a.name for a in node.names if not a.name.startswith('__')}
-            if isinstance(node, ast.ImportFrom) and not node.level and (node.module or '').startswith('crosscoder_nb.'):
-                deps.add(node.module.split('.')[1])
-        g[m] = deps - {m}
-    return g
-
-
-def cycles(g: dict[str, set[str]]) -> list[list[str]]:
-    state, found = {}, []
-    def visit(m, path):
-        state[m] = 'open'
-        for n in sorted(g.get(m, ())):
-            if state.get(n) == 'open': found.append(path[path.index(n):] + [n])
-            elif n not in state: visit(n, path + [n])
-        state[m] = 'done'
-    for m in sorted(g):
-        if m not in state: visit(m, [m])
-    return found
+def _package_checks():
+    "tests/test_package.py, whose import graph and cycle finder these figures use."
+    spec = importlib.util.spec_from_file_location('test_package', ROOT / 'tests' / 'test_package.py')
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod
 
 
 def seconds(*argv, n: int = 5) -> float:
@@ -87,7 +67,8 @@ def main():
     print(f'| notebook code lines over 120 characters | {len(nb_long)} |')
     print(f'| exported cells: count, median lines, largest | {len(exported)}, {statistics.median(exported):g}, '
           f'{max(exported)} |')
-    print(f'| import cycles | {len(cycles(graph()))} |')
+    checks = _package_checks()
+    print(f'| import cycles | {len(checks.cycles(checks.internal_graph()))} |')
     print(f'| `crosscoder-diff --help`, best of 5 | {seconds("--help"):.2f} s |')
     print(f'| `crosscoder-diff --version`, best of 5 | {seconds("--version"):.2f} s |')
 

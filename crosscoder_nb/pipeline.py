@@ -109,26 +109,20 @@ def _parse(value):
     except json.JSONDecodeError: return value
 
 # %% ../nbs/09_pipeline.ipynb
-# settings a run holds in one place (the second); the first is accepted when it agrees, as older configs repeat it
-_ONE_PLACE = {'buffer.batch_size': 'train.batch_size', 'train.l1_coeff': 'crosscoder.l1_coeff'}
-
 def set_fields(cfg: RunConfig, settings: dict) -> RunConfig:
     ("A copy of `cfg` with fields changed: `{'train.lr': '1e-4', 'buffer.layer': 3}` "
      "(strings are read as JSON when the field wants it).")
     d = cfg.to_dict()
-    # train.l1_coeff: another name for crosscoder.l1_coeff, from older configs
-    if settings.get('train.l1_coeff') not in (None, 'null'):
-        l1 = typed_value('train.l1_coeff', settings['train.l1_coeff'], cfg)
-        if settings.get('crosscoder.l1_coeff', l1) != l1:
-            raise ValueError("train.l1_coeff and crosscoder.l1_coeff differ: a run sets its L1 coefficient once, "
-                             "as crosscoder.l1_coeff.")
-        settings = {k: v for k, v in settings.items() if k != 'train.l1_coeff'} | {'crosscoder.l1_coeff': l1}
     for path, value in settings.items():
+        if path == 'train.l1_coeff':   # the older name of crosscoder.l1_coeff; null (the crosscoder's) is no change
+            value = typed_value(path, value, cfg)
+            if value is None: continue
+            path = 'crosscoder.l1_coeff'
         section, _, name = path.partition('.')
         if section not in d:
             raise ValueError(f"Unknown setting {path!r}: the sections are {list(d)} (e.g. train.lr=1e-4).")
         if not name: d[section] = typed_value(path, value, cfg)
-        elif section == 'crosscoder' or name in d[section] or path in _ONE_PLACE:
+        elif section == 'crosscoder' or name in d[section] or path == 'buffer.batch_size':   # kept if it agrees
             d[section][name] = typed_value(path, value, cfg)
         else: raise ValueError(f"Unknown setting {path!r}: {section} fields are {list(d[section])}.")
     return RunConfig.from_dict(d)   # validated once, after all changes
