@@ -266,25 +266,57 @@ def behaviour_rate(cc: CrossCoder, models: list, dialogs: list[dict], behaviour:
     return sum(map(DETECTORS[behaviour], outs)) / max(len(outs), 1)
 
 # %% ../nbs/07c_planted.ipynb
+def _per_prompt(cc, models, dp: tuple, hp: str, s: Tensor, edit, batch_size: int, objective: str) -> Tensor:
+    "Attribution on one behaviour's decision points, as the mean change per prompt."
+    return attribute(cc, models, *dp, hp, s, batch_size=batch_size, edit=edit, objective=objective) / len(dp[0])
+
 def greedy_attribution(cc: CrossCoder, models: list, tokens: Tensor, pos: Tensor, good: Tensor, bad: Tensor | None,
                        hp: str, s: Tensor, n: int = 10, batch_size: int = 16, progress: bool = False,
                        # picks made one at a time (default all `n`); the rest in the order of one more attribution
                        n_greedy: int | None = None,
                        objective: str = 'margin',  # see `attribute`
+                       avoid: list[tuple] = (),  # decision points (`decision_points`) of behaviours to keep
+                       penalty: float = 1.0,  # weight of a latent's estimated cut of an `avoid` behaviour (per prompt)
                       ) -> tuple[list[int], list[float]]:
     ("`n` latents: each of the first `n_greedy` is the most negative attribution with the ones before it already "
-     "diff-patched.")
+     "diff-patched; with `avoid`, minus `penalty` times the cut each would make to those behaviours.")
     n_greedy = n if n_greedy is None else min(n_greedy, n)
     S, scores = [], []
     for step in tqdm(range(n_greedy + (n > n_greedy)), desc='greedy attribution', disable=not progress):
-        a = attribute(cc, models, tokens, pos, good, bad, hp, s, batch_size=batch_size,
-                      edit=Edit('diff_patch', S) if S else None, objective=objective)
-        a[S] = math.inf
-        take = torch.argsort(a)[:1 if step < n_greedy else n - n_greedy].tolist()
+        edit = Edit('diff_patch', S) if S else None
+        a = attribute(cc, models, tokens, pos, good, bad, hp, s, batch_size=batch_size, edit=edit, objective=objective)
+        rank = a.clone()
+        for dp in avoid:   # a latent that would also cut a kept behaviour ranks lower
+            cut = (-_per_prompt(cc, models, dp, hp, s, edit, batch_size, objective)).clamp_min(0)
+            rank += penalty * len(tokens) * cut
+        rank[S] = math.inf
+        take = torch.argsort(rank)[:1 if step < n_greedy else n - n_greedy].tolist()
         S += take; scores += [float(a[j]) for j in take]
     return S, scores
 
+
 # %% ../nbs/07c_planted.ipynb
+def _localise_method(greedy: int, objective: str, n_dialogs: int, n: int, sizes: tuple, keep: list, penalty: float,
+                     keep_within: float) -> str:
+    "How `localise` chose its set, in words for the report."
+    how = (f'greedy attribution (each of the first {greedy} latents the most negative attribution with the ones before '
+           'it diff-patched, the rest ranked by one more attribution with those patched)' if greedy else 'attribution')
+    kept = (f", penalised by {penalty:g} x each latent's estimated cut of {' and '.join(keep)} per prompt" if keep
+            else '')
+    rule = (f' while {" and ".join(keep)} stayed within {keep_within:.0%} of clean' if keep else '')
+    return (f"{how} of the decision metric{'' if objective == 'margin' else f' (summed as {objective}(M))'} "
+            f"to diff-patching each latent on {n_dialogs} validation prompts{kept}; set size ({n}) chosen by "
+            f"diff-patching the top {list(sizes)} in generation on the same prompts{rule}")
+
+
+# %% ../nbs/07c_planted.ipynb
+def _pick_size(sizes: tuple, rates: dict, kept: dict, target_rate: float, keep_within: float) -> int:
+    ("The smallest size that brings the behaviour to `target_rate` while every kept behaviour stays within "
+     "`keep_within` of its clean rate; else the size with the least shortfall.")
+    miss = {n: sum(max(0.0, clean - r - keep_within) for clean, r in kept[n]) for n in sizes}
+    ok = [n for n in sizes if rates[n] <= target_rate and miss[n] == 0]
+    return ok[0] if ok else min(sizes, key=lambda k: (rates[k] + miss[k], k))
+
 def localise(cc: CrossCoder, models: list, behaviour: str, dialogs: list[dict], hp: str, s: Tensor,
              sizes: tuple = (1, 2, 3, 5, 10, 20, 40), target_rate: float = 0.2, batch_size: int = 16,
              progress: bool = False,
@@ -292,29 +324,38 @@ def localise(cc: CrossCoder, models: list, behaviour: str, dialogs: list[dict], 
              # attribution
              greedy: int = 10,
              objective: str = 'margin',  # what attribution sums over prompts (see `attribute`)
+             keep: dict | None = None,  # {other behaviour: its validation dialogs}: behaviours the set must leave alone
+             penalty: float = 1.0,  # see `greedy_attribution`
+             keep_within: float = 0.1,  # how far a kept behaviour's rate may fall below its clean rate
             ) -> dict:
     ("Name a small set of latents that carries `behaviour`: rank by attribution on `dialogs`, keep the smallest set "
-     "whose diff patch brings the rate to `target_rate`.")
-    if behaviour not in BEHAVIOUR_PROMPTS:
-        raise ValueError(f"Unknown behaviour {behaviour!r}: use one of {list(BEHAVIOUR_PROMPTS)}.")
-    dp = decision_points(models[1].tokenizer, dialogs, behaviour)
+     "whose diff patch brings the rate to `target_rate` (and, with `keep`, leaves the other behaviours alone).")
+    for b in [behaviour, *(keep or {})]:
+        if b not in BEHAVIOUR_PROMPTS:
+            raise ValueError(f"Unknown behaviour {b!r}: use one of {list(BEHAVIOUR_PROMPTS)}.")
+    keep = {b: d for b, d in (keep or {}).items() if b != behaviour}
+    tok = models[1].tokenizer
+    dp, avoid = decision_points(tok, dialogs, behaviour), [decision_points(tok, d, b) for b, d in keep.items()]
     if greedy:
         order, scores = greedy_attribution(cc, models, *dp, hp, s, max(sizes), batch_size, progress, n_greedy=greedy,
-                                           objective=objective)
+                                           objective=objective, avoid=avoid, penalty=penalty)
     else:
         a = attribute(cc, models, *dp, hp, s, batch_size=batch_size, progress=progress, objective=objective)
-        order = torch.argsort(a)[:max(sizes)].tolist()   # most negative first: diff-patching them removes the behaviour
+        rank = a + sum(penalty * len(dialogs) * (-_per_prompt(cc, models, p, hp, s, None, batch_size, objective))
+                       .clamp_min(0) for p in avoid)
+        order = torch.argsort(rank)[:max(sizes)].tolist()   # most negative first: patching them removes the behaviour
         scores = [float(a[j]) for j in order]
-    rates = {n: behaviour_rate(cc, models, dialogs, behaviour, Edit('diff_patch', order[:n]), hp, s) for n in sizes}
-    ok = [n for n in sizes if rates[n] <= target_rate]
-    n = ok[0] if ok else min(sizes, key=lambda k: (rates[k], k))
-    how = (f'greedy attribution (each of the first {greedy} latents the most negative attribution with the ones before '
-           'it diff-patched, the rest ranked by one more attribution with those patched)' if greedy else 'attribution')
+    rate = lambda b, d, e: behaviour_rate(cc, models, d, b, e, hp, s)
+    rates = {n: rate(behaviour, dialogs, Edit('diff_patch', order[:n])) for n in sizes}
+    clean_kept = {b: rate(b, d, Edit()) for b, d in keep.items()}
+    kept = {n: [(clean_kept[b], rate(b, d, Edit('diff_patch', order[:n]))) for b, d in keep.items()] for n in sizes}
+    n = _pick_size(sizes, rates, kept, target_rate, keep_within)
     return {'latents': order[:n], 'attribution': scores[:n], 'validation_rates': rates,
-            'clean_rate': behaviour_rate(cc, models, dialogs, behaviour, Edit(), hp, s), 'ranking': order,
-            'method': f"{how} of the decision metric{'' if objective == 'margin' else f' (summed as {objective}(M))'} "
-                      f"to diff-patching each latent on {len(dialogs)} validation prompts; "
-                      f"set size ({n}) chosen by diff-patching the top {list(sizes)} in generation on the same prompts"}
+            'clean_rate': rate(behaviour, dialogs, Edit()), 'ranking': order,
+            'kept': {b: {'clean': clean_kept[b], 'diff_patch_by_size': {k: kept[k][i][1] for k in sizes}}
+                     for i, b in enumerate(keep)},
+            'method': _localise_method(greedy, objective, len(dialogs), n, sizes, list(keep), penalty, keep_within)}
+
 
 # %% ../nbs/07c_planted.ipynb
 def _latents_on(cc: CrossCoder, models: list, tokens: Tensor, lengths: Tensor, hp: str, s: Tensor) -> Tensor:
@@ -338,6 +379,8 @@ def planted_checks(cc: CrossCoder, models,
                    target_rate: float = 0.2, hook_point: str | None = None, norm_factors=None, seed: int = 0,
                    progress: bool = True,
                    objective: str = 'margin',  # what attribution sums over prompts (see `attribute`)
+                   # name each behaviour's set so that it leaves the other behaviours alone on validation prompts
+                   specific: bool = True,
                   ) -> dict:
     ("Localise each planted behaviour on validation prompts; measure interventions, controls, loss and steering on "
      "test prompts.")
@@ -356,7 +399,8 @@ def planted_checks(cc: CrossCoder, models,
     bar = tqdm(list(BEHAVIOUR_PROMPTS.items()), desc='causal checks', disable=not progress)
     for beh, kind in bar:
         v, t = val[kind], test[kind]
-        loc = localise(cc, models, beh, v, hp, s, target_rate=target_rate, objective=objective)
+        keep = {o: val[k] for o, k in BEHAVIOUR_PROMPTS.items() if o != beh} if specific else None
+        loc = localise(cc, models, beh, v, hp, s, target_rate=target_rate, objective=objective, keep=keep)
         S = loc['latents']
         if frequencies is None:   # density on the validation dialogs, so the controls are matched all the same
             vt, vp = decision_points(models[1].tokenizer, v, beh)[:2]
@@ -367,7 +411,8 @@ def planted_checks(cc: CrossCoder, models,
         vt, vp = decision_points(models[1].tokenizer, v, beh)[:2]
         alpha = _typical_activation(cc, models, vt, vp + 1, S, hp, s)
         res = {'latents': S, 'method': loc['method'], 'attribution': loc['attribution'],
-               'validation': {'clean': loc['clean_rate'], 'diff_patch_by_size': loc['validation_rates']},
+               'validation': {'clean': loc['clean_rate'], 'diff_patch_by_size': loc['validation_rates'],
+                              'kept': loc['kept']},
                'test': {'clean': rate(Edit()), 'diff_patch': rate(Edit('diff_patch', S)),
                         'ablate': rate(Edit('ablate', S)),
                         'random_latents': ctrl, 'random_diff_patch': [rate(Edit('diff_patch', c)) for c in ctrl],

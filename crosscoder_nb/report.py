@@ -19,7 +19,8 @@ from .data import organisms_mix, pile_lmsys_mix
 from .buffer import reuse_activations
 from .evals import evaluate, eval_tokens
 from .diffing import DiffThresholds, diff_summary, relative_norms
-from .planted import planted_checks, planted_detection, planted_recovery
+from .planted import planted_recovery
+from .whatchanged import behaviour_results
 from .scaling import latent_scaling as run_latent_scaling
 from .dashboards import compute_dashboards, select_latents, token_sample
 from .dashboard_html import write_dashboards
@@ -158,36 +159,6 @@ def _pair_metrics(d: dict) -> dict:
     return {k: d[k] for k in ('counts', 'specific_density', 'relative_norm_counts', 'shared_cosine_median')}
 
 # %% ../nbs/10_report.ipynb
-def _behaviour(p: dict, ref: dict, d: dict, verdicts: dict) -> dict:
-    "One behaviour in metrics.json: `p` its causal checks, `ref` their reference patches, `d` its detection scores."
-    tag = lambda x: None if x is None else {**x, 'verdict': verdicts.get(x['latent'])}
-    rows, dd, t = {r['latent']: r for r in d['latents']}, d['decision'], p['test']
-    dec_rows = {r['latent']: r for r in dd['latents']}
-    detection = [{**rows[j], 'attribution': a, 'verdict': verdicts.get(j)}
-                 for j, a in zip(p['latents'], p['attribution'])]
-    at_decision = {'n_labelled_tokens': dd['n_labelled'], 'latents': [tag(dec_rows[j]) for j in p['latents']],
-                   'best_detector': tag(dd['best']), 'best_chat_specific_detector': tag(dd['best_chat_specific'])}
-    rates = {**{k: t[k] for k in ('clean', 'diff_patch', 'ablate', 'random_diff_patch', 'random_ablate')},
-             'patch_base_residual': ref['patch_model'], 'diff_patch_all_latents': ref['diff_patch_all'],
-             'other_behaviours': t['other_behaviours']}   # specificity: {other: {'clean', 'diff_patch'}}
-    return {'latents': p['latents'], 'method': p['method'], 'detection': detection,
-            'detection_at_decision': at_decision,
-            'rates': rates, 'random_latents': t['random_latents'], 'general_loss_change': p['general_loss_change'],
-            'steer_base': p['steer_base'], 'validation': p['validation'], 'best_detector': d['best'],
-            'best_chat_specific_detector': tag(d['best_chat_specific']), 'n_labelled_tokens': d['n_labelled']}
-
-def _behaviours(cc, models, freqs, th, ls, n_validation: int, n_test: int, progress: bool, norm_factors=None) -> dict:
-    "For each planted behaviour: the latents causal localisation names, their detection, rates under interventions."
-    pc = planted_checks(cc, models, frequencies=freqs, n_validation=n_validation, n_test=n_test,
-                        norm_factors=norm_factors, progress=progress)
-    named = sorted({j for b in ('signoff', 'refusal') for j in pc[b]['latents']})
-    det = planted_detection(cc, models, latents=named, thresholds=th, frequencies=freqs, norm_factors=norm_factors,
-                            progress=progress)
-    verdicts = {} if ls is None else {r['latent']: r['verdict'] for r in ls.rows()}
-    prompts = {'n_test_prompts': n_test, 'n_validation_prompts': n_validation}
-    return {b: _behaviour(pc[b], pc['reference'][b], det[b], verdicts) | prompts for b in ('signoff', 'refusal')}
-
-# %% ../nbs/10_report.ipynb
 METRICS_FILE, REPORT_FILE, DASHBOARD_DIR = 'metrics.json', 'report.html', 'dashboards'
 
 def _dashboards(cc, models, out: Path, organisms: bool, n_tokens: int | None, n_top: int, freqs,
@@ -264,7 +235,8 @@ def _analyses(cc: CrossCoder, models, ev, tokens, th, organisms: bool, cfg: Repo
                              progress=cfg.progress)
           if cfg.latent_scaling and two else None)   # every live model-specific latent, on the eval tokens
     causal = (organisms if cfg.causal is None else cfg.causal) and two   # the checks compare a base and a chat model
-    beh = _behaviours(cc, models, freqs, th, ls, cfg.n_validation, cfg.n_test, cfg.progress, s_eval) if causal else None
+    beh = (behaviour_results(cc, models, freqs, th, ls, cfg.n_validation, cfg.n_test, cfg.progress, s_eval)
+           if causal else None)
     return planted, ls, beh
 
 # %% ../nbs/10_report.ipynb
