@@ -100,6 +100,18 @@ def _split(n: int, n_heldout: int | None, batch_size: int) -> tuple[int, int]:
     return n - n_heldout, n_heldout
 
 # %% ../nbs/07e_diff_sae.ipynb
+def _trainer(acts, s: Tensor, n_train: int, cfg: CrossCoderConfig, train: TrainConfig, out: Path,
+             overwrite: bool, resume: bool, device) -> Trainer:
+    "A fresh trainer writing to `out` or, with `resume`, the run whose checkpoint is there, on the training rows."
+    if not resume:
+        out = check_out_dir(out, overwrite)   # all checks done: from here on, work
+        batches = DiffBatches(acts, s, train.batch_size, train.seed, rows=(0, n_train))
+        return Trainer(CrossCoder(cfg, device=device), batches, train, out, overwrite=overwrite)
+    tc = read_checkpoint(out).train_config or {}   # the run's own batches: its batch size and seed
+    batches = DiffBatches(acts, s, tc.get('batch_size', train.batch_size), tc.get('seed', 0), rows=(0, n_train))
+    return Trainer.resume(out, batches, device=device)
+
+# %% ../nbs/07e_diff_sae.ipynb
 def train_diff_sae(source,  # `HarvestedActivations`, `ActivationCache` or a cache folder, of [base, chat]
                    out: str | Path,  # the run folder: checkpoint and metrics.jsonl
                    sae: dict | None = None,  # CrossCoderConfig fields over `SAE_DEFAULTS`
@@ -107,16 +119,15 @@ def train_diff_sae(source,  # `HarvestedActivations`, `ActivationCache` or a cac
                    n_heldout: int | None = None,  # the last rows, kept for the evals; default a tenth, <= 16,384
                    model_names: list[str] | None = None,  # [base, chat]; default the cache's
                    overwrite: bool = False, device: str | None = None, progress: bool = True,
+                   resume: bool = False,  # continue the checkpoint in `out` (same source and n_heldout)
                   ) -> tuple[CrossCoder, dict]:
     "Train a diff-SAE on y = s_c x_c - s_b x_b; returns it and a summary (training, held-out evals)."
     acts, s, hp, names = diff_source(source, model_names)
     n_train, n_heldout = _split(len(acts), n_heldout, (train or default_train(1)).batch_size)
     train = train or default_train(n_train)
     cfg = diff_sae_config(acts.shape[2], hp, names, train.steps, **(sae or {}))
-    out = check_out_dir(out, overwrite)   # all checks done: from here on, work
-    batches = DiffBatches(acts, s, train.batch_size, train.seed, rows=(0, n_train))
-    model = CrossCoder(cfg, device=device)
-    res = Trainer(model, batches, train, out, overwrite=overwrite).train(progress=progress)
+    trainer = _trainer(acts, s, n_train, cfg, train, Path(out), overwrite, resume, device)
+    model, res = trainer.cc, trainer.train(progress=progress)
     evals = diff_sae_evals(model, difference(acts[n_train:], s))
     meta = {'kind': KIND, 'base': names[0], 'chat': names[1], 'norm_factors': s.tolist(), 'hook_point': hp,
             'n_train': n_train, 'n_heldout': n_heldout,

@@ -10,7 +10,7 @@ from crosscoder_nb.dashboards import logit_effects
 from crosscoder_nb.diff_sae import (DiffBatches, as_crosscoder, diff_sae_config, diff_sae_evals, diff_sae_meta,
                                     difference, latent_lens, load_diff_sae, logit_lens, train_diff_sae)
 from crosscoder_nb.interventions import Edit, attribute, edited_acts, edited_logits
-from crosscoder_nb.trainer import TrainConfig
+from crosscoder_nb.trainer import TrainConfig, Trainer
 
 HP = 'blocks.1.hook_resid_pre'
 
@@ -161,3 +161,18 @@ def test_edits_attribution_and_lens_on_models(org):
     assert [t for t, _ in neg[2]['up']] == [t for t, _ in lens[2]['down']]
     assert [r['latent'] for r in latent_lens(sae, org['chat'], [0, 2], k=3)] == [0, 2]
     with pytest.raises(ValueError, match='directions must be'): logit_lens(org['chat'], dirs[:, :5])
+
+
+def test_resume_continues_exactly_and_writes_the_metadata(tmp_path):
+    x, s = pair(3000), torch.tensor([1.0, 1.0])
+    h, small = HarvestedActivations(x, s, HP, 0.0), dict(d_latent=32, k=4, dead_tokens=2000)
+    tc = TrainConfig(lr=3e-3, batch_size=250, n_steps=40, precision='float32')
+    whole, _ = train_diff_sae(h, tmp_path / 'whole', small, tc, n_heldout=500, progress=False)
+    # an interrupted run: 20 of its 40 steps, checkpointed by the trainer, no diff-SAE metadata yet
+    cfg = diff_sae_config(16, HP, ['base', 'chat'], tc.steps, **small)
+    cut = Trainer(CrossCoder(cfg), DiffBatches(x, s, 250, tc.seed, rows=(0, 2500)), tc, tmp_path / 'cut')
+    cut.train(n_steps=20, progress=False)
+    with pytest.raises(ValueError, match='not a diff-SAE'): load_diff_sae(tmp_path / 'cut')
+    resumed, res = train_diff_sae(h, tmp_path / 'cut', small, tc, n_heldout=500, progress=False, resume=True)
+    assert res['steps'] == 40 and diff_sae_meta(load_diff_sae(tmp_path / 'cut'))['n_train'] == 2500
+    for k, v in whole.state_dict().items(): torch.testing.assert_close(resumed.state_dict()[k], v)
