@@ -55,6 +55,7 @@ class ReportConfig(Config):
     n_validation: int = 40  # prompts per behaviour for choosing latents
     n_test: int = 60  # prompts per behaviour for the reported rates
     model_dtype: str | None = None  # None: the run's run_config.json, else 'auto' (bfloat16 on a GPU, else float32)
+    lead: dict[str, str] | None = None  # sections (title -> HTML) the page opens with: the demo's "What changed"
 
     def __post_init__(self):
         if isinstance(self.thresholds, dict): self.thresholds = DiffThresholds.from_dict(self.thresholds)
@@ -292,7 +293,7 @@ def report_run(run_dir: str | Path,  # a folder holding a crosscoder checkpoint 
     page = render_report(metrics, report_figures(cc, pairs, ev.frequencies, th, slots, ls),
                          latent_tables(pairs, slots, lat_links, planted),
                          _facts(cc, names, ev, organisms, cfg.extra_facts), links,
-                         sections=_sections(cc, pairs, slots, ls, beh, lat_links, metrics, cfg))
+                         sections=_sections(cc, pairs, slots, ls, beh, lat_links, metrics, cfg), lead=cfg.lead)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / METRICS_FILE, lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=1)))
     atomic_write(out / REPORT_FILE, lambda tmp: Path(tmp).write_text(page))
@@ -311,7 +312,7 @@ def demo_configs(base: str, chat: str, archs: list[str], settings: dict | None =
             for i, a in enumerate(archs)}
 
 # %% ../nbs/10_report.ipynb
-_DEMO_SETS = ('out', 'models', 'extra_facts', 'compare', 'label')   # report settings the demo sets itself
+_DEMO_SETS = ('out', 'models', 'extra_facts', 'compare', 'label', 'lead')   # report settings the demo sets itself
 
 def demo_report_config(report_kw: dict) -> ReportConfig:
     "The demo's report settings: `report_kw` over causal checks on fewer prompts than a report's (minutes, not tens)."

@@ -56,11 +56,13 @@ def render_report(metrics: dict, figures: dict[str, go.Figure] | None = None,  #
                   links: dict[str, str] | None = None,  # link text -> relative URL
                   title: str = 'Crosscoder model diff',
                   sections: dict[str, str] | None = None,  # title -> HTML, shown after the clusters (e.g. a comparison)
+                  lead: dict[str, str] | None = None,  # title -> HTML, the page's opening sections (the demo's "What changed")
                  ) -> str:
     "A self-contained HTML report (plotly's JS embedded once; no network needed to view it)."
     t, h2 = html.escape(title), lambda name: f'<h2>{html.escape(name)}</h2>'
     parts = [f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{t}</title><style>{_CSS}</style></head><body>',
              f'<h1>{t}</h1>']
+    for name, body in (lead or {}).items(): parts += [h2(name), body]
     if facts: parts.append(_facts_html(facts))
     parts += ['<h2>Evals</h2>', eval_html(metrics)]
     counts = {k: metrics[k] for k in ('n_base_specific', 'n_shared', 'n_chat_specific') if k in metrics}

@@ -10,13 +10,14 @@ from .planted import BEHAVIOUR_PROMPTS, DETECTORS, planted_checks, planted_detec
 from .corpus import REFUSAL, SIGNOFF, chat_prompt, heldout_prompts
 from .data import DataConfig, Source, load_documents
 from .evals import eval_tokens
-from .adl import adl_summary, first_tokens
+from .adl import adl_summary, first_tokens, logit_lens, token_rank, top_tokens
+from .diffing import latent_groups, relative_norms
 from .amplify import amplification_table
 
 # %% auto 0
 __all__ = ['TABLE_COLUMNS', 'behaviour_record', 'behaviour_results', 'latent_row', 'what_changed_rows', 'what_changed_html',
-           'marker_rank', 'organism_prompts', 'marker_tokens', 'adl_result', 'adl_rows', 'amplification_result',
-           'amplification_html']
+           'latent_readout', 'adl_readout', 'readout_rows', 'organism_prompts', 'marker_tokens', 'adl_result',
+           'adl_rows', 'amplification_result', 'amplification_html']
 
 # %% ../nbs/09a_what_changed.ipynb
 def _verdict(x: dict | None, verdicts: dict) -> dict | None:
@@ -95,15 +96,45 @@ def what_changed_html(methods: dict[str, dict]) -> str:
     return html_table(what_changed_rows(methods), pct=('density', 'rate clean', 'rate edited', 'random control'))
 
 # %% ../nbs/09a_what_changed.ipynb
-def marker_rank(top_tokens: list[list[str]],  # per unit (latent or direction), its top tokens, best first
-                marker: str,  # the planted marker's first token, as the tokenizer decodes it
-               ) -> dict | None:
-    "The best rank of `marker` in any unit's top tokens (1-based), and which unit: None if it is in none of them."
-    norm = lambda t: t.strip().lower()
-    hits = [(toks.index(t) + 1, i) for i, toks in enumerate(top_tokens) for t in toks if norm(t) == norm(marker)]
-    if not hits: return None
-    rank, unit = min(hits)
-    return {'rank': rank, 'unit': unit}
+def latent_readout(cc, chat_model,  # a two-model crosscoder (or a diff-SAE's view) and the chat model
+                   frequencies=None,  # activation frequency of each latent (orders the candidates); default: norm
+                   n: int = 10,  # latents read
+                   n_tokens: int = 5,  # top tokens shown per latent
+                   thresholds=None) -> dict:
+    ("What a reader without ground truth sees: the `n` most frequent chat-specific latents (relative norm above the "
+     "chat threshold; a dedicated or diff-SAE latent is one by construction), the logit lens of each one's chat "
+     "decoder, and where each planted marker's first token ranks in it (1: the top token of the vocabulary).")
+    r = relative_norms(cc)
+    cand = latent_groups(r, thresholds, frequencies)['chat_specific'].tolist()
+    W = cc.decoder_weights().detach().float()[:, 1] / cc.cfg.norm_factors[1]   # chat decoders, in the model's scale
+    key = (lambda j: -float(frequencies[j])) if frequencies is not None else (lambda j: -float(W[j].norm()))
+    top = sorted(cand, key=key)[:n]
+    lens = [logit_lens(chat_model, W[j]) for j in top]
+    marks = marker_tokens(chat_model.tokenizer)
+    ranks = {b: [token_rank(l, t) + 1 for l in lens] for b, t in marks.items()}
+    best = {b: None if not rs else {'rank': min(rs), 'latent': top[rs.index(min(rs))]} for b, rs in ranks.items()}
+    return {'latents': top, 'n_candidates': len(cand), 'top_tokens': [top_tokens(chat_model, l, n_tokens)['up']
+                                                                      for l in lens],
+            'marker_ranks': ranks, 'best_marker_rank': best, 'vocab': len(lens[0]) if lens else None}
+
+# %% ../nbs/09a_what_changed.ipynb
+def adl_readout(res: dict) -> dict:
+    "The same figures for the ADL: delta's logit lens at each position, and each marker's best rank (1-based)."
+    ranks = {b: [r + 1 for r in rs] for b, rs in res['marker_ranks'].items()}
+    best = {b: {'rank': min(rs), 'position': res['positions'][rs.index(min(rs))]} for b, rs in ranks.items()}
+    return {'positions': res['positions'], 'top_tokens': [t['up'] for t in res['logit_lens']],
+            'marker_ranks': ranks, 'best_marker_rank': best}
+
+def readout_rows(readouts: dict) -> list[dict]:
+    "One row per method: its first unit's top tokens and each marker's best rank among the units read."
+    rows = []
+    for name, ro in readouts.items():
+        row = {'method': name, 'units read': len(ro.get('latents', ro.get('positions', []))),
+               'top tokens of the first unit': ' '.join(repr(t) for t, _ in (ro['top_tokens'] or [[]])[0][:5])}
+        for b, v in ro['best_marker_rank'].items():
+            row[f'{b} marker: best rank'] = None if v is None else v['rank']
+        rows.append(row)
+    return rows
 
 # %% ../nbs/09a_what_changed.ipynb
 def organism_prompts(n_validation: int = 20, n_test: int = 40) -> dict:
