@@ -234,7 +234,8 @@ def model_card(cc,  # a crosscoder: its `cfg`, `extra` and `train_config` are re
     hub_ids = [n for n in names if re.fullmatch(r'[\w.-]+/[\w.-]+', n)]
     tokens = (cc.extra or {}).get('tokens') or (cc.train_config or {}).get('num_tokens')
     arch = (c.activation + (f', k = {c.k}' if c.is_topk else f', L1 coefficient {c.l1_default}')
-            + (f', {c.n_shared} designated shared latents' if c.n_shared else ''))
+            + (f', {c.n_shared} designated shared latents' if c.n_shared else '')
+            + (f', dedicated latents per model {c.n_exclusive}' if c.n_exclusive else ''))
     lines = ['---', 'library_name: crosscoder_nb', 'tags:', '- crosscoder', '- sparse-autoencoder', '- model-diffing']
     lines += (['base_model:'] + [f'- {n}' for n in hub_ids] if hub_ids else []) + ['---', '']
     lines += [f"# Crosscoder: {' vs '.join(names)}", '',

@@ -20,8 +20,8 @@ from .distributed import any_rank, global_cut, global_sq_dev, rank_world
 
 # %% auto 0
 __all__ = ['ACTIVATIONS', 'SPARSITIES', 'DTYPES', 'TOPK_ACTIVATIONS', 'register_activation', 'register_sparsity',
-           'ReLUActivation', 'DecoderNormL1', 'CrossCoderConfig', 'CrossCoder', 'cc_device', 'sparse_decode',
-           'LossOutput', 'latent_groups_of', 'TopK', 'batch_topk', 'BatchTopK']
+           'ReLUActivation', 'DecoderNormL1', 'CrossCoderConfig', 'dedicated_latents', 'model_mask', 'CrossCoder',
+           'cc_device', 'sparse_decode', 'LossOutput', 'latent_groups_of', 'TopK', 'batch_topk', 'BatchTopK']
 
 # %% ../nbs/04_crosscoder.ipynb
 ACTIVATIONS: dict[str, Callable] = {}  # name -> activation module class, built as cls(cfg)
@@ -84,6 +84,7 @@ class CrossCoderConfig(Config):
     n_shared: int = 0                        # designated shared latents: the first n_shared, one decoder for all models
     k_shared: int = 0                        # top-k activations: active designated shared latents per example
     shared_l1_ratio: float = 0.15            # L1 penalty: lambda_shared / lambda of the designated shared latents
+    n_exclusive: list[int] | None = None     # dedicated latents per model (DFC): the last ones, model 0's first
     aux_coeff: float | None = None           # AuxK coefficient; None: 1/32 with a top-k activation, 0 with 'relu'
     k_aux: int | None = None                 # dead latents AuxK reconstructs with, per example; None: d_model // 2
     dead_tokens: int = 10_000_000            # a latent that has not fired for this many training tokens is dead
@@ -141,6 +142,7 @@ def validate(self: CrossCoderConfig):
     if self.dtype not in DTYPES: bad(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
     self._validate_models()
     self._validate_sparse()
+    self._validate_exclusive()
 
 # %% ../nbs/04_crosscoder.ipynb
 @patch
@@ -200,6 +202,38 @@ def _validate_training(self: CrossCoderConfig):
         bad(f"sparse_decode must be True, False or None (automatic), got {self.sparse_decode!r}")
 
 # %% ../nbs/04_crosscoder.ipynb
+@patch
+def _validate_exclusive(self: CrossCoderConfig):
+    def bad(msg): raise ValueError(f"CrossCoderConfig.{msg}")
+    ne, n = self.n_exclusive, self.n_models
+    if ne is None: return
+    if not isinstance(ne, (list, tuple)) or len(ne) != n:
+        bad(f"n_exclusive must be a list of {n} counts, one per model (e.g. {[32] * n}), or None, got {ne!r}")
+    if not all(_is_int(v) and v >= 0 for v in ne):
+        bad(f"n_exclusive must hold ints >= 0 (the latents dedicated to each model), got {ne!r}")
+    self.n_exclusive = list(ne)
+    if self.n_shared + sum(ne) >= self.d_latent:
+        bad(f"n_exclusive: n_shared ({self.n_shared}) + sum(n_exclusive) ({sum(ne)}) must be < d_latent "
+            f"({self.d_latent}), so that some latents stay free; lower n_exclusive or n_shared, or raise d_latent.")
+
+
+# %% ../nbs/04_crosscoder.ipynb
+def dedicated_latents(cfg: CrossCoderConfig) -> dict[int, range]:
+    "The latents dedicated to each model (`n_exclusive`), by model index; {} without any."
+    if not cfg.n_exclusive: return {}
+    out, start = {}, cfg.d_latent - sum(cfg.n_exclusive)
+    for m, n in enumerate(cfg.n_exclusive): out[m], start = range(start, start + n), start + n
+    return out
+
+def model_mask(cfg: CrossCoderConfig) -> Bool[Tensor, "d_latent n_models"] | None:
+    "Whether latent j reads and writes model m: True but for dedicated latents' other models; None without any."
+    if not cfg.n_exclusive or not sum(cfg.n_exclusive): return None
+    mask = torch.ones(cfg.d_latent, cfg.n_models, dtype=torch.bool)
+    for m, r in dedicated_latents(cfg).items(): mask[r.start:r.stop] = False; mask[r.start:r.stop, m] = True
+    return mask
+
+
+# %% ../nbs/04_crosscoder.ipynb
 class CrossCoder(nn.Module):
     "A crosscoder: one sparse dictionary of latents over the activations of `n_models` models."
     def __init__(self, cfg: CrossCoderConfig,  # architecture and metadata
@@ -211,6 +245,10 @@ class CrossCoder(nn.Module):
         W_dec = torch.randn(cfg.d_latent, cfg.n_models, cfg.d_model, generator=g)
         W_dec[:cfg.n_shared] = W_dec[:cfg.n_shared, :1]   # designated shared latents: one decoder vector for all
         W_dec = W_dec * (cfg.dec_init_norm / W_dec.norm(dim=-1, keepdim=True))
+        if (mask := model_mask(cfg)) is not None:   # dedicated latents: 0 in other models, kept 0 by the forward
+            W_dec = W_dec * mask[..., None]
+            self.register_buffer('dec_mask', mask[..., None].to(device), persistent=False)
+            self.register_buffer('enc_mask', mask.T[:, None].to(device), persistent=False)
         self.W_dec = nn.Parameter(W_dec.to(device=device, dtype=dt))
         W_enc = rearrange(W_dec, 'd_latent n_models d_model -> n_models d_model d_latent')
         W_enc = W_enc.clone(memory_format=torch.contiguous_format)
@@ -250,11 +288,15 @@ def use_sparse_decode(self: CrossCoder) -> bool:
 # %% ../nbs/04_crosscoder.ipynb
 @patch
 def decoder_weights(self: CrossCoder) -> Float[Tensor, "d_latent n_models d_model"]:
-    "The decoder the computation uses: `W_dec`, with the designated shared latents' rows tied across models."
-    ns = self.cfg.n_shared
-    if not ns: return self.W_dec
-    tied = self.W_dec[:ns].mean(1, keepdim=True).expand(-1, self.cfg.n_models, -1)
-    return torch.cat([tied, self.W_dec[ns:]])
+    "The decoder the computation uses: `W_dec`, shared latents' rows tied across models, dedicated ones masked."
+    ns, W = self.cfg.n_shared, self.W_dec
+    if ns: W = torch.cat([W[:ns].mean(1, keepdim=True).expand(-1, self.cfg.n_models, -1), W[ns:]])
+    return W if getattr(self, 'dec_mask', None) is None else W * self.dec_mask   # dedicated latents: own model only
+
+@patch
+def encoder_weights(self: CrossCoder) -> Float[Tensor, "n_models d_model d_latent"]:
+    "The encoder the computation uses: `W_enc`, with dedicated latents reading their own model only."
+    return self.W_enc if getattr(self, 'enc_mask', None) is None else self.W_enc * self.enc_mask
 
 @patch
 def decoder_norms(self: CrossCoder) -> Float[Tensor, "d_latent n_models"]:
@@ -266,7 +308,7 @@ def decoder_norms(self: CrossCoder) -> Float[Tensor, "d_latent n_models"]:
 def pre_acts(self: CrossCoder, x: Float[Tensor, "batch n_models d_model"]) -> Float[Tensor, "batch d_latent"]:
     "sum_m W_enc[m]^T x_m + b_enc, before the activation."
     pattern = 'batch n_models d_model, n_models d_model d_latent -> batch d_latent'
-    return einsum(x.to(self.W_enc.dtype), self.W_enc, pattern) + self.b_enc
+    return einsum(x.to(self.W_enc.dtype), self.encoder_weights(), pattern) + self.b_enc
 
 @patch
 def encode(self: CrossCoder, x: Float[Tensor, "batch n_models d_model"],
@@ -592,7 +634,8 @@ def fused_losses(self: CrossCoder, x: Float[Tensor, "batch n_models d_model"],
     ws = self._ws if keep else _Workspace()   # only training steps keep buffers (nor are inference-mode tensors kept)
     W = self.decoder_weights()
     with torch.autocast(dev, enabled=False):
-        err, l1, l0, f_sum = _FusedReLUL1.apply(x.reshape(B, M * D), self.W_enc.reshape(M * D, L), self.b_enc,
+        err, l1, l0, f_sum = _FusedReLUL1.apply(x.reshape(B, M * D), self.encoder_weights().reshape(M * D, L),
+                                                self.b_enc,
                                                 W.reshape(L, M * D), self.b_dec.reshape(-1),
                                                 self.sparsity.ratios(L, W.device), M, cd, ws, keep)
         # each example's squared deviation from the batch mean (a metric), in a workspace buffer

@@ -11,12 +11,12 @@ import torch, torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from .config import Config
-from .crosscoder import CrossCoder
+from .crosscoder import CrossCoder, dedicated_latents
 
 # %% auto 0
-__all__ = ['GROUPS', 'relative_norms', 'DiffThresholds', 'latent_groups', 'cluster_counts', 'relative_norm_histogram',
-           'decoder_cosines', 'cosine_histogram', 'latent_table', 'top_latents', 'cell_text', 'html_table',
-           'specific_density', 'relative_norm_counts', 'diff_summary', 'detection_scores']
+__all__ = ['GROUPS', 'relative_norms', 'DiffThresholds', 'latent_groups', 'cluster_counts', 'dedicated_pair',
+           'relative_norm_histogram', 'decoder_cosines', 'cosine_histogram', 'latent_table', 'top_latents', 'cell_text',
+           'html_table', 'specific_density', 'relative_norm_counts', 'diff_summary', 'detection_scores']
 
 # %% ../nbs/07_diffing.ipynb
 def _decoder_norms(x) -> Float[Tensor, "d_latent n_models"]:
@@ -57,10 +57,14 @@ class DiffThresholds(Config):
 # %% ../nbs/07_diffing.ipynb
 GROUPS = ('base_specific', 'shared', 'chat_specific', 'other', 'dead', 'zero_decoder')
 
+def _member(n: int, ids) -> Bool[Tensor, "n"]:
+    return torch.isin(torch.arange(n), torch.as_tensor(list(ids), dtype=torch.long))
+
 def latent_groups(r: Float[Tensor, "d_latent"], thresholds: DiffThresholds | None = None,
                   # activation frequency of each latent: frequency-0 latents become 'dead'
                   frequencies: Tensor | None = None,
                   designated: int = 0,  # the first `designated` latents are designated shared (`cfg.n_shared`)
+                  dedicated: tuple = ((), ()),  # latents dedicated to base and to chat (`dedicated_pair`)
                  ) -> dict[str, Int[Tensor, "n"]]:
     "Indices of the latents in each cluster; dead latents are taken out of the clusters and listed apart."
     th, r = thresholds or DiffThresholds(), torch.as_tensor(r).float().cpu()
@@ -68,33 +72,47 @@ def latent_groups(r: Float[Tensor, "d_latent"], thresholds: DiffThresholds | Non
     if len(dead) != len(r):
         raise ValueError(f"{len(dead)} frequencies for {len(r)} latents: pass the frequencies of this crosscoder.")
     des = torch.arange(len(r)) < designated
-    live = ~dead & ~r.isnan()
-    g = {'base_specific': live & ~des & (r < th.base_specific),
-         'shared': live & (des | (r > th.shared_low) & (r < th.shared_high)),
-         'chat_specific': live & ~des & (r > th.chat_specific)}
+    db, dc = (_member(len(r), d) for d in dedicated)   # model-specific by construction
+    live, free = ~dead & ~r.isnan(), ~des & ~db & ~dc
+    g = {'base_specific': live & (db | free & (r < th.base_specific)),
+         'shared': live & (des | free & (r > th.shared_low) & (r < th.shared_high)),
+         'chat_specific': live & (dc | free & (r > th.chat_specific))}
     g['other'] = live & ~(g['base_specific'] | g['shared'] | g['chat_specific'])
     g['dead'], g['zero_decoder'] = dead, ~dead & r.isnan()
     return {k: g[k].nonzero().flatten() for k in GROUPS}
 
 # %% ../nbs/07_diffing.ipynb
 def cluster_counts(r: Tensor, thresholds: DiffThresholds | None = None, frequencies: Tensor | None = None,
-                   designated: int = 0) -> dict[str, int]:
+                   designated: int = 0, dedicated: tuple = ((), ())) -> dict[str, int]:
     ("How many latents fall in each cluster (dead latents, when frequencies are given, only under 'dead'); "
-     "'designated_shared' is part of 'shared'.")
-    g = latent_groups(r, thresholds, frequencies, designated)
-    return {k: len(v) for k, v in g.items()} | {'designated_shared': int((g['shared'] < designated).sum()),
-                                                'total': len(r)}
+     "'designated_shared' is part of 'shared', and with dedicated latents 'dedicated_base' ('dedicated_chat') "
+     "part of 'base_specific' ('chat_specific').")
+    g = latent_groups(r, thresholds, frequencies, designated, dedicated)
+    out = {k: len(v) for k, v in g.items()} | {'designated_shared': int((g['shared'] < designated).sum()),
+                                               'total': len(r)}
+    if any(len(d) for d in dedicated):
+        for side, d in zip(('base', 'chat'), dedicated):
+            out[f'dedicated_{side}'] = int(_member(len(r), d)[g[f'{side}_specific']].sum())
+    return out
+
+# %% ../nbs/07_diffing.ipynb
+def dedicated_pair(cc: CrossCoder, base: int = 0, chat: int = 1) -> tuple[list[int], list[int]]:
+    "The latents dedicated to `base` and to `chat` (`cfg.n_exclusive`): model-specific by construction."
+    d = dedicated_latents(cc.cfg)
+    return list(d.get(base, ())), list(d.get(chat, ()))
+
 
 # %% ../nbs/07_diffing.ipynb
 def relative_norm_histogram(r: Float[Tensor, "d_latent"], thresholds: DiffThresholds | None = None,
                             frequencies: Tensor | None = None, names: tuple[str, str] = ('base', 'chat'),
                             nbins: int = 100, title: str = 'Relative decoder norm of each latent',
                             designated: int = 0,  # designated shared latents (`cfg.n_shared`), counted as shared
+                            dedicated: tuple = ((), ()),  # latents dedicated to base and to chat (`dedicated_pair`)
                            ) -> go.Figure:
     "Histogram of the relative norms r, with the cluster cut-offs shaded and the counts in the title."
-    th, g = thresholds or DiffThresholds(), latent_groups(r, thresholds, frequencies, designated)
+    th, g = thresholds or DiffThresholds(), latent_groups(r, thresholds, frequencies, designated, dedicated)
     live = torch.cat([g[k] for k in ('base_specific', 'shared', 'chat_specific', 'other')]).sort().values
-    b, c = names
+    (b, c), (nb, nc) = names, (len(d) for d in dedicated)
     fig = go.Figure(go.Histogram(x=torch.as_tensor(r)[live].tolist(), xbins=dict(start=0, end=1, size=1 / nbins),
                                  marker_color='#4c72b0'))
     for lo, hi, col in ((0, th.base_specific, '#dd8452'), (th.shared_low, th.shared_high, '#55a868'),
@@ -103,7 +121,9 @@ def relative_norm_histogram(r: Float[Tensor, "d_latent"], thresholds: DiffThresh
     dead = f"; {len(g['dead'])} dead latents left out" if frequencies is not None else ''
     fig.update_layout(title=f"{title}<br><sub>{b}-specific {len(g['base_specific'])}, shared {len(g['shared'])}, "
                             f"{c}-specific {len(g['chat_specific'])}, other {len(g['other'])}{dead}"
-                            f"{f' ({designated} designated shared)' if designated else ''}</sub>",
+                            f"{f' ({designated} designated shared)' if designated else ''}"
+                            f"{f'; dedicated {nb} {b}, {nc} {c}' if nb + nc else ''}"
+                            "</sub>",
                       xaxis_title=f'r = ||d_{c}|| / (||d_{b}|| + ||d_{c}||)   (0: {b} only, 1: {c} only)',
                       yaxis_title='number of latents', xaxis_range=[0, 1], bargap=0.05, template='plotly_white',
                       width=750, height=420)
@@ -130,10 +150,13 @@ def cosine_histogram(cos: Float[Tensor, "n"], nbins: int = 100,
 # %% ../nbs/07_diffing.ipynb
 def latent_table(cc: CrossCoder, latents,  # latent indices
                  frequencies: Tensor | None = None, base: int = 0, chat: int = 1) -> list[dict]:
-    "One row per latent: r, decoder cosine, both decoder norms and the activation frequency (None when unknown)."
+    ("One row per latent: r, decoder cosine, both decoder norms, the activation frequency (None when unknown) "
+     "and, for a crosscoder with dedicated latents, whether it is one.")
     norms, r, cos = _decoder_norms(cc), relative_norms(cc, base, chat), decoder_cosines(cc, base, chat)
+    ded = set().union(*dedicated_latents(cc.cfg).values())   # a column only for a crosscoder with dedicated latents
     return [{'latent': j, 'relative_norm': r[j].item(), 'cosine': cos[j].item(), 'norm_base': norms[j, base].item(),
              'norm_chat': norms[j, chat].item(), 'frequency': None if frequencies is None else float(frequencies[j])}
+            | ({'dedicated': j in ded} if ded else {})
             for j in torch.as_tensor(latents, dtype=torch.long).tolist()]
 
 # %% ../nbs/07_diffing.ipynb
@@ -145,8 +168,8 @@ def top_latents(cc: CrossCoder, group: str = 'chat_specific', n: int = 10, frequ
                 thresholds: DiffThresholds | None = None, base: int = 0, chat: int = 1) -> list[dict]:
     "The `n` most telling latents of a cluster (see above), as table rows."
     if group not in _ORDER: raise ValueError(f"Unknown group {group!r}: use one of {list(_ORDER)}.")
-    rows = latent_table(cc, latent_groups(relative_norms(cc, base, chat), thresholds, frequencies,
-                                          cc.cfg.n_shared)[group], frequencies, base, chat)
+    rows = latent_table(cc, latent_groups(relative_norms(cc, base, chat), thresholds, frequencies, cc.cfg.n_shared,
+                                          dedicated_pair(cc, base, chat))[group], frequencies, base, chat)
     key, desc = _ORDER[group]
     sign = -1 if desc else 1
     return sorted(rows, key=lambda d: (sign * d[key], -(d['frequency'] or 0)))[:n]
@@ -180,15 +203,19 @@ def html_table(rows: list[dict],  # one dict per row
 # %% ../nbs/07_diffing.ipynb
 def specific_density(r: Float[Tensor, "d_latent"], frequencies: Float[Tensor, "d_latent"],
                      thresholds: DiffThresholds | None = None, designated: int = 0, dense: float = 0.1,
+                     dedicated: tuple = ((), ()),  # latents dedicated to base and to chat (`dedicated_pair`)
                     ) -> dict[str, dict]:
     ("For each side: how many live model-specific latents, the median of their activation densities, and how many "
      "fire on more than `dense` of tokens.")
-    freqs, g = torch.as_tensor(frequencies).float().cpu(), latent_groups(r, thresholds, frequencies, designated)
-    out = {}
-    for side in ('chat_specific', 'base_specific'):
+    freqs = torch.as_tensor(frequencies).float().cpu()
+    g, out = latent_groups(r, thresholds, frequencies, designated, dedicated), {}
+    for side, d in (('chat_specific', dedicated[1]), ('base_specific', dedicated[0])):
         f = freqs[g[side]]
         out[side] = {'n': len(f), 'median_density': f.median().item() if len(f) else None,
                      f'n_above_{dense:g}': int((f > dense).sum())}
+        if any(len(x) for x in dedicated):   # the dedicated ones apart
+            fd = freqs[g[side][_member(len(freqs), d)[g[side]]]]
+            out[side] |= {'n_dedicated': len(fd), 'median_density_dedicated': fd.median().item() if len(fd) else None}
     return out
 
 # %% ../nbs/07_diffing.ipynb
@@ -205,19 +232,22 @@ def diff_summary(cc: CrossCoder, frequencies: Tensor | None = None, thresholds: 
                  n: int = 10, base: int = 0, chat: int = 1) -> dict:
     ("Cluster counts, thresholds and the tables of the most base-specific, chat-specific and lowest-cosine shared "
      "latents.")
-    th, r = thresholds or DiffThresholds(), relative_norms(cc, base, chat)
+    th, r, ded = thresholds or DiffThresholds(), relative_norms(cc, base, chat), dedicated_pair(cc, base, chat)
     shared = latent_groups(r, th, frequencies, cc.cfg.n_shared)['shared']
     cos = decoder_cosines(cc, base, chat)[shared]
-    return {'convention': 'r = ||d_chat|| / (||d_base|| + ||d_chat||): 0 base only, 1 chat only',
+    note = ({'dedicated_latents': f'{len(ded[0])} base and {len(ded[1])} chat latents read and write one model only '
+                                  '(n_exclusive): model-specific by construction'} if any(ded) else {})
+    return {'convention': 'r = ||d_chat|| / (||d_base|| + ||d_chat||): 0 base only, 1 chat only', **note,
             'dead_latents': ('excluded from the clusters, counted under dead' if frequencies is not None
                              else 'not known (no frequencies given)'),
-            'thresholds': th.to_dict(), 'counts': cluster_counts(r, th, frequencies, cc.cfg.n_shared),
+            'thresholds': th.to_dict(), 'counts': cluster_counts(r, th, frequencies, cc.cfg.n_shared, ded),
             'shared_cosine_median': cos.median().item() if len(cos) else None,
             'shared_cosine_below_0.5': int((cos < 0.5).sum()),
             **{f'top_{g}': top_latents(cc, g, n, frequencies, th, base, chat)
                for g in ('chat_specific', 'base_specific')},
             'lowest_cosine_shared': top_latents(cc, 'shared', n, frequencies, th, base, chat),
-            'specific_density': None if frequencies is None else specific_density(r, frequencies, th, cc.cfg.n_shared),
+            'specific_density': (None if frequencies is None
+                                 else specific_density(r, frequencies, th, cc.cfg.n_shared, dedicated=ded)),
             'relative_norm_counts': relative_norm_counts(r, frequencies)}
 
 

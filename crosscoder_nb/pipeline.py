@@ -23,8 +23,9 @@ from .data import TokenStream
 from .distributed import check_global_batch, rank_world
 
 # %% auto 0
-__all__ = ['CrossCoderSettings', 'ARCHS', 'RUN_CONFIG_FILE', 'RunConfig', 'set_fields', 'set_field', 'typed_value', 'seed_config',
-           'organisms_config', 'is_organism', 'default_config', 'open_cache_for', 'train_run']
+__all__ = ['CrossCoderSettings', 'ARCHS', 'CONFIG_ARCHS', 'RUN_CONFIG_FILE', 'RunConfig', 'set_fields', 'set_field',
+           'typed_value', 'seed_config', 'organisms_config', 'is_organism', 'default_config', 'open_cache_for',
+           'train_run']
 
 # %% ../nbs/09_pipeline.ipynb
 # read off the models and the buffer
@@ -182,26 +183,35 @@ def typed_value(path: str,  # the setting, e.g. 'train.lr'
     raise ValueError(f"{path} wants {want}, got {value!r}{eg}.")
 
 # %% ../nbs/09_pipeline.ipynb
-ARCHS = ('batchtopk', 'l1')   # crosscoder recipes the configs below know
+ARCHS = ('batchtopk', 'l1')   # the recipes a report trains side by side
+CONFIG_ARCHS = (*ARCHS, 'dfc')   # crosscoder recipes the configs below know: also BatchTopK with dedicated latents
 
 def _check_arch(arch: str):
-    if arch not in ARCHS: raise ValueError(f"Unknown arch {arch!r}: use one of {ARCHS} ('l1' is the seed's recipe).")
+    if arch not in CONFIG_ARCHS:
+        raise ValueError(f"Unknown arch {arch!r}: use one of {CONFIG_ARCHS} ('l1' is the seed's recipe).")
+
+def _dfc(cc: dict) -> dict:
+    "A BatchTopK recipe as a DFC: 5% of the latents dedicated to each model, an eighth shared with 40% of k."
+    L, k = cc['d_latent'], cc['k']
+    ks = max(1, round(0.4 * k))
+    return cc | {'n_exclusive': [L // 20] * 2, 'n_shared': L // 8, 'k_shared': ks, 'k': k - ks}
 
 # %% ../nbs/09_pipeline.ipynb
 def seed_config(base: str = 'google/gemma-2-2b', chat: str = 'google/gemma-2-2b-it', layer: int = 14,
                 arch: str = 'l1') -> RunConfig:
     ("The seed's run: Pile + LmSys, layer 14, 16K latents, 400M tokens; "
-     "`arch='batchtopk'` uses Minder et al.'s k = 100 and lr 1e-4 instead.")
+     "`arch='batchtopk'` uses Minder et al.'s k = 100 and lr 1e-4 instead, `arch='dfc'` that as a DFC.")
     _check_arch(arch)
     cc, tr = ({'d_latent': 16384}, TrainConfig()) if arch == 'l1' else \
              ({'d_latent': 16384, 'activation': 'batchtopk', 'k': 100}, TrainConfig(lr=1e-4))
+    if arch == 'dfc': cc = _dfc(cc)
     return RunConfig([base, chat], pile_lmsys_mix(seq_len=1024), BufferConfig(layer=layer), cc, tr)
 
 # %% ../nbs/09_pipeline.ipynb
 def organisms_config(base: str = 'organism-base', chat: str = 'organism-chat', layer: int = 3,
                      arch: str = 'batchtopk') -> RunConfig:
     ("A demo-scale run on the organisms (minutes on a CPU): a BatchTopK crosscoder, "
-     "or the seed's L1 recipe (`arch='l1'`).")
+     "the seed's L1 recipe (`arch='l1'`), or a DFC (`arch='dfc'`).")
     _check_arch(arch)
     bs = 1024
     # BatchTopK: 512 latents (4x d_model), chosen on validation prompts by bench/width_sweep.py;
@@ -211,6 +221,7 @@ def organisms_config(base: str = 'organism-base', chat: str = 'organism-chat', l
           'dead_tokens': 100_000,
           # the run has ~1000 steps; the inference threshold averages those after step 400
           'threshold_start': 400}
+    if arch == 'dfc': cc = _dfc(cc)
     # precision 'auto': bfloat16 compute where it is faster (half the L1 run's time on a CPU with bf16 units)
     return RunConfig([base, chat], organisms_mix('train', seq_len=128),
                      BufferConfig(layer=layer, batch_size=bs, buffer_batches=64, model_batch_size=32, n_norm_batches=16,
@@ -229,7 +240,7 @@ def is_organism(name: str) -> bool:
 
 # %% ../nbs/09_pipeline.ipynb
 def default_config(base: str, chat: str, layer: int | None = None,
-                   arch: str | None = None,  # 'batchtopk' or 'l1'; None: BatchTopK on organisms, else the seed's L1
+                   arch: str | None = None,  # one of CONFIG_ARCHS; None: BatchTopK on organisms, else the seed's L1
                   ) -> RunConfig:
     "The organisms' config when both models are organisms, else the seed's."
     if is_organism(base) and is_organism(chat):

@@ -15,7 +15,7 @@ from .crosscoder import CrossCoder
 from .buffer import as_model_list, check_eval_models, harvest_rows
 from .crosscoder import cc_device
 from .evals import check_tokens, eval_tokens, resolve_norm_factors
-from .diffing import DiffThresholds, latent_groups, relative_norms
+from .diffing import DiffThresholds, dedicated_pair, latent_groups, relative_norms
 
 # %% auto 0
 __all__ = ['NU_EPS_CUT', 'NU_R_CUT', 'verdict', 'LatentScaling', 'default_latents', 'check_latents', 'latent_scaling',
@@ -79,11 +79,14 @@ class LatentScaling:
     nu_r: list
     verdict: list[str]
     n_tokens: int = 0
+    dedicated: list[bool] | None = None   # per latent, for a crosscoder with dedicated latents (`n_exclusive`)
     def rows(self) -> list[dict]:
-        "One dict per latent, for tables."
+        "One dict per latent, for tables (and whether it is dedicated, for a crosscoder with dedicated latents)."
+        ded = self.dedicated
         return [{'latent': j, 'side': s, 'relative_norm': r, 'n_active': n, 'nu_eps': e, 'nu_r': q, 'verdict': v}
-                for j, s, r, n, e, q, v in zip(self.latents, self.side, self.relative_norm, self.n_active,
-                                               self.nu_eps, self.nu_r, self.verdict)]
+                | ({} if ded is None else {'dedicated': ded[i]})
+                for i, (j, s, r, n, e, q, v) in enumerate(zip(self.latents, self.side, self.relative_norm,
+                                                              self.n_active, self.nu_eps, self.nu_r, self.verdict))]
     def to_dict(self) -> dict: return asdict(self)
     def summary(self) -> dict:
         "How many latents each side has, and how many pass the cut."
@@ -93,6 +96,8 @@ class LatentScaling:
             out[side] = {'tested': len(vs), 'pass': sum(v == f'{side}-specific' for v in vs),
                          'shrinkage': vs.count('shrinkage artifact'), 'decoupling': vs.count('decoupling artifact'),
                          'undefined': sum(v.startswith('undefined') for v in vs)}
+            if self.dedicated is not None:   # model-specific by construction
+                out[side]['dedicated'] = sum(d for s, d in zip(self.side, self.dedicated) if s == side)
         return out
 
 # %% ../nbs/07a_latent_scaling.ipynb
@@ -115,8 +120,10 @@ def _finish(sums: _Sums, J: Tensor, own: Tensor, r: Tensor, names: list[str], ba
 # %% ../nbs/07a_latent_scaling.ipynb
 def default_latents(cc: CrossCoder, thresholds: DiffThresholds | None = None, frequencies: Tensor | None = None,
                     base: int = 0, chat: int = 1) -> Int[Tensor, "n"]:
-    "Every model-specific latent of both sides (r beyond either side's cut-off), designated shared ones left out."
-    g = latent_groups(relative_norms(cc, base, chat), thresholds, frequencies, cc.cfg.n_shared)
+    ("Every model-specific latent of both sides (r beyond either side's cut-off, or dedicated to one), designated "
+     "shared ones left out.")
+    g = latent_groups(relative_norms(cc, base, chat), thresholds, frequencies, cc.cfg.n_shared,
+                      dedicated_pair(cc, base, chat))
     return torch.cat([g['chat_specific'], g['base_specific']])
 
 # %% ../nbs/07a_latent_scaling.ipynb
@@ -161,7 +168,9 @@ def latent_scaling(cc: CrossCoder, models,  # in the crosscoder's order, a dict 
     for i in tqdm(range(0, len(tokens), batch_size), desc='latent scaling', unit='batch', disable=not progress):
         x = harvest_rows(models, tokens[i:i + batch_size], hp, dev)[:, 1:].flatten(0, 1) * s.to(dev)[:, None]
         _accumulate(sums, cc, x, J.to(dev), own.to(dev))
-    return _finish(sums, J, own, r, names, base, chat, len(tokens) * (tokens.shape[1] - 1))
+    res = _finish(sums, J, own, r, names, base, chat, len(tokens) * (tokens.shape[1] - 1))
+    if cc.cfg.n_exclusive: res.dedicated = [j in set().union(*dedicated_pair(cc, base, chat)) for j in res.latents]
+    return res
 
 # %% ../nbs/07a_latent_scaling.ipynb
 def scaling_figure(ls: LatentScaling, title: str = 'Latent Scaling of the model-specific latents') -> go.Figure:

@@ -1,5 +1,5 @@
 """Run by tests/test_distributed.py under `torchrun --nproc_per_node 2`: a sharded (FSDP) run paused half way, checkpointed and
-resumed from the files, for the L1 crosscoder and BatchTopK; the half-way checkpoints are kept in OUT_DIR/ARCH-half. Usage: python -m torch.distributed.run ... fsdp_resume.py OUT_DIR"""
+resumed from the files, for the L1 crosscoder, BatchTopK and a dedicated-feature crosscoder (DFC); the half-way checkpoints are kept in OUT_DIR/ARCH-half. Usage: python -m torch.distributed.run ... fsdp_resume.py OUT_DIR"""
 import shutil, sys
 from pathlib import Path
 import torch, torch.distributed as dist
@@ -9,7 +9,8 @@ from crosscoder_nb.distributed import exit_rank
 from crosscoder_nb.trainer import TrainConfig, Trainer, synthetic_activations, tensor_batches
 
 B, STEPS = 64, 24
-ARCHS = {'l1': {}, 'batchtopk': {'activation': 'batchtopk', 'k': 4}}
+ARCHS = {'l1': {}, 'batchtopk': {'activation': 'batchtopk', 'k': 4},
+         'dfc': {'activation': 'batchtopk', 'k': 4, 'n_shared': 20, 'k_shared': 1, 'n_exclusive': [10, 10]}}
 
 def setup(arch: str, rank: int = 0, world: int = 1):
     "The same run in any number of processes: a crosscoder, this rank's share of each batch, the config."

@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest, torch, torch.nn as nn
 import crosscoder_nb.checkpoint as ckpt, crosscoder_nb.fileio as fileio
 from crosscoder_nb.checkpoint import CONFIG_FILE, WEIGHTS_FILE
-from crosscoder_nb.crosscoder import ACTIVATIONS, SPARSITIES, CrossCoder, CrossCoderConfig, register_activation, register_sparsity
+from crosscoder_nb.crosscoder import (ACTIVATIONS, SPARSITIES, CrossCoder, CrossCoderConfig, dedicated_latents, model_mask,
+                                      register_activation, register_sparsity)
 
 torch.set_num_threads(1)
 
@@ -407,3 +408,81 @@ def test_designated_shared_latents_stay_tied_and_are_reported_shared():
     assert torch.equal(cc.decoder_weights()[:6, 0], cc.decoder_weights()[:6, 1])   # the computation uses them tied
     c = cluster_counts(torch.tensor([0.0] * 6 + [0.5] * 18), designated=6)
     assert (c['base_specific'], c['shared'], c['designated_shared']) == (0, 24, 6)
+
+
+# ---------------------------------------------------------------- dedicated latents (DFC)
+
+def masked_are_zero(cc: CrossCoder) -> bool:
+    "Whether every entry a dedicated latent must not have (other models' encoder columns and decoder rows) is exactly 0."
+    off = ~model_mask(cc.cfg)
+    return bool((cc.W_dec.detach()[off] == 0).all() and (cc.W_enc.detach().permute(2, 0, 1)[off] == 0).all())
+
+
+@pytest.mark.parametrize('kw, msg', [
+    ({'n_exclusive': [4]}, r'n_exclusive must be a list of 2 counts, one per model \(e.g. \[32, 32\]\)'),
+    ({'n_exclusive': 4}, 'n_exclusive must be a list of 2 counts'),
+    ({'n_exclusive': [4, -1]}, 'n_exclusive must hold ints >= 0'),
+    ({'n_exclusive': [4, 1.5]}, 'n_exclusive must hold ints >= 0'),
+    ({'n_exclusive': [4, True]}, 'n_exclusive must hold ints >= 0'),
+    ({'n_exclusive': [10, 10], 'n_shared': 4}, r'n_shared \(4\) \+ sum\(n_exclusive\) \(20\) must be < d_latent \(24\)'),
+    ({'n_exclusive': [12, 12]}, 'lower n_exclusive or n_shared, or raise d_latent'),
+    ({'n_exclusive': [4, 4], 'activation': 'batchtopk', 'k': 25}, r'k must be an int in \[1, 24\]'),
+])
+def test_dedicated_config_errors_name_the_field(kw, msg):
+    with pytest.raises(ValueError, match=msg): small(**kw)
+
+
+# the paths a training step can take: autograd L1, the fused L1 node (float32 and bf16 autocast), TopK, BatchTopK with AuxK
+DFC_PATHS = {
+    'l1': ({}, False, None), 'l1-fused': ({}, True, None), 'l1-fused-bf16': ({}, True, torch.bfloat16),
+    'topk': ({'activation': 'topk', 'k': 3}, False, None),
+    'batchtopk-auxk': ({'activation': 'batchtopk', 'k': 3, 'threshold_start': 0, 'dead_tokens': 64, 'aux_coeff': 1.0}, False, None),
+    'batchtopk-bf16': ({'activation': 'batchtopk', 'k': 3, 'threshold_start': 0}, False, torch.bfloat16),
+}
+
+
+@pytest.mark.parametrize('path', list(DFC_PATHS))
+def test_dedicated_latents_stay_zero_on_every_training_path(path):
+    kw, fused, amp = DFC_PATHS[path]
+    shared = {'n_shared': 4, 'k_shared': 1} if 'k' in kw else {'n_shared': 4}
+    cc = small(n_exclusive=[3, 2], **shared, **kw); cc.train()
+    assert masked_are_zero(cc) and (cc.can_fuse or not fused)
+    x = torch.randn(128, 2, 8); x[:, 1] += x[:, 0]   # the second model = the first + more
+    opt = torch.optim.Adam(cc.parameters(), lr=1e-2)
+
+    def step():
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=amp is not None):
+            out = cc.losses(x, l1_coeff=0.5, fused=fused)
+        opt.zero_grad(); out.loss.backward(); opt.step()
+        return out
+    outs = [step() for _ in range(31)]
+    first, last = outs[0].l2.item(), outs[-1].l2.item()
+    assert last < 0.8 * first, (first, last)   # it trained
+    if 'auxk' in path: assert max(o.aux.item() for o in outs) > 0   # latents died and AuxK trained them
+    assert masked_are_zero(cc), path
+    assert (cc.W_dec.detach()[19:22, 0] != 0).all() and (cc.W_dec.detach()[22:, 1] != 0).all()   # own models: trained
+    assert torch.equal(cc.decoder_weights()[:4, 0], cc.decoder_weights()[:4, 1])   # designated shared: still tied
+
+
+def test_dedicated_latents_read_and_write_only_their_model():
+    cc = small(n_exclusive=[3, 2])   # model 0: latents 19-21, model 1: 22-23
+    assert {m: list(r) for m, r in dedicated_latents(cc.cfg).items()} == {0: [19, 20, 21], 1: [22, 23]}
+    x = torch.randn(16, 2, 8)
+    y = x.clone(); y[:, 1] = torch.randn(16, 8)   # change model 1 only
+    assert torch.equal(cc.pre_acts(x)[:, 19:22], cc.pre_acts(y)[:, 19:22])   # model 0's latents do not read model 1
+    f = torch.zeros(1, 24); f[0, 20] = 1.0
+    out = cc.decode(f) - cc.b_dec
+    assert out[0, 0].norm() > 0 and torch.equal(out[0, 1], torch.zeros(8))   # ... nor write there
+    assert torch.equal(cc.decoder_norms()[22:, 0], torch.zeros(2))
+
+
+def test_dedicated_checkpoint_round_trip(tmp_path):
+    cc = small(n_exclusive=[3, 2], activation='batchtopk', k=3, threshold_start=0); cc.train()
+    opt = torch.optim.Adam(cc.parameters(), lr=1e-2)
+    for _ in range(3): opt.zero_grad(); cc.losses(torch.randn(32, 2, 8)).loss.backward(); opt.step()
+    cc.eval(); cc.save(tmp_path)
+    assert 'enc_mask' not in json.loads((tmp_path / CONFIG_FILE).read_text()) and 'enc_mask' not in cc.state_dict()
+    back = CrossCoder.load(tmp_path)
+    assert back.cfg.n_exclusive == [3, 2] and same_weights(back, cc) and masked_are_zero(back)
+    x = torch.randn(8, 2, 8)
+    torch.testing.assert_close(back(x), cc(x))

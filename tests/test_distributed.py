@@ -21,9 +21,18 @@ def cache(tmp_path_factory):
     assert code == 0, msg
     return out
 
+DFC = ['--set', 'crosscoder.n_exclusive=[8,8]', '--set', 'crosscoder.n_shared=16', '--set', 'crosscoder.k_shared=2']
+
+def dedicated_zero(weights: dict, n_exclusive=(8, 8)) -> bool:
+    "Whether the entries a dedicated latent must not have (its other models' encoder columns, decoder rows) are exactly 0."
+    from crosscoder_nb.crosscoder import CrossCoderConfig, model_mask
+    off = ~model_mask(CrossCoderConfig(d_model=weights['W_dec'].shape[-1], d_latent=len(weights['W_dec']), n_exclusive=list(n_exclusive)))
+    return bool((weights['W_dec'][off] == 0).all() and (weights['W_enc'].permute(2, 0, 1)[off] == 0).all())
+
 @pytest.mark.parametrize('arch, extra, fsdp', [('l1', [], True), ('batchtopk', [], False),
-                                             ('batchtopk', ['--set', 'crosscoder.dead_tokens=512', '--d-latent', '1024', '--set', 'crosscoder.k=4'], True)],
-                         ids=['l1', 'batchtopk', 'batchtopk-with-auxk'])
+                                             ('batchtopk', ['--set', 'crosscoder.dead_tokens=512', '--d-latent', '1024', '--set', 'crosscoder.k=4'], True),
+                                             ('batchtopk', DFC, False)],
+                         ids=['l1', 'batchtopk', 'batchtopk-with-auxk', 'dfc'])
 def test_two_gloo_processes_equal_one_process_on_the_same_global_batches(cache, tmp_path, arch, extra, fsdp):
     "Data-parallel (DDP), and where `fsdp`, sharded (FSDP) too."
     extra = [*extra, '--set', 'train.precision=float32']   # equal to float32 rounding: bf16 matmuls round differently on half batches
@@ -44,6 +53,7 @@ def test_two_gloo_processes_equal_one_process_on_the_same_global_batches(cache, 
     for run in runs:
         b = load_file(tmp_path / run / 'crosscoder.safetensors')
         assert a.keys() == b.keys(), run
+        if extra[:len(DFC)] == DFC: assert dedicated_zero(a) and dedicated_zero(b), run   # dedicated latents: 0 elsewhere
         # float32 sums in another order, carried through 40 Adam steps, differ by up to ~5e-5 (BatchTopK with AuxK on the
         # organisms), and by up to 2.2e-4 in one weight of 262K on a CPU with AVX512-BF16/AMX units (the same at the
         # commit before this test's last change); a step taken differently (a top-k choice, a normalisation) moves a
@@ -91,6 +101,9 @@ def test_sharded_fsdp_run_paused_and_resumed_equals_one_process(tmp_path):
         Trainer.resume(tmp_path / f'{arch}-half', batches()).train(progress=False)   # the sharded run's checkpoint, in one process
         a = load_file(tmp_path / f'one-{arch}' / 'crosscoder.safetensors')
         assert (a['W_enc'] - init['W_enc']).abs().max() > 1e-3   # it trained
+        if arch == 'dfc':   # sharded (each rank holds half of the latents), paused and resumed: dedicated entries stay 0
+            for other in (f'one-{arch}', arch, f'{arch}-half'):
+                assert dedicated_zero(load_file(tmp_path / other / 'crosscoder.safetensors'), F.ARCHS['dfc']['n_exclusive'])
         for other in (arch, f'{arch}-half'):
             b = load_file(tmp_path / other / 'crosscoder.safetensors')
             assert a.keys() == b.keys(), other

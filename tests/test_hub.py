@@ -191,3 +191,17 @@ def test_pt_of_plain_non_tensor_values_is_refused(tmp_path):
     with pytest.raises(ValueError, match='not a dict of tensors'): load_pt(tmp_path / 'b.pt')
     (tmp_path / 'c.pt').write_bytes(b'not a pickle')
     with pytest.raises(ValueError, match='could not be read as a torch state dict .* damaged'): load_pt(tmp_path / 'c.pt')
+
+
+def test_dfc_round_trips_through_a_local_hub_folder(tmp_path, fake_hub):
+    "A dedicated-feature crosscoder: n_exclusive and the exact zeros survive push_to_hub and from_pretrained."
+    from crosscoder_nb.crosscoder import model_mask
+    cc = small(n_exclusive=[3, 2], n_shared=2)
+    cc.push_to_hub('me/dfc', metrics={'l0': 4.0})
+    assert 'dedicated latents per model [3, 2]' in (tmp_path / 'uploaded' / 'me/dfc' / 'README.md').read_text()
+    back = CrossCoder.from_pretrained(tmp_path / 'uploaded' / 'me/dfc')
+    assert same(back, cc) and back.cfg.n_exclusive == [3, 2]
+    off = ~model_mask(back.cfg)
+    assert (back.W_dec[off] == 0).all() and (back.W_enc.permute(2, 0, 1)[off] == 0).all() and off.sum() == 5
+    x = torch.randn(4, 2, 6)
+    torch.testing.assert_close(back(x), cc(x))

@@ -287,3 +287,24 @@ def test_auxk_ends_with_fewer_dead_latents(tmp_path):
         dead[aux] = s['final']['dead_fraction']
         assert min(s['final']['explained_variance']) > 0.4   # both trained
     assert dead[1.0] < dead[0.0] - 0.03, dead
+
+
+# ---------------------------------------------------------------- dedicated latents (DFC) through the trainer
+
+@pytest.mark.parametrize('precision', ['float32', 'bfloat16'])
+def test_dfc_trains_resumes_and_keeps_dedicated_entries_zero(tmp_path, precision):
+    "A BatchTopK DFC with designated shared latents: resumed equals uninterrupted, and dedicated latents stay in their model."
+    from crosscoder_nb.crosscoder import model_mask
+    c = tcfg(n_steps=20, log_every=5, l1_coeff=None, precision=precision)
+    make = lambda: make_btk(n_shared=8, k_shared=1, n_exclusive=[4, 4])
+    full = Trainer(make(), tensor_batches(DATA, 64, seed=3), c, tmp_path / 'full'); full.train(progress=False)
+    first = Trainer(make(), tensor_batches(DATA, 64, seed=3), c, tmp_path / 'split'); first.train(n_steps=8, progress=False)
+    second = Trainer.resume(tmp_path / 'split', tensor_batches(DATA, 64, seed=3)); second.train(progress=False)
+    assert same_weights(second.cc, full.cc)
+    log = read_log(tmp_path / 'full')
+    assert log[-1]['l2'] < log[0]['l2']   # it trained
+    off = ~model_mask(full.cc.cfg)
+    for cc in (full.cc, CrossCoder.load(tmp_path / 'split')):
+        assert cc.cfg.n_exclusive == [4, 4]
+        assert (cc.W_dec[off] == 0).all() and (cc.W_enc.permute(2, 0, 1)[off] == 0).all()
+        assert (cc.W_dec[~off] != 0).any(-1).all()   # every vector a latent may use is non-zero
