@@ -12,8 +12,8 @@ from . import __version__
 # where imports sit inside functions, for startup time alone.
 
 # %% auto 0
-__all__ = ['CLIError', 'format_check', 'cmd_organisms', 'cmd_compare', 'cmd_train', 'cmd_harvest', 'cmd_demo', 'cmd_report',
-           'cmd_dashboards', 'build_parser', 'main']
+__all__ = ['DEMO_ARCHS', 'CLIError', 'format_check', 'cmd_organisms', 'cmd_compare', 'cmd_train', 'cmd_harvest', 'cmd_demo',
+           'cmd_report', 'cmd_dashboards', 'build_parser', 'main']
 
 # %% ../nbs/90_cli.ipynb
 class CLIError(Exception):
@@ -336,10 +336,12 @@ def _summary(m: dict) -> str:
     return '\n'.join(lines)
 
 # %% ../nbs/90_cli.ipynb
+DEMO_ARCHS = ('batchtopk', 'l1', 'dfc')   # `report.DEMO_ARCHS`, named here so that --help imports nothing heavy
+
 def cmd_demo(args) -> int:
     from crosscoder_nb.report import demo, demo_configs, demo_report_config
     if args.show_config:   # the run config of each crosscoder and the report settings, before any work
-        archs = [args.arch] + ([] if args.no_compare else [a for a in ('batchtopk', 'l1') if a != args.arch])
+        archs = [args.arch] + ([] if args.no_compare else [a for a in DEMO_ARCHS if a != args.arch])
         cfgs = demo_configs(args.base, args.chat, archs, _settings(args.set))
         show = {'runs': {a: c.to_dict() for a, c in cfgs.items()}, 'report': demo_report_config({}).to_dict()}
         print(json.dumps(show, indent=1, default=str)); return 0
@@ -362,10 +364,10 @@ def _demo_parser(sub):
     m.add_argument('--chat', default='organism-chat', help='chat model: organism alias, local HF folder or hub name')
     m.add_argument('--set', action='append', metavar='SECTION.FIELD=VALUE',
                    help='change the headline run config, e.g. --set train.n_tokens=500000')
-    m.add_argument('--arch', choices=['batchtopk', 'l1'], default='batchtopk',
-                   help="the headline crosscoder (l1: the seed's recipe)")
+    m.add_argument('--arch', choices=DEMO_ARCHS, default='batchtopk',
+                   help="the headline crosscoder (l1: the seed's recipe; dfc: BatchTopK with dedicated latents)")
     m.add_argument('--no-compare', action='store_true',
-                   help='train only the headline crosscoder, not the other architecture beside it')
+                   help='train only the headline crosscoder: no other crosscoder, diff-SAE, ADL or amplification')
     m.add_argument('--device', help='torch device (default: cuda if available, else cpu)')
     m.add_argument('--show-config', action='store_true', help='print the run configs and the report settings, and exit')
 

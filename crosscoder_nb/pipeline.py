@@ -24,8 +24,8 @@ from .distributed import check_global_batch, rank_world
 
 # %% auto 0
 __all__ = ['CrossCoderSettings', 'ARCHS', 'CONFIG_ARCHS', 'RUN_CONFIG_FILE', 'RunConfig', 'set_fields', 'set_field',
-           'typed_value', 'seed_config', 'organisms_config', 'is_organism', 'default_config', 'open_cache_for',
-           'train_run']
+           'typed_value', 'as_dfc', 'seed_config', 'organisms_config', 'is_organism', 'default_config',
+           'open_cache_for', 'train_run']
 
 # %% ../nbs/09_pipeline.ipynb
 # read off the models and the buffer
@@ -190,10 +190,10 @@ def _check_arch(arch: str):
     if arch not in CONFIG_ARCHS:
         raise ValueError(f"Unknown arch {arch!r}: use one of {CONFIG_ARCHS} ('l1' is the seed's recipe).")
 
-def _dfc(cc: dict) -> dict:
+def as_dfc(cc: dict) -> dict:
     "A BatchTopK recipe as a DFC: 5% of the latents dedicated to each model, an eighth shared with 40% of k."
     L, k = cc['d_latent'], cc['k']
-    ks = max(1, round(0.4 * k))
+    ks = min(max(1, round(0.4 * k)), max(1, L // 8))   # no more active shared latents than shared latents
     return cc | {'n_exclusive': [L // 20] * 2, 'n_shared': L // 8, 'k_shared': ks, 'k': k - ks}
 
 # %% ../nbs/09_pipeline.ipynb
@@ -204,7 +204,7 @@ def seed_config(base: str = 'google/gemma-2-2b', chat: str = 'google/gemma-2-2b-
     _check_arch(arch)
     cc, tr = ({'d_latent': 16384}, TrainConfig()) if arch == 'l1' else \
              ({'d_latent': 16384, 'activation': 'batchtopk', 'k': 100}, TrainConfig(lr=1e-4))
-    if arch == 'dfc': cc = _dfc(cc)
+    if arch == 'dfc': cc = as_dfc(cc)
     return RunConfig([base, chat], pile_lmsys_mix(seq_len=1024), BufferConfig(layer=layer), cc, tr)
 
 # %% ../nbs/09_pipeline.ipynb
@@ -221,7 +221,7 @@ def organisms_config(base: str = 'organism-base', chat: str = 'organism-chat', l
           'dead_tokens': 100_000,
           # the run has ~1000 steps; the inference threshold averages those after step 400
           'threshold_start': 400}
-    if arch == 'dfc': cc = _dfc(cc)
+    if arch == 'dfc': cc = as_dfc(cc)
     # precision 'auto': bfloat16 compute where it is faster (half the L1 run's time on a CPU with bf16 units)
     return RunConfig([base, chat], organisms_mix('train', seq_len=128),
                      BufferConfig(layer=layer, batch_size=bs, buffer_batches=64, model_batch_size=32, n_norm_batches=16,

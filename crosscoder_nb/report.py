@@ -5,6 +5,7 @@
 # %% ../nbs/10_report.ipynb 3
 from __future__ import annotations
 import dataclasses, json, time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from fastcore.basics import patch
@@ -14,13 +15,15 @@ from .fileio import atomic_write, check_out_dir
 from .models import default_device, load_model, resolve_model
 from .crosscoder import CrossCoder, CrossCoderConfig
 from .checkpoint import WEIGHTS_FILE
-from .pipeline import ARCHS, default_config, is_organism, set_fields
+from .pipeline import CONFIG_ARCHS, as_dfc, default_config, is_organism, set_fields
 from .data import organisms_mix, pile_lmsys_mix
 from .buffer import reuse_activations
 from .evals import evaluate, eval_tokens
 from .diffing import DiffThresholds, diff_summary, relative_norms
 from .planted import planted_recovery
-from .whatchanged import behaviour_results
+from .whatchanged import (adl_readout, adl_result, adl_rows, amplification_result, behaviour_results,
+                                      latent_readout, what_changed_section)
+from .diff_sae import as_crosscoder, diff_sae_evals, diff_source, difference, train_diff_sae
 from .scaling import latent_scaling as run_latent_scaling
 from .dashboards import compute_dashboards, select_latents, token_sample
 from .dashboard_html import write_dashboards
@@ -28,8 +31,8 @@ from .report_html import behaviours_table, comparison_table, density_section, la
 from .report_html import render_report, report_figures, scaling_section
 
 # %% auto 0
-__all__ = ['METRICS_FILE', 'REPORT_FILE', 'DASHBOARD_DIR', 'ReportConfig', 'check_models_match', 'arch_label', 'report_run',
-           'demo_configs', 'demo_report_config', 'demo']
+__all__ = ['METRICS_FILE', 'REPORT_FILE', 'DASHBOARD_DIR', 'DEMO_ARCHS', 'DEMO_METHODS', 'ReportConfig', 'check_models_match',
+           'arch_label', 'report_run', 'demo_configs', 'demo_report_config', 'demo']
 
 # %% ../nbs/10_report.ipynb
 @dataclass
@@ -55,7 +58,9 @@ class ReportConfig(Config):
     n_validation: int = 40  # prompts per behaviour for choosing latents
     n_test: int = 60  # prompts per behaviour for the reported rates
     model_dtype: str | None = None  # None: the run's run_config.json, else 'auto' (bfloat16 on a GPU, else float32)
-    lead: dict[str, str] | None = None  # sections (title -> HTML) the page opens with: the demo's "What changed"
+    # sections (title -> HTML) the page opens with, or a function of the run's metrics giving them (the demo's
+    # "What changed", which needs this run's own checks)
+    lead: dict[str, str] | Callable | None = None
 
     def __post_init__(self):
         if isinstance(self.thresholds, dict): self.thresholds = DiffThresholds.from_dict(self.thresholds)
@@ -289,11 +294,13 @@ def report_run(run_dir: str | Path,  # a folder holding a crosscoder checkpoint 
             if cfg.dashboards else None)
     links, lat_links = _dashboard_links(cc, dash)
     metrics = _report_metrics(ev, pairs, planted, ls, beh, cc, names, dash, slots)
+    if beh is not None: metrics['readout'] = latent_readout(cc, models[1], ev.frequencies, thresholds=th)
     metrics['seconds'] = round(time.time() - t0, 1)
     page = render_report(metrics, report_figures(cc, pairs, ev.frequencies, th, slots, ls),
                          latent_tables(pairs, slots, lat_links, planted),
                          _facts(cc, names, ev, organisms, cfg.extra_facts), links,
-                         sections=_sections(cc, pairs, slots, ls, beh, lat_links, metrics, cfg), lead=cfg.lead)
+                         sections=_sections(cc, pairs, slots, ls, beh, lat_links, metrics, cfg),
+                         lead=cfg.lead(metrics) if callable(cfg.lead) else cfg.lead)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / METRICS_FILE, lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=1)))
     atomic_write(out / REPORT_FILE, lambda tmp: Path(tmp).write_text(page))
@@ -308,8 +315,14 @@ def demo_configs(base: str, chat: str, archs: list[str], settings: dict | None =
     settings = settings or {}
     prefixes = tuple(s if '.' in s else s + '.' for s in _SHARED_SETTINGS)
     shared = {k: v for k, v in settings.items() if k.startswith(prefixes) or k in _SHARED_SETTINGS}
-    return {a: set_fields(default_config(base, chat, arch=a), settings if i == 0 else shared)
-            for i, a in enumerate(archs)}
+    return {a: _arch_config(base, chat, a, settings if i == 0 else shared) for i, a in enumerate(archs)}
+
+def _arch_config(base: str, chat: str, arch: str, settings: dict):
+    "One architecture's run config; a DFC's dedicated and shared latents in proportion to the width `settings` give."
+    if arch != 'dfc': return set_fields(default_config(base, chat, arch=arch), settings)
+    c = set_fields(default_config(base, chat, arch='batchtopk'), settings)
+    dfc = {f'crosscoder.{k}': v for k, v in as_dfc(c.crosscoder.to_dict()).items()}
+    return set_fields(set_fields(c, dfc), settings)   # settings that name DFC fields win
 
 # %% ../nbs/10_report.ipynb
 _DEMO_SETS = ('out', 'models', 'extra_facts', 'compare', 'label', 'lead')   # report settings the demo sets itself
@@ -340,29 +353,85 @@ def _demo_facts(h, runs: dict, out: Path) -> dict:
     return {'harvest': harvest, **training, 'run folders': ', '.join(f'{a}/' for a in runs)}
 
 # %% ../nbs/10_report.ipynb
+DEMO_ARCHS = CONFIG_ARCHS   # the crosscoders the demo trains on its one harvest: BatchTopK, L1, and a DFC
+DEMO_METHODS = ('diff_sae', 'adl', 'amplification')   # the other methods it runs beside them, on the same harvest
+
+def _latent_method(m: dict, folder: str) -> dict:
+    "A crosscoder's entry in metrics.json's `methods`: its checkpoint folder, behaviours, readout, main figures."
+    keys = ('behaviours', 'readout', 'l0', 'explained_variance', 'dead_fraction', 'n_chat_specific', 'n_base_specific',
+            'arch')
+    return {'kind': 'latents', 'checkpoint': folder, **{k: m[k] for k in keys if k in m}}
+
+def _all_methods(arch: str, m: dict, others: dict, extra: dict) -> dict:
+    "Every method's entry, the headline first."
+    return {a: _latent_method(x, f'{a}/') for a, x in {arch: m, **others}.items()} | extra
+
+def _what_changed(methods: dict) -> dict | None:
+    "The opening section, where the causal checks ran."
+    if not any(m.get('behaviours') for m in methods.values()): return None
+    return {'What changed: every method on the planted behaviours': what_changed_section(methods)}
+
+
+# %% ../nbs/10_report.ipynb
+def _diff_sae_method(models: list, out: Path, rcfg: ReportConfig, overwrite: bool) -> dict:
+    "A diff-SAE trained on the demo's cache, checked as the crosscoders are (through its exact two-model view)."
+    t = time.time()
+    sae, summary = train_diff_sae(out / 'cache', out / 'diff_sae', overwrite=overwrite, device=rcfg.device,
+                                  progress=rcfg.progress)
+    train_s, view = time.time() - t, as_crosscoder(sae)
+    acts, s, _, _ = diff_source(out / 'cache')
+    density = diff_sae_evals(sae, difference(acts[-summary['heldout']['n']:], s))['density']
+    res = {'kind': 'latents', 'checkpoint': 'diff_sae/', 'heldout': summary['heldout'],
+           'training': {'steps': summary['steps'], 'wall_seconds': round(train_s, 1)}}
+    if rcfg.causal is False: return res
+    beh = behaviour_results(view, models, density, None, None, rcfg.n_validation, rcfg.n_test, rcfg.progress)
+    return res | {'behaviours': beh, 'readout': latent_readout(view, models[1], density)}
+
+def _demo_methods(methods: tuple, models: list, cfg, out: Path, rcfg: ReportConfig, overwrite: bool) -> dict:
+    "The methods beside the crosscoders, each an entry of metrics.json's `methods`."
+    # the planted behaviours' checks: on the organisms unless the report settings say otherwise
+    causal = all(map(is_organism, cfg.models)) if rcfg.causal is None else rcfg.causal
+    rcfg = rcfg.replace(causal=causal)
+    extra = {}
+    if 'diff_sae' in methods: extra['diff_sae'] = _diff_sae_method(models, out, rcfg, overwrite)
+    if 'adl' in methods and causal:
+        res = adl_result(models, cfg.buffer.hook_name, rcfg.n_validation, rcfg.n_test)
+        extra['adl'] = {'kind': 'direction', 'behaviours': adl_rows(res), 'readout': adl_readout(res), 'result': res}
+    if 'amplification' in methods and causal:
+        extra['amplification'] = {'kind': 'generation', 'table': amplification_result(models, rcfg.n_test)}
+    return extra
+
+
+# %% ../nbs/10_report.ipynb
 def demo(out: str | Path = 'demo_out',  # folder for the runs and the reports
          overwrite: bool = False, device: str | None = None,
          settings: dict | None = None,  # RunConfig changes, e.g. {'train.n_tokens': 500_000}
          base: str = 'organism-base', chat: str = 'organism-chat', progress: bool = True,
-         arch: str = 'batchtopk',  # the headline crosscoder: 'batchtopk' or 'l1'
-         compare: bool = True,  # also train the other architecture on the same activations, and compare
+         arch: str = 'batchtopk',  # the headline crosscoder, one of DEMO_ARCHS
+         compare: bool = True,  # also train the other crosscoders on the same activations, and compare
+         methods: tuple = DEMO_METHODS,  # with `compare`: the methods beside the crosscoders (see DEMO_METHODS)
          **report_kw) -> dict:  # `ReportConfig` fields for the reports
-    "Harvest once, train the headline crosscoder (and the other architecture beside it), evaluate, diff, report."
+    "Harvest once, train every method on it, evaluate, diff, check causally, and report what changed."
     t0, out = time.time(), check_out_dir(Path(out), overwrite)
     rcfg = demo_report_config(report_kw)
-    if arch not in ARCHS: raise ValueError(f"Unknown arch {arch!r}: use one of {ARCHS}.")
-    archs = [arch] + ([a for a in ARCHS if a != arch] if compare else [])
+    if arch not in DEMO_ARCHS: raise ValueError(f"Unknown arch {arch!r}: use one of {DEMO_ARCHS}.")
+    bad = sorted(set(methods) - set(DEMO_METHODS))
+    if bad: raise ValueError(f"Unknown methods {bad}: use some of {DEMO_METHODS}.")
+    archs = [arch] + ([a for a in DEMO_ARCHS if a != arch] if compare else [])
     cfgs = demo_configs(base, chat, archs, settings)   # a bad setting fails here, before any work
     device = device or default_device()
     models, h, runs = _demo_train(cfgs, archs, out, overwrite, device, progress)
     rcfg = rcfg.replace(models=models, device=device, progress=progress)
     with reuse_activations():   # the reports read the same samples of the same models: each is run through them once
         others = {a: report_run(out / a, rcfg, out=out / a / 'report', overwrite=overwrite) for a in archs[1:]}
-        compare_with = {a: {**m, 'report': f'{a}/report/{REPORT_FILE}'} for a, m in others.items()}
+        extra = _demo_methods(methods if compare else (), models, cfgs[arch], out, rcfg, overwrite)
+        compare_with = {a: {**x, 'report': f'{a}/report/{REPORT_FILE}'} for a, x in others.items()}
+        lead = lambda mh: _what_changed(_all_methods(arch, mh, others, extra))   # needs the headline's own checks
         m = report_run(out / arch, rcfg, out=out, overwrite=True, extra_facts=_demo_facts(h, runs, out),
-                       compare=compare_with or None, label=arch)
+                       compare=compare_with or None, label=arch, lead=lead)
+    all_methods = _all_methods(arch, m, others, extra)
     train = {a: {k: r[k] for k in ('steps', 'tokens', 'train_tokens_per_s', 'wall_seconds')} for a, r in runs.items()}
-    m.update(headline_arch=arch, training=train,
+    m.update(headline_arch=arch, training=train, methods=all_methods,
              harvest={'tokens': len(h.acts), 'seconds': round(h.seconds, 1), 'tokens_per_s': h.tokens_per_s},
              comparison={a: _summary_row(x) for a, x in {arch: m, **others}.items()},
              demo_seconds=round(time.time() - t0, 1))

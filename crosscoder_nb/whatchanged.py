@@ -17,7 +17,7 @@ from .amplify import amplification_table
 # %% auto 0
 __all__ = ['TABLE_COLUMNS', 'behaviour_record', 'behaviour_results', 'latent_row', 'what_changed_rows', 'what_changed_html',
            'latent_readout', 'adl_readout', 'readout_rows', 'organism_prompts', 'marker_tokens', 'adl_result',
-           'adl_rows', 'amplification_result', 'amplification_html']
+           'adl_rows', 'amplification_result', 'amplification_html', 'method_rows', 'what_changed_section']
 
 # %% ../nbs/09a_what_changed.ipynb
 def _verdict(x: dict | None, verdicts: dict) -> dict | None:
@@ -184,3 +184,32 @@ def amplification_html(tab: dict) -> str:
     if 'loss' in tab: rows.append({'behaviour': 'loss (nats/token)', 'prompts': 'held-out text',
                                    **{f'alpha {a:g}': x for a, x in zip(tab['alphas'], tab['loss'])}})
     return html_table(rows)
+
+# %% ../nbs/09a_what_changed.ipynb
+def method_rows(methods: dict) -> dict:
+    "{method: {behaviour: row}} for the table: a latent method's records through `latent_row`, a direction's as is."
+    out = {}
+    for name, m in methods.items():
+        if m['kind'] == 'latents': out[name] = {b: latent_row(r) for b, r in m['behaviours'].items()}
+        elif m['kind'] == 'direction': out[name] = m['behaviours']
+    return out
+
+_WC_NOTE = ('<p>Each row: what the method names for the behaviour (chosen on validation prompts, keeping the other '
+            'behaviour), the best model-specific unit as a detector of the decision tokens, and on test prompts the '
+            "chat model's rate clean and with the named units removed (diff-patched; for the ADL, delta's direction "
+            'projected out), the other behaviour under the same edit, the same edit on random units of similar '
+            'density, and the change of the loss on held-out text.</p>')
+
+def what_changed_section(methods: dict) -> str:
+    "The report's opening: the table, what a reader without ground truth would see, and amplification's rates."
+    parts = [what_changed_html(method_rows(methods)), _WC_NOTE]
+    ro = {n: m['readout'] for n, m in methods.items() if m.get('readout')}
+    if ro:
+        parts += ['<p>Without ground truth: the top tokens of each method\'s logit lens and the best rank of each '
+                  "planted marker's first token among the units read (1: the vocabulary's top token).</p>",
+                  html_table(readout_rows(ro))]
+    for n, m in methods.items():
+        if m['kind'] == 'generation':
+            parts += [f'<p>{html.escape(n)}: each behaviour\'s rate against alpha (-1: the base model, 0: the chat '
+                      'model); it names nothing, it makes behaviours more frequent.</p>', amplification_html(m['table'])]
+    return '\n'.join(parts)
