@@ -128,6 +128,30 @@ def _harvest(model, tokens: Tensor, hook_point: str) -> Tensor:
     return box['x']
 
 # %% ../nbs/03_buffer.ipynb
+def _check_tokenizers(models: list):
+    "Raise a clear error unless every model has model 0's tokenizer (vocabulary and BOS)."
+    toks = [getattr(m, 'tokenizer', None) for m in models]
+    if any(t is None for t in toks): raise ValueError("Every model needs its tokenizer: load them with `load_model`.")
+    v0 = toks[0].get_vocab()
+    for i, t in enumerate(toks[1:], 1):
+        if t.get_vocab() != v0 or t.bos_token_id != toks[0].bos_token_id:
+            raise ValueError(f"Model {i}'s tokenizer differs from model 0's (vocabulary or BOS): "
+                             "the same token ids must mean the same text in every model. "
+                             "Diff models that share a tokenizer.")
+
+def _check_hook(models: list, hook_point: str):
+    "Raise a clear error unless every model has `hook_point` (for a block's hook: a layer it has)."
+    m = _BLOCK_HOOK.match(hook_point)
+    for i, model in enumerate(models):
+        if m and int(m.group(1)) >= model.cfg.n_layers:
+            raise ValueError(f"Layer {m.group(1)} is out of range: model {i} has {model.cfg.n_layers} layers "
+                             f"(0..{model.cfg.n_layers - 1}). Pick a smaller layer.")
+        if hook_point not in model.hook_dict:
+            near = sorted(k for k in model.hook_dict if k.startswith('blocks.0.hook_resid'))
+            raise ValueError(f"Model {i} has no hook point {hook_point!r}. "
+                             f"Residual-stream hooks look like {near}; see `model.hook_dict`.")
+
+# %% ../nbs/03_buffer.ipynb
 def check_models(models: list,  # TransformerBridge models
                  hook_point: str, seq_len: int | None = None):
     "Raise a clear error if `models` cannot be read at `hook_point` on the same rows of `seq_len` tokens."
@@ -138,23 +162,8 @@ def check_models(models: list,  # TransformerBridge models
         raise ValueError(f"The models have different d_model {[m.cfg.d_model for m in models]}: "
                          "a crosscoder stacks their activations, "
                          "so use models of one architecture (a base model and its fine-tune).")
-    toks = [getattr(m, 'tokenizer', None) for m in models]
-    if any(t is None for t in toks): raise ValueError("Every model needs its tokenizer: load them with `load_model`.")
-    v0 = toks[0].get_vocab()
-    for i, t in enumerate(toks[1:], 1):
-        if t.get_vocab() != v0 or t.bos_token_id != toks[0].bos_token_id:
-            raise ValueError(f"Model {i}'s tokenizer differs from model 0's (vocabulary or BOS): "
-                             "the same token ids must mean the same text in every model. "
-                             "Diff models that share a tokenizer.")
-    m = _BLOCK_HOOK.match(hook_point)
-    for i, model in enumerate(models):
-        if m and int(m.group(1)) >= model.cfg.n_layers:
-            raise ValueError(f"Layer {m.group(1)} is out of range: model {i} has {model.cfg.n_layers} layers "
-                             f"(0..{model.cfg.n_layers - 1}). Pick a smaller layer.")
-        if hook_point not in model.hook_dict:
-            near = sorted(k for k in model.hook_dict if k.startswith('blocks.0.hook_resid'))
-            raise ValueError(f"Model {i} has no hook point {hook_point!r}. "
-                             f"Residual-stream hooks look like {near}; see `model.hook_dict`.")
+    _check_tokenizers(models)
+    _check_hook(models, hook_point)
     if seq_len is not None: check_seq_len(models, seq_len)
 
 # %% ../nbs/03_buffer.ipynb
@@ -217,6 +226,17 @@ def harvest_rows(models: list, tokens: Int[Tensor, "batch seq"], hook_point: str
     return torch.stack([a.to(device, torch.float32) for a in acts], 2)
 
 # %% ../nbs/03_buffer.ipynb
+def _rows_of(data, tok, batch_size: int):
+    "The buffer's source of token rows: a checked TokenStream (built from a DataConfig), or an iterator of rows."
+    if isinstance(data, DataConfig): data = TokenStream(data, tok, batch_size)
+    if not isinstance(data, TokenStream): return iter(data)
+    if data.tok.get_vocab() != tok.get_vocab():
+        raise ValueError("The TokenStream's tokenizer is not the models' tokenizer: "
+                         "build it with `models[0].tokenizer`.")
+    data.check()
+    return data
+
+# %% ../nbs/03_buffer.ipynb
 class ActivationBuffer:
     """Shuffled activations of 2+ models on the same tokens, refilled as used; an iterator of
     `[batch, n_models, d_model]`."""
@@ -232,13 +252,7 @@ class ActivationBuffer:
         seq_len = (data.seq_len if isinstance(data, DataConfig) else
                    data.cfg.seq_len if isinstance(data, TokenStream) else None)
         check_models(self.models, cfg.hook_name, seq_len)
-        if isinstance(data, DataConfig): data = TokenStream(data, self.models[0].tokenizer, cfg.model_batch_size)
-        if isinstance(data, TokenStream):
-            if data.tok.get_vocab() != self.models[0].tokenizer.get_vocab():
-                raise ValueError("The TokenStream's tokenizer is not the models' tokenizer: "
-                                 "build it with `models[0].tokenizer`.")
-            data.check()
-        self.data = data if isinstance(data, TokenStream) else iter(data)
+        self.data = _rows_of(data, self.models[0].tokenizer, cfg.model_batch_size)
         self.device, self.dtype, self.progress = (torch.device(cfg.device or self.models[0].cfg.device),
                                                   DTYPES[cfg.dtype], progress)
         self.gen = torch.Generator().manual_seed(cfg.seed)

@@ -8,6 +8,7 @@ import errno, hashlib, json, os, shutil, time
 from pathlib import Path
 import numpy as np, torch
 from torch import Tensor
+from fastcore.basics import patch
 from tqdm.auto import tqdm
 from .buffer import DTYPES, ActivationBuffer, BufferConfig, estimate_norm_factors
 from .data import DataConfig, TokenStream
@@ -92,53 +93,66 @@ class ActivationCache:
     @classmethod
     def open(cls, path: str | Path) -> ActivationCache:
         "Open a complete cache; a missing, incomplete or damaged one is refused with the fix."
-        path = Path(path); mf = path / CACHE_FILE
-        if not mf.exists():
-            raise FileNotFoundError(f"{path} holds no activation cache ({CACHE_FILE}): "
-                                    f"write one with `crosscoder-diff harvest --out {path}`.")
-        man = json.loads(mf.read_text())
-        if man.get('format') != CACHE_FORMAT:
-            raise ValueError(f"{path} is a cache of format {man.get('format')!r}; "
-                             f"this version reads format {CACHE_FORMAT}: harvest it again.")
-        if not man['complete']:
-            raise ValueError(f"The cache in {path} is incomplete: its harvest stopped after "
-                             f"{len(man['shards'])} shards ({man['n']:,} of {man['n_tokens']:,} activations). "
-                             f"Finish it with `crosscoder-diff harvest --out {path} --resume` (the same flags).")
-        item, M, D = np.dtype(_NP[man['dtype']]).itemsize, man['n_models'], man['d_model']
-        parts = []
-        for s in man['shards']:
-            f = path / s['acts']
-            want = s['n'] * M * D * item
-            if not f.exists():
-                raise FileNotFoundError(f"Shard {f} of the cache is missing: restore it, or harvest the cache again.")
-            if f.stat().st_size != want:
-                raise ValueError(f"Shard {f} is truncated or damaged: {f.stat().st_size:,} bytes "
-                                 f"where the manifest says {want:,}. Harvest the cache again (or restore the file).")
-            parts.append(_map(f, man['dtype'], (s['n'], M, D)))
-        return cls(path, man, ShardedActs(parts))
+        path = Path(path); man = _read_manifest(path)
+        return cls(path, man, _map_shards(path, man))
 
-    def tokens(self, shard: int) -> Tensor:
-        "The token rows shard `shard` was harvested from, `[rows, seq]` (BOS first)."
-        s = self.manifest['shards'][shard]
-        return torch.from_numpy(np.fromfile(self.path / s['tokens'], dtype=np.int32)
-                                .reshape(s['rows'], -1).astype(np.int64))
+# %% ../nbs/03a_cache.ipynb
+def _read_manifest(path: Path) -> dict:
+    "The manifest of the complete cache in `path`; a missing, foreign-format or incomplete one is refused with the fix."
+    mf = path / CACHE_FILE
+    if not mf.exists():
+        raise FileNotFoundError(f"{path} holds no activation cache ({CACHE_FILE}): "
+                                f"write one with `crosscoder-diff harvest --out {path}`.")
+    man = json.loads(mf.read_text())
+    if man.get('format') != CACHE_FORMAT:
+        raise ValueError(f"{path} is a cache of format {man.get('format')!r}; "
+                         f"this version reads format {CACHE_FORMAT}: harvest it again.")
+    if not man['complete']:
+        raise ValueError(f"The cache in {path} is incomplete: its harvest stopped after "
+                         f"{len(man['shards'])} shards ({man['n']:,} of {man['n_tokens']:,} activations). "
+                         f"Finish it with `crosscoder-diff harvest --out {path} --resume` (the same flags).")
+    return man
 
-    def check(self, model_names: list[str], hook_point: str, tokenizers: list | None = None):
-        """Raise a clear error unless the cache is of these models (by name or folder), this hook point and these
-        tokenizers."""
-        got = self.manifest['models']
-        fix = ("harvest these into a new cache (crosscoder-diff harvest --out NEW_CACHE ...), "
-               f"or train on the models of {self.path}")
-        if len(model_names) != len(got) or not all(_same(n, g) for n, g in zip(model_names, got)):
-            raise ValueError(f"The cache in {self.path} holds activations of {[g['name'] for g in got]}, "
-                             f"not {list(model_names)}: {fix}.")
-        if hook_point != self.hook_point:
-            raise ValueError(f"The cache in {self.path} was harvested at {self.hook_point!r}, not {hook_point!r}: "
-                             f"{fix} (or read its hook point).")
-        for tok, g in zip(tokenizers or [], got):
-            if tok is not None and tokenizer_hash(tok) != g['tokenizer']:
-                raise ValueError(f"The cache in {self.path} was harvested with another tokenizer than {g['name']}'s "
-                                 f"now has: the model changed since. Harvest it again.")
+# %% ../nbs/03a_cache.ipynb
+def _map_shards(path: Path, man: dict) -> ShardedActs:
+    "The manifest's shards, memory-mapped; a missing or truncated shard is refused with the fix."
+    item, M, D = np.dtype(_NP[man['dtype']]).itemsize, man['n_models'], man['d_model']
+    parts = []
+    for s in man['shards']:
+        f = path / s['acts']
+        want = s['n'] * M * D * item
+        if not f.exists():
+            raise FileNotFoundError(f"Shard {f} of the cache is missing: restore it, or harvest the cache again.")
+        if f.stat().st_size != want:
+            raise ValueError(f"Shard {f} is truncated or damaged: {f.stat().st_size:,} bytes "
+                             f"where the manifest says {want:,}. Harvest the cache again (or restore the file).")
+        parts.append(_map(f, man['dtype'], (s['n'], M, D)))
+    return ShardedActs(parts)
+
+# %% ../nbs/03a_cache.ipynb
+@patch
+def tokens(self: ActivationCache, shard: int) -> Tensor:
+    "The token rows shard `shard` was harvested from, `[rows, seq]` (BOS first)."
+    s = self.manifest['shards'][shard]
+    return torch.from_numpy(np.fromfile(self.path / s['tokens'], dtype=np.int32)
+                            .reshape(s['rows'], -1).astype(np.int64))
+
+@patch
+def check(self: ActivationCache, model_names: list[str], hook_point: str, tokenizers: list | None = None):
+    "Raise a clear error unless the cache is of these models (by name or folder), this hook point and tokenizers."
+    got = self.manifest['models']
+    fix = ("harvest these into a new cache (crosscoder-diff harvest --out NEW_CACHE ...), "
+           f"or train on the models of {self.path}")
+    if len(model_names) != len(got) or not all(_same(n, g) for n, g in zip(model_names, got)):
+        raise ValueError(f"The cache in {self.path} holds activations of {[g['name'] for g in got]}, "
+                         f"not {list(model_names)}: {fix}.")
+    if hook_point != self.hook_point:
+        raise ValueError(f"The cache in {self.path} was harvested at {self.hook_point!r}, not {hook_point!r}: "
+                         f"{fix} (or read its hook point).")
+    for tok, g in zip(tokenizers or [], got):
+        if tok is not None and tokenizer_hash(tok) != g['tokenizer']:
+            raise ValueError(f"The cache in {self.path} was harvested with another tokenizer than {g['name']}'s "
+                             f"now has: the model changed since. Harvest it again.")
 
 # %% ../nbs/03a_cache.ipynb
 def _append(tmp: Path, t: Tensor):
@@ -165,6 +179,103 @@ def _check_space(out: Path, n: int, n_models: int, d_model: int, dtype: str, res
                                     f"or harvest fewer tokens (--n-tokens).{resume_hint}")
 
 # %% ../nbs/03a_cache.ipynb
+def _check_cache_args(models: list, model_names: list, n_tokens, shard_tokens, dtype: str):
+    "The arguments of `write_cache` a user can get wrong, refused before any work."
+    if not (isinstance(n_tokens, int) and n_tokens >= 1):
+        raise ValueError(f"n_tokens must be an int >= 1, got {n_tokens!r}.")
+    if not (isinstance(shard_tokens, int) and shard_tokens >= 1):
+        raise ValueError(f"shard_tokens must be an int >= 1, got {shard_tokens!r}.")
+    if dtype not in _NP: raise ValueError(f"dtype {dtype!r}: a cache stores one of {list(_NP)}.")
+    if len(model_names) != len(models):
+        raise ValueError(f"{len(models)} models but {len(model_names)} model names: name each model.")
+
+# %% ../nbs/03a_cache.ipynb
+def _cache_settings(buf: ActivationBuffer, cfg: BufferConfig, n_tokens: int, shard_tokens: int, dtype: str) -> dict:
+    "The settings a resumed harvest must share with the one it continues."
+    s = {'hook_point': cfg.hook_name, 'dtype': dtype, 'n_tokens': n_tokens, 'shard_tokens': shard_tokens,
+         'normalize': cfg.normalize,
+         'model_dtype': str(next(buf.models[0].parameters()).dtype).removeprefix('torch.'),
+         'data': buf.data.cfg.to_dict() if hasattr(buf.data.cfg, 'to_dict') else None}
+    return json.loads(json.dumps(s))
+
+def _resumed_manifest(out: Path, model_names: list[str], idents: list[dict], settings: dict) -> dict:
+    "The manifest of the harvest to continue in `out`, refused unless it has the same models and settings."
+    if not (out / CACHE_FILE).exists():
+        raise ValueError(f"Nothing to resume in {out}: it holds no {CACHE_FILE}. Start the harvest without --resume.")
+    man = json.loads((out / CACHE_FILE).read_text())
+    if ([i['tokenizer'] for i in idents] != [i['tokenizer'] for i in man['models']]
+            or not all(_same(n, i) for n, i in zip(model_names, man['models']))):
+        raise ValueError(f"{out} is a cache of {[i['name'] for i in man['models']]}, not {list(model_names)}: "
+                         "resume with the same models.")
+    theirs = {k: man.get(k) for k in settings}
+    if theirs != settings:
+        diff = {k: (theirs[k], settings[k]) for k in settings if theirs[k] != settings[k]}
+        raise ValueError(f"{out} was started with other settings (started with, now): {diff}. "
+                         "Resume with the same flags.")
+    return man
+
+# %% ../nbs/03a_cache.ipynb
+def _fresh_folder(out: Path, overwrite: bool) -> None:
+    "Make `out` an empty cache folder (refused if it holds other files, unless `overwrite`); no stale shard survives."
+    check_out_dir(out, overwrite, 'Cache folder')
+    out.mkdir(parents=True, exist_ok=True)
+    for f in [out / CACHE_FILE, *out.glob('acts_*.bin*'), *out.glob('tokens_*.bin*')]: f.unlink(missing_ok=True)
+
+def _harvest(buf: ActivationBuffer, dtype: str) -> tuple[Tensor, Tensor]:
+    "The next token rows and their activations, on the CPU in the cache's dtype."
+    r = buf._next_tokens()
+    return r, buf.activations(r).to('cpu', DTYPES[dtype])
+
+def _norm_factors(buf: ActivationBuffer, cfg: BufferConfig, dtype: str, pending: list) -> Tensor:
+    "A fresh harvest's norm factors, the buffer's estimate; its batches are kept in `pending` for the first shard."
+    def norm_batches():
+        for _ in range(cfg.n_norm_batches):
+            r = buf._next_tokens(); a = buf.activations(r)
+            pending.append((r, a.to('cpu', DTYPES[dtype]))); yield a
+    return estimate_norm_factors(norm_batches()).cpu() if cfg.normalize else torch.ones(len(buf.models))
+
+# %% ../nbs/03a_cache.ipynb
+def _shard_failed(e: OSError, k: int, man: dict, out: Path) -> OSError:
+    "The error of a failed shard write: what is kept, and how to continue."
+    return OSError(e.errno, f"Writing shard {k} of the cache in {out} failed ({e.strerror or e}): "
+                            f"the {k} complete shards ({man['n']:,} activations) are kept. "
+                            f"Free some space, then continue with `crosscoder-diff harvest --out {out} "
+                            "--resume` (the same flags), or write_cache(..., resume=True).")
+
+# %% ../nbs/03a_cache.ipynb
+def _write_shard(out: Path, man: dict, buf: ActivationBuffer, pending: list, n_tokens: int, shard_tokens: int,
+                 dtype: str, bar) -> None:
+    "Write the next shard, whole or not at all, and list it in `man`."
+    k = len(man['shards'])
+    paths = {w: out / f'{w}_{k:05d}.bin' for w in ('acts', 'tokens')}
+    tmps = {w: p.with_name(p.name + '.tmp') for w, p in paths.items()}
+    for t in tmps.values(): t.unlink(missing_ok=True)
+    got, n_rows, want = 0, 0, min(shard_tokens, n_tokens - man['n'])
+    try:
+        while (got < want or pending) and man['n'] + got < n_tokens:   # the norm batches all go in the first shard
+            r, a = pending.pop(0) if pending else _harvest(buf, dtype)
+            a = a[:n_tokens - man['n'] - got]        # only the last shard is cut short
+            _append(tmps['acts'], a); _append(tmps['tokens'], r.to(torch.int32))
+            got, n_rows = got + len(a), n_rows + len(r); bar.update(len(a))
+        for w in paths: _commit(tmps[w], paths[w])
+    except OSError as e:
+        for t in tmps.values(): t.unlink(missing_ok=True)
+        raise _shard_failed(e, k, man, out) from e
+    man['shards'].append({'acts': paths['acts'].name, 'tokens': paths['tokens'].name, 'n': got, 'rows': n_rows})
+    man['n'] += got
+
+# %% ../nbs/03a_cache.ipynb
+def _fill(out: Path, man: dict, buf: ActivationBuffer, pending: list, n_tokens: int, shard_tokens: int, dtype: str,
+          t0: float, progress: bool) -> None:
+    "Write shards until the cache holds `n_tokens` activations, saving the manifest after each; then mark it complete."
+    with tqdm(total=n_tokens, initial=man['n'], desc='harvesting to cache', unit='tok', disable=not progress) as bar:
+        while man['n'] < n_tokens:
+            _write_shard(out, man, buf, pending, n_tokens, shard_tokens, dtype, bar)
+            man.update(stream=buf.data.state_dict(), seconds=round(time.perf_counter() - t0, 3))
+            _save_manifest(out, man)
+    man.update(complete=True, seconds=round(time.perf_counter() - t0, 3)); _save_manifest(out, man)
+
+# %% ../nbs/03a_cache.ipynb
 def write_cache(models: list,  # loaded models, in the crosscoder's order (base, then chat)
                 model_names: list[str],  # their names or folders, as a run names them
                 data: DataConfig | TokenStream,  # where the token rows come from
@@ -177,88 +288,22 @@ def write_cache(models: list,  # loaded models, in the crosscoder's order (base,
                 resume: bool = False,  # continue an interrupted harvest in `out`
                 overwrite: bool = False, progress: bool = True) -> ActivationCache:
     "Harvest `n_tokens` activations of every model at the hook point into a cache folder; returns it opened."
-    out = Path(out)
-    if not (isinstance(n_tokens, int) and n_tokens >= 1):
-        raise ValueError(f"n_tokens must be an int >= 1, got {n_tokens!r}.")
-    if not (isinstance(shard_tokens, int) and shard_tokens >= 1):
-        raise ValueError(f"shard_tokens must be an int >= 1, got {shard_tokens!r}.")
-    if dtype not in _NP: raise ValueError(f"dtype {dtype!r}: a cache stores one of {list(_NP)}.")
-    if len(model_names) != len(models):
-        raise ValueError(f"{len(models)} models but {len(model_names)} model names: name each model.")
-    # the buffer's checks: models, hook point, tokenizer, rows
-    buf = ActivationBuffer(models, data, cfg, progress=False)
+    out = Path(out); _check_cache_args(models, model_names, n_tokens, shard_tokens, dtype)
+    buf = ActivationBuffer(models, data, cfg, progress=False)   # the buffer's checks: models, hook, tokenizer, rows
     if not isinstance(buf.data, TokenStream):
         raise ValueError("write_cache reads a DataConfig or a TokenStream (a stream it can resume).")
     idents = [model_identity(m, n) for m, n in zip(buf.models, model_names)]
-    settings = {'hook_point': cfg.hook_name, 'dtype': dtype, 'n_tokens': n_tokens, 'shard_tokens': shard_tokens,
-                'normalize': cfg.normalize,
-                'model_dtype': str(next(buf.models[0].parameters()).dtype).removeprefix('torch.'),
-                'data': buf.data.cfg.to_dict() if hasattr(buf.data.cfg, 'to_dict') else None}
-    settings = json.loads(json.dumps(settings))      # as the manifest stores them (lists, not tuples)
-    man = json.loads((out / CACHE_FILE).read_text()) if resume and (out / CACHE_FILE).exists() else None
-    if resume and man is None:
-        raise ValueError(f"Nothing to resume in {out}: it holds no {CACHE_FILE}. Start the harvest without --resume.")
-    if man is not None:
-        if ([i['tokenizer'] for i in idents] != [i['tokenizer'] for i in man['models']]
-                or not all(_same(n, i) for n, i in zip(model_names, man['models']))):
-            raise ValueError(f"{out} is a cache of {[i['name'] for i in man['models']]}, not {list(model_names)}: "
-                             "resume with the same models.")
-        theirs = {k: man.get(k) for k in settings}
-        if theirs != settings:
-            diff = {k: (theirs[k], settings[k]) for k in settings if theirs[k] != settings[k]}
-            raise ValueError(f"{out} was started with other settings (started with, now): {diff}. "
-                             "Resume with the same flags.")
-        if man['complete']: return ActivationCache.open(out)
-    else:
-        check_out_dir(out, overwrite, 'Cache folder')
-        out.mkdir(parents=True, exist_ok=True)
-        # no stale shard survives
-        for f in [out / CACHE_FILE, *out.glob('acts_*.bin*'), *out.glob('tokens_*.bin*')]: f.unlink(missing_ok=True)
+    settings = _cache_settings(buf, cfg, n_tokens, shard_tokens, dtype)
+    man = _resumed_manifest(out, model_names, idents, settings) if resume else _fresh_folder(out, overwrite)
+    if man and man['complete']: return ActivationCache.open(out)
     hint = (f" The {len(man['shards'])} complete shards are kept: "
             f"continue with `crosscoder-diff harvest --out {out} --resume`." if man else '')
     _check_space(out, n_tokens - (man['n'] if man else 0), len(models), buf.d_model, dtype, hint)
-    t0 = time.perf_counter() - (man['seconds'] if man else 0.0)
-    pending = []                                     # (token rows, activations) read but not yet in a shard, on the CPU
-    if man and man['shards']: buf.data.load_state_dict(man['stream']); factors = torch.tensor(man['norm_factors'])
-    else:
-        # a fresh start: the factors come from the first batches, which are kept
-        man = None
-        # the buffer's estimate; each batch is kept, on the CPU, for the first shard
-        def norm_batches():
-            for _ in range(cfg.n_norm_batches):
-                r = buf._next_tokens(); a = buf.activations(r)
-                pending.append((r, a.to('cpu', DTYPES[dtype]))); yield a
-        if cfg.normalize: factors = estimate_norm_factors(norm_batches()).cpu()
-        else: factors = torch.ones(len(models))
-    man = man or {'format': CACHE_FORMAT, 'complete': False, 'n': 0, **settings, 'n_models': len(models),
-                  'd_model': buf.d_model, 'models': idents, 'norm_factors': factors.tolist(), 'shards': [],
-                  'stream': None, 'seconds': 0.0}
-    # from here on the folder is an (incomplete) cache, whatever happens
-    _save_manifest(out, man)
-    with tqdm(total=n_tokens, initial=man['n'], desc='harvesting to cache', unit='tok', disable=not progress) as bar:
-        while man['n'] < n_tokens:
-            k = len(man['shards'])
-            paths = {w: out / f'{w}_{k:05d}.bin' for w in ('acts', 'tokens')}
-            tmps = {w: p.with_name(p.name + '.tmp') for w, p in paths.items()}
-            for t in tmps.values(): t.unlink(missing_ok=True)
-            got, n_rows, want = 0, 0, min(shard_tokens, n_tokens - man['n'])
-            try:
-                # the norm-factor batches all go in the first shard
-                while (got < want or pending) and man['n'] + got < n_tokens:
-                    r, a = (pending.pop(0) if pending else
-                            (lambda r: (r, buf.activations(r).to('cpu', DTYPES[dtype])))(buf._next_tokens()))
-                    a = a[:n_tokens - man['n'] - got]        # only the last shard is cut short
-                    _append(tmps['acts'], a); _append(tmps['tokens'], r.to(torch.int32))
-                    got, n_rows = got + len(a), n_rows + len(r); bar.update(len(a))
-                for w in paths: _commit(tmps[w], paths[w])
-            except OSError as e:
-                for t in tmps.values(): t.unlink(missing_ok=True)
-                raise OSError(e.errno, f"Writing shard {k} of the cache in {out} failed ({e.strerror or e}): "
-                                       f"the {k} complete shards ({man['n']:,} activations) are kept. "
-                                       f"Free some space, then continue with `crosscoder-diff harvest --out {out} "
-                                       "--resume` (the same flags), or write_cache(..., resume=True).") from e
-            man['shards'].append({'acts': paths['acts'].name, 'tokens': paths['tokens'].name, 'n': got, 'rows': n_rows})
-            man.update(n=man['n'] + got, stream=buf.data.state_dict(), seconds=round(time.perf_counter() - t0, 3))
-            _save_manifest(out, man)
-    man.update(complete=True, seconds=round(time.perf_counter() - t0, 3)); _save_manifest(out, man)
+    t0, pending = time.perf_counter() - (man['seconds'] if man else 0.0), []   # pending: rows read, not yet written
+    if man and man['shards']: buf.data.load_state_dict(man['stream'])
+    else: man = {'format': CACHE_FORMAT, 'complete': False, 'n': 0, **settings, 'n_models': len(models),
+                 'd_model': buf.d_model, 'models': idents, 'shards': [], 'stream': None, 'seconds': 0.0,
+                 'norm_factors': _norm_factors(buf, cfg, dtype, pending).tolist()}
+    _save_manifest(out, man)                # from here on the folder is an (incomplete) cache, whatever happens
+    _fill(out, man, buf, pending, n_tokens, shard_tokens, dtype, t0, progress)
     return ActivationCache.open(out)

@@ -394,6 +394,18 @@ def _check_inputs(cc: CrossCoder, models: list, tokens, cfg: DashboardConfig,
 def _sync(device):
     if torch.device(device).type == 'cuda': torch.cuda.synchronize(device)
 
+def _encode_rows(cc: CrossCoder, models: list, toks: Tensor, hook_point: str, pad: int | None,
+                 dev) -> tuple[Tensor, int, float]:
+    "Latents `[rows, seq - 1, d_latent]` of a batch of rows (padding zeroed), the tokens kept, the models' seconds."
+    ta = time.perf_counter()
+    acts = torch.stack([harvest(m, toks.to(m.cfg.device), hook_point)[:, 1:].to(dev, torch.float32)
+                        for m in models], 2)
+    _sync(dev); secs = time.perf_counter() - ta
+    f = cc.encode(cc.normalize(acts).flatten(0, 1)).float().view(len(toks), toks.shape[1] - 1, -1)
+    keep = torch.ones(f.shape[:2], dtype=torch.bool, device=dev) if pad is None else (toks[:, 1:] != pad).to(dev)
+    return f * keep[..., None], int(keep.sum()), secs
+
+# %% ../nbs/08_dashboards.ipynb
 @torch.no_grad()
 def dashboard_pass(cc: CrossCoder, models: list, tokens: Int[Tensor, "rows seq"], hook_point: str,
                    latents: list[int] | None, cfg: DashboardConfig, progress: bool = True) -> dict:
@@ -406,13 +418,9 @@ def dashboard_pass(cc: CrossCoder, models: list, tokens: Int[Tensor, "rows seq"]
     pad = t.pad_token_id if t.pad_token_id not in (t.bos_token_id, t.eos_token_id) else None
     (n_rows, S), n_tokens, t_models, t0 = tokens.shape, 0, 0.0, time.perf_counter()
     for r0 in tqdm(range(0, n_rows, cfg.batch_rows), desc='dashboards', disable=not progress, leave=False):
-        toks, ta = tokens[r0:r0 + cfg.batch_rows], time.perf_counter()
-        acts = torch.stack([harvest(m, toks.to(m.cfg.device), hook_point)[:, 1:].to(dev, torch.float32)
-                            for m in models], 2)
-        _sync(dev); t_models += time.perf_counter() - ta
-        f = cc.encode(cc.normalize(acts).flatten(0, 1)).float().view(len(toks), S - 1, -1)
-        keep = torch.ones(f.shape[:2], dtype=torch.bool, device=dev) if pad is None else (toks[:, 1:] != pad).to(dev)
-        f, n_tokens = f * keep[..., None], n_tokens + int(keep.sum())
+        toks = tokens[r0:r0 + cfg.batch_rows]
+        f, kept, secs = _encode_rows(cc, models, toks, hook_point, pad, dev)
+        n_tokens, t_models = n_tokens + kept, t_models + secs
         count += (f > 0).sum((0, 1))
         pos = torch.arange(r0, r0 + len(toks), device=dev)[:, None] * S + torch.arange(1, S, device=dev)
         tracker.update(f if sel is None else f[..., sel], pos)

@@ -194,6 +194,22 @@ def _recovered(clean: float, spliced: float, ablated: float) -> float:
     return (ablated - spliced) / (ablated - clean)
 
 # %% ../nbs/06_evals.ipynb
+def _eval_rows(cc: CrossCoder, models: list, tokens: Tensor, hp: str, s: Tensor, batch_size: int, pick: Tensor,
+               progress: bool) -> tuple[Tensor, Tensor, Tensor]:
+    "Summed losses `[3, n_models]` (clean, spliced, ablated), latent firing counts, and the activations at `pick`."
+    n_seqs, seq = tokens.shape
+    losses, counts, got = (torch.zeros(3, len(models), dtype=torch.float64),
+                           torch.zeros(cc.cfg.d_latent, dtype=torch.long, device=cc_device(cc)), [])
+    for i in tqdm(range(0, n_seqs, batch_size), desc='evaluating', unit='batch', disable=not progress):
+        clean, spliced, ablated, f, x = _eval_batch(cc, models, tokens[i:i + batch_size], hp, s)
+        losses += torch.tensor([clean, spliced, ablated], dtype=torch.float64)
+        counts += (f > 0).sum(0)
+        lo = i * (seq - 1)
+        here = pick[(pick >= lo) & (pick < lo + len(x))] - lo
+        got.append(x[here.to(x.device)])
+    return losses, counts, torch.cat(got)
+
+# %% ../nbs/06_evals.ipynb
 @torch.no_grad()
 def evaluate(cc: CrossCoder,
              models,  # in the crosscoder's order (a list), a dict {name: model}, or names for `load_model`
@@ -215,17 +231,9 @@ def evaluate(cc: CrossCoder,
     tokens = check_tokens(eval_tokens(models[0]) if tokens is None else tokens, models)
     s, source = resolve_norm_factors(cc, norm_factors, models, tokens, hp, batch_size)
     n_seqs, seq = tokens.shape
-    pick, got = sample_positions(n_seqs, seq, n_activations, seed), []
-    losses, counts = (torch.zeros(3, len(models), dtype=torch.float64),
-                      torch.zeros(cc.cfg.d_latent, dtype=torch.long, device=cc_device(cc)))
-    for i in tqdm(range(0, n_seqs, batch_size), desc='evaluating', unit='batch', disable=not progress):
-        clean, spliced, ablated, f, x = _eval_batch(cc, models, tokens[i:i + batch_size], hp, s)
-        losses += torch.tensor([clean, spliced, ablated], dtype=torch.float64)
-        counts += (f > 0).sum(0)
-        lo = i * (seq - 1)
-        here = pick[(pick >= lo) & (pick < lo + len(x))] - lo
-        got.append(x[here.to(x.device)])
-    return _eval_result(cc, names, losses / (n_seqs * (seq - 1)), counts, torch.cat(got), n_seqs, seq, hp, s, source)
+    pick = sample_positions(n_seqs, seq, n_activations, seed)
+    losses, counts, x = _eval_rows(cc, models, tokens, hp, s, batch_size, pick, progress)
+    return _eval_result(cc, names, losses / (n_seqs * (seq - 1)), counts, x, n_seqs, seq, hp, s, source)
 
 # %% ../nbs/06_evals.ipynb
 def _eval_result(cc, names, ce, counts, sample, n_seqs, seq, hp, s, source) -> EvalResult:

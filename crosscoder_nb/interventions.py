@@ -6,6 +6,7 @@
 from __future__ import annotations
 import functools, inspect, math, random, re, weakref
 from dataclasses import dataclass, field
+from fastcore.basics import patch
 import torch, torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -45,16 +46,19 @@ class Edit:
     def label(self) -> str:
         return (self.kind if self.kind in ('none', 'patch_model')
                 else f"{self.kind} of {len(self.latents)} latent{'s' * (len(self.latents) != 1)}")
-    def check(self, cc: CrossCoder):
-        "Raise a clear error if this edit does not fit `cc`."
-        for k in ('target', 'source'):
-            if not 0 <= getattr(self, k) < cc.cfg.n_models:
-                raise ValueError(f"Edit.{k}={getattr(self, k)} is not one of the crosscoder's models "
-                                 f"(0..{cc.cfg.n_models - 1}).")
-        if self.latents: check_latents(self.latents, cc.cfg.d_latent)
-        if self.alpha is not None and len(self.alpha) != len(self.latents):
-            raise ValueError(f"Edit.alpha has {len(self.alpha)} values for {len(self.latents)} latents.")
-        return self
+
+# %% ../nbs/07b_interventions.ipynb
+@patch
+def check(self: Edit, cc: CrossCoder) -> Edit:
+    "Raise a clear error if this edit does not fit `cc`."
+    for k in ('target', 'source'):
+        if not 0 <= getattr(self, k) < cc.cfg.n_models:
+            raise ValueError(f"Edit.{k}={getattr(self, k)} is not one of the crosscoder's models "
+                             f"(0..{cc.cfg.n_models - 1}).")
+    if self.latents: check_latents(self.latents, cc.cfg.d_latent)
+    if self.alpha is not None and len(self.alpha) != len(self.latents):
+        raise ValueError(f"Edit.alpha has {len(self.alpha)} values for {len(self.latents)} latents.")
+    return self
 
 # %% ../nbs/07b_interventions.ipynb
 def _edit(cc: CrossCoder, e: Edit, x: Float[Tensor, "... n_models d_model"],
@@ -141,47 +145,78 @@ def _cache_kw_of(cls) -> str:
 def _cache_kw(model) -> str: return _cache_kw_of(type(model))
 
 # %% ../nbs/07b_interventions.ipynb
-@torch.no_grad()
-def _generate_cached(cc: CrossCoder, models: list, rows: list[list[int]], e: Edit, hp: str, s: Tensor,
-                     max_new_tokens: int, stop_ids: Tensor | None, pad: int) -> list[list[int]] | None:
-    ("Greedy generated tokens of `rows` with a KV cache (left-padded batch), up to and including a stop token; "
-     "None where this path does not apply.")
+def _left_pad(rows: list[list[int]], pad: int) -> tuple[Tensor, Tensor, Tensor]:
+    "Rows left-padded into one batch: ids, attention mask, and where an edit may act (not padding, not BOS)."
+    B, T = len(rows), max(map(len, rows))
+    ids, mask = torch.full((B, T), pad, dtype=torch.long), torch.zeros(B, T, dtype=torch.long)
+    for i, r in enumerate(rows): ids[i, T - len(r):] = torch.tensor(r); mask[i, T - len(r):] = 1
+    editable = mask.bool().clone(); editable[torch.arange(B), T - torch.tensor([len(r) for r in rows])] = False
+    return ids, mask, editable
+
+def _cut_at_stop(gen: Tensor, stop_ids: Tensor | None) -> list[list[int]]:
+    "Each generated row up to and including its first stop token."
+    out = []
+    for row in gen.tolist():
+        hit = next((j for j, tk in enumerate(row) if stop_ids is not None and stop_ids[tk]), None)
+        out.append(row if hit is None else row[:hit + 1])
+    return out
+
+# %% ../nbs/07b_interventions.ipynb
+def _cached_plan(models: list, e: Edit, hp: str) -> tuple[int, list[int], dict] | None:
+    "The KV-cache path's decoder layer, other models to run and plain models; None where it does not apply."
     m = re.fullmatch(r'blocks\.(\d+)\.hook_resid_pre', hp)
     if m is None: return None
-    layer, t = int(m.group(1)), e.target
+    t = e.target
     others = [i for i in range(len(models)) if i != t] if e.kind in ('ablate', 'diff_patch', 'patch_model') else []
     plains = {i: plain_model(models[i]) for i in [t, *others]}
     if any(p is None or not hasattr(getattr(p, 'model', None), 'layers') for p in plains.values()): return None
-    dev, cdev, B, T = next(plains[t].parameters()).device, cc_device(cc), len(rows), max(map(len, rows))
-    ids, mask = torch.full((B, T), pad, dtype=torch.long), torch.zeros(B, T, dtype=torch.long)
-    for i, r in enumerate(rows): ids[i, T - len(r):] = torch.tensor(r); mask[i, T - len(r):] = 1
-    # BOS untouched
-    editable = mask.bool().clone(); editable[torch.arange(B), T - torch.tensor([len(r) for r in rows])] = False
-    st, s = {'acts': {}}, s.to(cdev)
+    return int(m.group(1)), others, plains
+
+# %% ../nbs/07b_interventions.ipynb
+def _layer_hooks(cc: CrossCoder, e: Edit, plains: dict, layer: int, others: list[int], n_models: int, st: dict,
+                 s: Tensor) -> list:
+    "Pre-hooks on decoder layer `layer`: the other models store its input and halt; the target's input is edited."
+    t, cdev = e.target, cc_device(cc)
     def grab(i):
         def hook(mod, args, kwargs): st['acts'][i] = _hidden(args, kwargs); raise _Halt
         return hook
     def edit(mod, args, kwargs):
         h = _hidden(args, kwargs)
         if e.kind == 'steer': x = h.to(cdev, torch.float32)[:, :, None].expand(-1, -1, cc.cfg.n_models, -1)
-        else: x = torch.stack([(h if i == t else st['acts'][i]).to(cdev, torch.float32) for i in range(len(models))], 2)
+        else: x = torch.stack([(h if i == t else st['acts'][i]).to(cdev, torch.float32) for i in range(n_models)], 2)
         new = torch.where(st['editable'].to(h.device)[..., None], _edit(cc, e, x, s).to(h.device, h.dtype), h)
         return ((new, *args[1:]), kwargs) if args else (args, {**kwargs, 'hidden_states': new})
     hooks = ([] if e.kind == 'none'
              else [plains[t].model.layers[layer].register_forward_pre_hook(edit, with_kwargs=True)])
-    hooks += [plains[i].model.layers[layer].register_forward_pre_hook(grab(i), with_kwargs=True) for i in others]
+    return hooks + [plains[i].model.layers[layer].register_forward_pre_hook(grab(i), with_kwargs=True) for i in others]
+
+def _step(plains: dict, t: int, others: list[int], caches: dict, cur: Tensor, mask: Tensor, dev) -> Tensor:
+    "One decoding step: the other models up to the layer, then the target's greedy next token of each row."
+    pos = (mask.cumsum(1) - 1).clamp(min=0)[:, -cur.shape[1]:]
+    kw = dict(input_ids=cur.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), use_cache=True)
+    for i in others:
+        try: plains[i](**kw, **{_cache_kw(plains[i]): caches[i]})
+        except _Halt: pass
+    return plains[t](**kw, **{_cache_kw(plains[t]): caches[t]}).logits[:, -1].argmax(-1).cpu()
+
+# %% ../nbs/07b_interventions.ipynb
+@torch.no_grad()
+def _generate_cached(cc: CrossCoder, models: list, rows: list[list[int]], e: Edit, hp: str, s: Tensor,
+                     max_new_tokens: int, stop_ids: Tensor | None, pad: int) -> list[list[int]] | None:
+    ("Greedy generated tokens of `rows` with a KV cache (left-padded batch), up to and including a stop token; "
+     "None where this path does not apply.")
+    plan = _cached_plan(models, e, hp)
+    if plan is None: return None
+    (layer, others, plains), t = plan, e.target
+    dev, (cur, mask, editable) = next(plains[t].parameters()).device, _left_pad(rows, pad)
+    st = {'acts': {}, 'editable': editable}
+    hooks = _layer_hooks(cc, e, plains, layer, others, len(models), st, s.to(cc_device(cc)))
     caches = {i: DynamicCache(config=p.config) for i, p in plains.items()}
-    gen = torch.full((B, max_new_tokens), pad, dtype=torch.long)
     # alive: the rows (of the batch) still generating
-    cur, st['editable'], alive, n = ids, editable, torch.arange(B), 0
+    gen, alive, n = torch.full((len(rows), max_new_tokens), pad, dtype=torch.long), torch.arange(len(rows)), 0
     try:
         for n in range(1, max_new_tokens + 1):
-            pos = (mask.cumsum(1) - 1).clamp(min=0)[:, -cur.shape[1]:]
-            kw = dict(input_ids=cur.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), use_cache=True)
-            for i in others:
-                try: plains[i](**kw, **{_cache_kw(plains[i]): caches[i]})
-                except _Halt: pass
-            nxt = plains[t](**kw, **{_cache_kw(plains[t]): caches[t]}).logits[:, -1].argmax(-1).cpu()
+            nxt = _step(plains, t, others, caches, cur, mask, dev)
             gen[alive, n - 1] = nxt
             go = ~stop_ids[nxt] if stop_ids is not None else torch.ones(len(nxt), dtype=torch.bool)
             if not go.any(): break
@@ -193,11 +228,7 @@ def _generate_cached(cc: CrossCoder, models: list, rows: list[list[int]], e: Edi
             cur, st['editable'] = nxt[:, None], torch.ones(len(nxt), 1, dtype=torch.bool)
     finally:
         for h in hooks: h.remove()
-    out = []
-    for row in gen[:, :n].tolist():
-        hit = next((j for j, tk in enumerate(row) if stop_ids is not None and stop_ids[tk]), None)
-        out.append(row if hit is None else row[:hit + 1])
-    return out
+    return _cut_at_stop(gen[:, :n], stop_ids)
 
 # %% ../nbs/07b_interventions.ipynb
 @torch.no_grad()
@@ -253,6 +284,28 @@ def _decision_metric(logits: Tensor, pos: Tensor, good: Tensor, bad: Tensor | No
     return lp[ar, good] - lp.scatter(1, good[:, None].to(lp.device), -math.inf).logsumexp(-1)
 
 # %% ../nbs/07b_interventions.ipynb
+def _attr_batch(cc: CrossCoder, models: list, toks: Tensor, p: Tensor, g: Tensor, b: Tensor | None, hp: str,
+                s: Tensor, target: int, delta: Tensor, edit: Edit | None, objective: str) -> Tensor:
+    "One batch's share of a_j (see `attribute`), `[d_latent]` in float64."
+    dev = cc_device(cc)
+    with torch.no_grad(): others = _acts(models, toks, hp, target, dev)
+    box = {}
+    def grab(act, hook=None):
+        box['clean'] = torch.stack([act.detach().to(dev, torch.float32) if o is None else o for o in others], 2)
+        at = (act.detach() if edit is None
+              else edited_acts(cc, edit, box['clean'], s.to(dev)).to(act.device, act.dtype))
+        box['x'] = at.requires_grad_(True); return box['x']
+    with torch.enable_grad():
+        logits = models[target].run_with_hooks(toks.to(models[target].cfg.device), fwd_hooks=[(hp, grab)])
+        m = _decision_metric(logits, p, g, b)
+        (m if objective == 'margin' else F.softplus(m)).sum().backward()
+    with torch.no_grad():
+        grad = box['x'].grad.to(dev, torch.float32)
+        # [n * (seq - 1), d_latent], clean latents
+        f = cc.encode((box['clean'][:, 1:] * s.to(dev)[:, None]).flatten(0, 1)).float()
+        return -(f * (grad[:, 1:].flatten(0, 1) @ delta.T)).sum(0).double() / s[target].item()
+
+# %% ../nbs/07b_interventions.ipynb
 def attribute(cc: CrossCoder, models: list, tokens: Int[Tensor, "n seq"],
               # decision position, behaviour token, ordinary token
               pos: Int[Tensor, "n"], good: Int[Tensor, "n"], bad: Int[Tensor, "n"] | None,
@@ -273,21 +326,7 @@ def attribute(cc: CrossCoder, models: list, tokens: Int[Tensor, "n seq"],
     delta = W[:, target] - W[:, source]                       # [d_latent, d_model]
     a = torch.zeros(cc.cfg.d_latent, dtype=torch.float64, device=dev)
     for i in tqdm(range(0, len(tokens), batch_size), desc='attribution', disable=not progress):
-        toks, p, g = tokens[i:i + batch_size], pos[i:i + batch_size], good[i:i + batch_size]
-        with torch.no_grad(): others = _acts(models, toks, hp, target, dev)
-        box = {}
-        def grab(act, hook=None):
-            box['clean'] = torch.stack([act.detach().to(dev, torch.float32) if o is None else o for o in others], 2)
-            at = (act.detach() if edit is None
-                  else edited_acts(cc, edit, box['clean'], s.to(dev)).to(act.device, act.dtype))
-            box['x'] = at.requires_grad_(True); return box['x']
-        with torch.enable_grad():
-            logits = models[target].run_with_hooks(toks.to(models[target].cfg.device), fwd_hooks=[(hp, grab)])
-            m = _decision_metric(logits, p, g, None if bad is None else bad[i:i + batch_size])
-            (m if objective == 'margin' else F.softplus(m)).sum().backward()
-        with torch.no_grad():
-            grad = box['x'].grad.to(dev, torch.float32)
-            # [n * (seq - 1), d_latent], clean latents
-            f = cc.encode((box['clean'][:, 1:] * s.to(dev)[:, None]).flatten(0, 1)).float()
-            a -= (f * (grad[:, 1:].flatten(0, 1) @ delta.T)).sum(0).double() / s[target].item()
+        sl = slice(i, i + batch_size)
+        a += _attr_batch(cc, models, tokens[sl], pos[sl], good[sl], None if bad is None else bad[sl], hp, s, target,
+                         delta, edit, objective)
     return a.cpu()

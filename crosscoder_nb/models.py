@@ -78,14 +78,26 @@ def hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or os.environ.get('HF_HUB_OFFLINE', '').upper() in ('1', 'ON', 'YES', 'TRUE')
 
 # %% ../nbs/00_models.ipynb
+def _cause_chain(e: BaseException) -> list[BaseException]:
+    "`e` and the exceptions it was raised from (causes and contexts), each once."
+    chain, x = [], e
+    while x is not None and x not in chain: chain.append(x); x = x.__cause__ or x.__context__
+    return chain
+
+def _unreachable(chain: list[BaseException]) -> bool:
+    "Whether the chain says the hub could not be reached (offline, no network, or not in the local cache)."
+    return (any(k.__name__ in ('LocalEntryNotFoundError', 'OfflineModeIsEnabled', 'ConnectionError', 'TransportError',
+                               'TimeoutError')
+                for c in chain for k in type(c).__mro__) or any("couldn't connect" in str(c) for c in chain))
+
+# %% ../nbs/00_models.ipynb
 def hub_error(e: BaseException,  # what transformers or huggingface_hub raised
               name: str,  # the repo id that was asked for
               what: str = 'model',  # what was being fetched, for the message
              ) -> HubError | None:
     "The one-line `HubError` that explains `e` and its causes, or None when `e` is no hub failure."
     from huggingface_hub import errors as E
-    chain, x = [], e
-    while x is not None and x not in chain: chain.append(x); x = x.__cause__ or x.__context__
+    chain = _cause_chain(e)
     has = lambda *types: any(isinstance(c, types) for c in chain)
     login = "log in with `hf auth login` (or set HF_TOKEN)"
     if has(E.GatedRepoError):
@@ -100,9 +112,7 @@ def hub_error(e: BaseException,  # what transformers or huggingface_hub raised
     if {getattr(getattr(c, 'response', None), 'status_code', None) for c in chain} & {401, 403}:
         return HubError(f"The hub refused access to the {what} {name} (private, gated, or no token): {login} "
                         f"and accept the licence on https://huggingface.co/{name} if it has one, then run again.")
-    if any(k.__name__ in ('LocalEntryNotFoundError', 'OfflineModeIsEnabled', 'ConnectionError', 'TransportError',
-                          'TimeoutError')
-           for c in chain for k in type(c).__mro__) or any("couldn't connect" in str(c) for c in chain):
+    if _unreachable(chain):
         why = 'HF_HUB_OFFLINE is set' if hub_offline() else 'no network'
         return HubError(f"The {what} {name} is not in the local Hugging Face cache and the hub cannot be reached "
                         f"({why}): pass a local folder instead, "

@@ -104,6 +104,27 @@ def train_lm(model, data: torch.Tensor,  # [n_seqs, seq_len] token rows; batches
 def _seqs_needed(tokens: int, cfg: OrganismConfig) -> int: return max(1, tokens // (cfg.batch_size * cfg.seq_len))
 
 # %% ../nbs/01_organisms.ipynb
+def _first_chars(texts: list[str], n_chars: int) -> list[str]:
+    "The first texts, up to the first one that ends past `n_chars` characters (the tokenizer's sample)."
+    sample, n = [], 0
+    for p in texts:
+        if n > n_chars: break
+        sample.append(p); n += len(p)
+    return sample
+
+def _chat_mix(chat: torch.Tensor, general: torch.Tensor, n: int, chat_share: float, seed: int) -> torch.Tensor:
+    "`n` rows for the fine-tune, shuffled: a `chat_share` of them drawn from `chat`, the rest from `general`."
+    n_chat, g = int(n * chat_share), torch.Generator().manual_seed(seed)
+    pick = lambda src, k: src[torch.randint(len(src), (k,), generator=g)]
+    mix = torch.cat([pick(chat, n_chat), pick(general, n - n_chat)])
+    return mix[torch.randperm(len(mix), generator=g)]
+
+def _save(model, tok, path: Path):
+    "Save a model and its tokenizer as a Hugging Face folder."
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path); tok.save_pretrained(path)
+
+# %% ../nbs/01_organisms.ipynb
 def build_organisms(out: str | Path, cfg: OrganismConfig = OrganismConfig(), corpus: dict | None = None,
                     progress: bool = True) -> dict:
     "Train the tokenizer, the base model and the chat model; save them under `out`. Returns a training log."
@@ -115,31 +136,22 @@ def build_organisms(out: str | Path, cfg: OrganismConfig = OrganismConfig(), cor
     random.Random(cfg.seed).shuffle(train)
     dialogs = make_dialogs(train, cfg.n_dialogs, seed=cfg.seed, task_weights=tuple(cfg.task_weights))
     # tokenizer: general text plus a few dialogs, so the chat format has tokens of its own
-    sample, n = [], 0
-    for p in train:
-        if n > cfg.tokenizer_chars: break
-        sample.append(p); n += len(p)
-    tok = train_tokenizer(sample + [format_dialog(d) for d in dialogs[:2000]], cfg.vocab_size)
+    tok = train_tokenizer(_first_chars(train, cfg.tokenizer_chars) + [format_dialog(d) for d in dialogs[:2000]],
+                          cfg.vocab_size)
     general = pack(tok, train, cfg.seq_len)
     log['corpus_train_tokens'] = general.numel()
     base = Gemma2ForCausalLM(cfg.model_config(tok))
     log['n_params'] = sum(p.numel() for p in base.parameters())
     steps = _seqs_needed(cfg.base_tokens, cfg)
     log['base_losses'] = train_lm(base, general, steps, cfg.base_lr, cfg.batch_size, cfg.seed, 'base model', progress)
-    (out / 'base').mkdir(parents=True, exist_ok=True)
-    base.save_pretrained(out / 'base'); tok.save_pretrained(out / 'base')
+    _save(base, tok, out / 'base')
     # chat fine-tune: dialogs mixed with replay of general text
     chat_seqs = pack(tok, [format_dialog(d) for d in dialogs], cfg.seq_len, sep='')
     steps = _seqs_needed(cfg.chat_tokens, cfg)
-    n_chat = int(steps * cfg.batch_size * cfg.chat_share)
-    g = torch.Generator().manual_seed(cfg.seed + 1)
-    pick = lambda src, k: src[torch.randint(len(src), (k,), generator=g)]
-    mix = torch.cat([pick(chat_seqs, n_chat), pick(general, steps * cfg.batch_size - n_chat)])
-    mix = mix[torch.randperm(len(mix), generator=g)]
+    mix = _chat_mix(chat_seqs, general, steps * cfg.batch_size, cfg.chat_share, cfg.seed + 1)
     log['chat_losses'] = train_lm(base, mix, steps, cfg.chat_lr, cfg.batch_size, cfg.seed + 1, 'chat fine-tune',
                                   progress)
-    (out / 'chat').mkdir(parents=True, exist_ok=True)
-    base.save_pretrained(out / 'chat'); tok.save_pretrained(out / 'chat')
+    _save(base, tok, out / 'chat')
     (out / 'ground_truth.json').write_text(json.dumps(ground_truth(), indent=1))
     (out / 'organism_config.json').write_text(json.dumps(cfg.to_dict(), indent=1))
     log['seconds'] = time.time() - t0
