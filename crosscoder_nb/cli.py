@@ -40,6 +40,7 @@ def _device_count(torch, kind: str) -> int:
         return int(mod.device_count()) if hasattr(mod, 'device_count') else 0
     except (RuntimeError, AssertionError): return 0
 
+# %% ../nbs/90_cli.ipynb
 def _check_device(flag: str, device: str | None) -> None:
     "Refuse (`CLIError`) a device this machine's torch cannot use; None (the default device) is always fine."
     if device is None: return

@@ -74,8 +74,11 @@ def test_full_disk_keeps_complete_shards_and_resume_finishes(cache, tmp_path, mo
     monkeypatch.setattr(cm, '_append', full_disk)
     code, msg = run('harvest', '--out', out, '--shard-tokens', '3000', *FLAGS)
     assert code == 2 and 'No space left on device' in msg and '--resume' in msg and sum('error' in l for l in msg.splitlines()) == 1, msg
+    assert 'the 1 complete shards (3,' in msg, msg
     man = json.loads((out / CACHE_FILE).read_text())
     assert not man['complete'] and len(man['shards']) == 1 and not (out / 'acts_00001.bin').exists()
+    assert not list(out.glob('*.tmp'))   # the half-written shard is gone
+    with pytest.raises(ValueError, match='--resume'): ActivationCache.open(out)
     code, msg = run('train', '--cache', out, '--out', tmp_path / 'r', *FLAGS, *TRAIN)
     assert code == 2 and 'is incomplete' in msg and '--resume' in msg, msg
     monkeypatch.setattr(cm, '_append', real)

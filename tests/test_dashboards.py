@@ -232,13 +232,6 @@ def test_models_that_do_not_match(models, tokens, cc, tmp_path, no_forward):
     with pytest.raises(ValueError, match='hook point'): compute_dashboards(nohook, models, tokens, cfg=CFG)
 
 
-def test_config_is_checked():
-    assert DashboardConfig.from_dict(CFG.to_dict()) == CFG
-    with pytest.raises(ValueError, match='Unknown DashboardConfig fields'): DashboardConfig.from_dict({'k': 3})
-    with pytest.raises(ValueError, match='left must be an int >= 0'): DashboardConfig(left=-1)
-    with pytest.raises(ValueError, match='res_size'): DashboardConfig(res_size=2, per_interval=3)
-
-
 def test_load_run(cc, tmp_path):
     with pytest.raises(FileNotFoundError, match='does not exist'): load_run(tmp_path / 'missing')
     with pytest.raises(FileNotFoundError, match='holds no crosscoder checkpoint'): load_run(tmp_path)

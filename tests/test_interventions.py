@@ -29,30 +29,6 @@ def test_detection_scores_equal_the_pairwise_definition():
     assert sc['auroc'][0] > 0.8 and 0 < sc['precision'][0] <= 1 and 0 < sc['recall'][0] <= 1
 
 
-def test_edit_bad_input_is_named():
-    cc = tiny_cc(4)
-    with pytest.raises(ValueError, match='latent set is empty'): Edit('diff_patch', [])
-    with pytest.raises(ValueError, match="Unknown edit kind 'erase'"): Edit('erase', [1])
-    with pytest.raises(ValueError, match=r'\[16\] are out of range'): Edit('ablate', [16]).check(cc)
-    with pytest.raises(ValueError, match="target=2 is not one of the crosscoder's models"): Edit('ablate', [1], target=2).check(cc)
-    with pytest.raises(ValueError, match='two different models'): Edit('ablate', [1], target=0, source=0)
-    with pytest.raises(ValueError, match='alpha has 2 values for 1 latents'): Edit('steer', [1], alpha=[1.0, 2.0]).check(cc)
-
-
-def test_edits_leave_bos_and_diff_patch_is_ablation_plus_source_decoders():
-    torch.manual_seed(0)
-    cc = tiny_cc(4, norm_factors=[0.5, 2.0])
-    x, s = torch.randn(3, 6, 2, 4), torch.tensor([0.5, 2.0])
-    for e in (Edit('ablate', [0, 3]), Edit('diff_patch', [1, 2]), Edit('steer', [4], target=0, alpha=[2.0]), Edit('patch_model')):
-        y = edited_acts(cc, e, x, s)
-        assert torch.equal(y[:, 0], x[:, 0, e.target])   # BOS untouched
-    # diff patch = ablation in the target plus the source's decoders written into it
-    W, J = cc.decoder_weights(), [1, 2]
-    f = cc.encode((x[:, 1:] * s[:, None]).flatten(0, 1))[:, J]
-    dp, ab = edited_acts(cc, Edit('diff_patch', J), x, s), edited_acts(cc, Edit('ablate', J), x, s)
-    torch.testing.assert_close(dp[:, 1:], ab[:, 1:] + (f @ W[J, 0]).view(3, 5, 4).detach() / 2.0)
-
-
 def test_scaling_and_checks_refuse_bad_latents_and_models(org):
     base, chat = org['base'], org['chat']
     cc = tiny_cc(base.cfg.d_model)

@@ -73,16 +73,6 @@ def test_cli_rejects_bad_config(tmp_path):
     assert r.returncode == 2 and 'Unknown OrganismConfig fields' in r.stderr
     assert not (tmp_path / 'o').exists()
 
-def test_regeneration_is_deterministic(tmp_path):
-    "The same seed and config give byte-identical weights and tokenizer (same machine, same thread count)."
-    from crosscoder_nb.organisms import OrganismConfig, build_organisms
-    from crosscoder_nb.corpus import load_corpus
-    corpus = load_corpus(['kjv', 'python_docs'])
-    small = {'kjv': corpus['kjv'][:150], 'python_docs': corpus['python_docs'][:1500]}
-    for run in ('a', 'b'): build_organisms(tmp_path / run, OrganismConfig(**TINY), small, progress=False)
-    for f in ('base/model.safetensors', 'chat/model.safetensors', 'chat/tokenizer.json'):
-        assert (tmp_path / 'a' / f).read_bytes() == (tmp_path / 'b' / f).read_bytes(), f
-    assert (tmp_path / 'a' / 'base/model.safetensors').read_bytes() != (tmp_path / 'a' / 'chat/model.safetensors').read_bytes()
 
 def test_heldout_prompts_use_phrasings_training_never_used():
     "Validation and test prompts: every task, phrasings and openers disjoint from the training family, text from the held-out half."
