@@ -245,8 +245,9 @@ class CrossCoder(nn.Module):
         W_dec = torch.randn(cfg.d_latent, cfg.n_models, cfg.d_model, generator=g)
         W_dec[:cfg.n_shared] = W_dec[:cfg.n_shared, :1]   # designated shared latents: one decoder vector for all
         W_dec = W_dec * (cfg.dec_init_norm / W_dec.norm(dim=-1, keepdim=True))
-        if (mask := model_mask(cfg)) is not None:   # dedicated latents: 0 in other models, kept 0 by the forward
-            W_dec = W_dec * mask[..., None]
+        if (mask := model_mask(cfg)) is not None:   # dedicated latents: 0 in other models, kept 0 by the forward;
+            # their vector scaled so that sum_m ||d_j^m||, which top-k scores weigh by, starts as every latent's
+            W_dec = W_dec * (mask * cfg.n_models / mask.sum(1, keepdim=True))[..., None]
             self.register_buffer('dec_mask', mask[..., None].to(device), persistent=False)
             self.register_buffer('enc_mask', mask.T[:, None].to(device), persistent=False)
         self.W_dec = nn.Parameter(W_dec.to(device=device, dtype=dt))
