@@ -346,9 +346,12 @@ def localise(cc: CrossCoder, models: list, behaviour: str, dialogs: list[dict], 
         order = torch.argsort(rank)[:max(sizes)].tolist()   # most negative first: patching them removes the behaviour
         scores = [float(a[j]) for j in order]
     rate = lambda b, d, e: behaviour_rate(cc, models, d, b, e, hp, s)
-    rates = {n: rate(behaviour, dialogs, Edit('diff_patch', order[:n])) for n in sizes}
-    clean_kept = {b: rate(b, d, Edit()) for b, d in keep.items()}
-    kept = {n: [(clean_kept[b], rate(b, d, Edit('diff_patch', order[:n]))) for b, d in keep.items()] for n in sizes}
+    clean_kept, rates, kept = {b: rate(b, d, Edit()) for b, d in keep.items()}, {}, {}
+    for n in sizes:   # in increasing order, up to the first size that does the job (the smallest such wins)
+        rates[n] = rate(behaviour, dialogs, Edit('diff_patch', order[:n]))
+        kept[n] = [(clean_kept[b], rate(b, d, Edit('diff_patch', order[:n]))) for b, d in keep.items()]
+        if rates[n] <= target_rate and all(clean - r <= keep_within for clean, r in kept[n]): break
+    sizes = tuple(rates)
     n = _pick_size(sizes, rates, kept, target_rate, keep_within)
     return {'latents': order[:n], 'attribution': scores[:n], 'validation_rates': rates,
             'clean_rate': rate(behaviour, dialogs, Edit()), 'ranking': order,

@@ -127,7 +127,7 @@ def arch_label(c: CrossCoderConfig, short: bool = False) -> str:
 # %% ../nbs/10_report.ipynb
 def _arch_fields(c: CrossCoderConfig) -> dict:
     "The architecture's settings, under metrics.json's keys."
-    keys = ('activation', 'k', 'k_shared', 'n_shared', 'd_latent')
+    keys = ('activation', 'k', 'k_shared', 'n_shared', 'n_exclusive', 'd_latent')
     return {k: getattr(c, k) for k in keys} | {'l1_coeff': c.l1_default}
 
 def _metrics(ev: dict, diff: dict, planted_res: dict | None, cc: CrossCoder, names: list[str],

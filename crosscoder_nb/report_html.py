@@ -56,7 +56,7 @@ def render_report(metrics: dict, figures: dict[str, go.Figure] | None = None,  #
                   links: dict[str, str] | None = None,  # link text -> relative URL
                   title: str = 'Crosscoder model diff',
                   sections: dict[str, str] | None = None,  # title -> HTML, shown after the clusters (e.g. a comparison)
-                  lead: dict[str, str] | None = None,  # title -> HTML, the page's opening sections (the demo's "What changed")
+                  lead: dict[str, str] | None = None,  # title -> HTML, the page's opening sections
                  ) -> str:
     "A self-contained HTML report (plotly's JS embedded once; no network needed to view it)."
     t, h2 = html.escape(title), lambda name: f'<h2>{html.escape(name)}</h2>'

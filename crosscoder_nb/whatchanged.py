@@ -210,6 +210,7 @@ def what_changed_section(methods: dict) -> str:
                   html_table(readout_rows(ro))]
     for n, m in methods.items():
         if m['kind'] == 'generation':
-            parts += [f'<p>{html.escape(n)}: each behaviour\'s rate against alpha (-1: the base model, 0: the chat '
-                      'model); it names nothing, it makes behaviours more frequent.</p>', amplification_html(m['table'])]
+            parts += [f'<p>{html.escape(n)}: each behaviour\'s rate against alpha (-1: the base model, 0: the '
+                      'chat model); it names nothing, it makes behaviours more frequent.</p>',
+                      amplification_html(m['table'])]
     return '\n'.join(parts)

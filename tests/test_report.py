@@ -81,8 +81,8 @@ def test_report_page_in_a_browser(report):
         driver.quit()
 
 
-def test_demo_harvests_once_and_compares_two_architectures(tmp_path, monkeypatch):
-    "The demo's layout and metrics: one harvest, a BatchTopK and an L1 crosscoder on it, a comparison in the headline report."
+def test_demo_harvests_once_and_compares_the_methods(tmp_path, monkeypatch):
+    "The demo's layout and metrics: one harvest; BatchTopK, L1 and DFC crosscoders and a diff-SAE on it; a comparison."
     import crosscoder_nb.cache as cachemod, crosscoder_nb.pipeline as pipemod
     calls, trained_on = [], []
     real_write, real_train = cachemod.write_cache, pipemod.train_run
@@ -91,13 +91,17 @@ def test_demo_harvests_once_and_compares_two_architectures(tmp_path, monkeypatch
     settings = {**TINY, 'crosscoder.k': 8, 'crosscoder.threshold_start': 10}
     m = demo(tmp_path / 'd', settings=settings, **FAST)
     out = tmp_path / 'd'
-    assert len(calls) == 1 and trained_on == [out / 'cache'] * 2   # one harvest, into the cache both crosscoders train on
+    assert len(calls) == 1 and trained_on == [out / 'cache'] * 3   # one harvest, into the cache the crosscoders train on
     assert json.loads((out / 'cache' / 'cache.json').read_text())['complete']
     for f in ('report.html', 'metrics.json', 'dashboards/index.html', 'batchtopk/crosscoder.safetensors', 'l1/crosscoder.safetensors',
-              'l1/report/report.html', 'l1/report/metrics.json'):
+              'l1/report/report.html', 'l1/report/metrics.json', 'dfc/crosscoder.safetensors', 'diff_sae/crosscoder.safetensors'):
         assert (out / f).exists(), f
     on_disk = json.loads((out / METRICS_FILE).read_text())
-    assert on_disk['headline_arch'] == 'batchtopk' and set(on_disk['comparison']) == {'batchtopk', 'l1'}
+    assert on_disk['headline_arch'] == 'batchtopk' and set(on_disk['comparison']) == {'batchtopk', 'l1', 'dfc'}
+    assert set(on_disk['methods']) == {'batchtopk', 'l1', 'dfc', 'diff_sae'}   # no causal checks: no ADL or amplification
+    assert on_disk['methods']['diff_sae']['heldout']['explained_variance'] > 0   # the diff-SAE learnt something
+    assert on_disk['comparison']['dfc']['arch']['n_exclusive'] and on_disk['methods']['dfc']['checkpoint'] == 'dfc/'
+    assert CrossCoder.load(out / 'dfc').cfg.n_exclusive
     assert on_disk['arch']['activation'] == 'batchtopk' and on_disk['arch']['k'] == 8
     assert on_disk['comparison']['l1']['arch']['activation'] == 'relu' and on_disk['comparison']['l1']['arch']['d_latent'] == 96
     assert on_disk['comparison']['batchtopk']['l0'] < on_disk['comparison']['l1']['l0']   # BatchTopK is the sparser code
