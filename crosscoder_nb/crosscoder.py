@@ -127,8 +127,8 @@ def validate(self: CrossCoderConfig):
     for k in ('d_model', 'd_latent'):
         v = getattr(self, k)
         if not _is_int(v) or v <= 0: bad(f"{k} must be a positive int, got {v!r}")
-    if not _is_int(self.n_models) or self.n_models < 2:
-        bad(f"n_models must be an int >= 2 (a crosscoder reads several models; use an SAE for one), "
+    if not _is_int(self.n_models) or self.n_models < 1:
+        bad(f"n_models must be an int >= 1 (the models read at once; 1: an SAE, e.g. a diff-SAE), "
             f"got {self.n_models!r}")
     if self.activation not in ACTIVATIONS:
         bad(f"activation: unknown activation {self.activation!r}; known: {sorted(ACTIVATIONS)}. A custom one must be "

@@ -30,7 +30,7 @@ def test_config_round_trip_and_json():
 @pytest.mark.parametrize('kw, msg', [
     ({'d_model': -1}, 'd_model must be a positive int'),
     ({'d_latent': 0}, 'd_latent must be a positive int'),
-    ({'n_models': 1}, 'n_models must be an int >= 2'),
+    ({'n_models': 0}, 'n_models must be an int >= 1'),
     ({'activation': 'nope'}, 'activation: unknown activation'),
     ({'sparsity': 'nope'}, 'sparsity: unknown sparsity'),
     ({'dtype': 'int8'}, 'dtype must be one of'),
