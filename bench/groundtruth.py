@@ -1,36 +1,69 @@
-"""The ground-truth benchmark (nbs/05a_groundtruth.ipynb): four crosscoder architectures trained on synthetic paired
-activations with known shared / rotated / A-only / B-only features, scored against the truth, over three seeds.
+"""The ground-truth benchmark (nbs/05a_groundtruth.ipynb): crosscoder architectures (and a diff-SAE) trained on
+synthetic paired activations with known shared / rotated / A-only / B-only features, scored against the truth, over
+three seeds.
 
-    python bench/groundtruth.py [--seeds 0,1,2] [--n-tokens 2000000] [--archs l1,batchtopk,...] [--nested SHARE] [--no-readme]
+    python bench/groundtruth.py [--world hard|easy] [--seeds 0,1,2] [--n-tokens N] [--archs l1,batchtopk,...]
+                                [--nested SHARE] [--no-readme]
 
-Writes crosscoder_nb/assets/results/groundtruth.json (every run) and groundtruth.md (mean ± std over seeds), and puts the same table
-into README.md between the groundtruth markers. Prints the table. About 6 minutes on a 2-core CPU.
-`--nested SHARE`: that share of the B-only features nested under a shared parent (the notebook's 'Nested features'):
-the results go to groundtruth-nested.json / .md and README.md's groundtruth-nested block instead.
+`--world hard` (the default, groundtruth.WORLDS['hard']): 8 features per dimension, frequencies over two orders of
+magnitude, 1.5 latents per feature, half the B-only features nested under a shared parent; writes
+crosscoder_nb/assets/results/groundtruth-hard.json (every run) and .md (mean ± std over seeds).
+`--world easy`: the older world (4 features per dimension, 2 latents per feature); writes groundtruth.json / .md, or,
+with `--nested SHARE` (that share of the B-only features nested), groundtruth-nested.json / .md; README.md's block of
+the same name gets the table too (unless --no-readme). Prints the table.
 """
-import argparse, platform, time
-from pathlib import Path
+import argparse, json, platform, time
 import torch
-from _results import publish
-from crosscoder_nb.groundtruth import GT_ARCHS, GroundTruth, GroundTruthConfig, benchmark, results_table
+from _results import ROOT, publish
+from crosscoder_nb.groundtruth import (GT_ARCHS, WORLDS, GroundTruth, GroundTruthConfig, arch_config, benchmark,
+                                       results_table)
 
 p = argparse.ArgumentParser()
-p.add_argument('--seeds', default='0,1,2'); p.add_argument('--n-tokens', type=int, default=2_000_000)
-p.add_argument('--archs', default=','.join(GT_ARCHS)); p.add_argument('--threads', type=int)
-p.add_argument('--nested', type=float, default=0.0, help='share of the B-only features nested under a shared parent')
+p.add_argument('--world', default='hard', choices=sorted(WORLDS))
+p.add_argument('--seeds', default='0,1,2'); p.add_argument('--n-tokens', type=int)
+p.add_argument('--archs'); p.add_argument('--threads', type=int)
+p.add_argument('--nested', type=float, help='share of the B-only features nested under a shared parent')
 p.add_argument('--no-readme', action='store_true', help='do not update README.md')
+p.add_argument('--name', help='results file name (default: groundtruth[-hard|-nested])')
+p.add_argument('--append', action='store_true', help="keep the results file's rows of the other archs")
 a = p.parse_args()
+
+def available(arch: str) -> bool:
+    "Whether this checkout's CrossCoderConfig builds `arch` ('dfc' needs n_exclusive, 'diff_sae' n_models=1)."
+    try: arch_config(arch, GroundTruth(GroundTruthConfig(d_model=8, n_features=16)), 32); return True
+    except (ValueError, TypeError) as e: print(f"skipping {arch}: {e}"); return False
+
+archs = a.archs.split(',') if a.archs else [arch for arch in GT_ARCHS if available(arch)]
 if a.threads: torch.set_num_threads(a.threads)
-cfg = GroundTruthConfig(nested_share=a.nested)
+n_tokens = a.n_tokens or (1_000_000 if a.world == 'hard' else 2_000_000)
+cfg = WORLDS[a.world]
+if a.nested is not None: cfg = GroundTruthConfig(**{**cfg.to_dict(), 'nested_share': a.nested})
 t0 = time.time()
-rows = benchmark(a.archs.split(','), [int(s) for s in a.seeds.split(',')], cfg, a.n_tokens)
+rows = benchmark(archs, [int(s) for s in a.seeds.split(',')], cfg, n_tokens)
+name = a.name or 'groundtruth' + (f'-{a.world}' if a.world != 'easy' else '-nested' if cfg.nested_share else '')
+old = ROOT / 'crosscoder_nb' / 'assets' / 'results' / f'{name}.json'
+if a.append and old.exists():
+    prev = json.loads(old.read_text())
+    if prev['config'] != json.loads(json.dumps(cfg.to_dict())) or prev['n_tokens'] != n_tokens:
+        raise SystemExit(f"--append: {old} was made with another world or --n-tokens; run without --append.")
+    rows = [r for r in prev['rows'] if r['arch'] not in archs] + rows
+    args_before = prev.get('command')
 table = results_table(rows)
 gt = GroundTruth(cfg)
 nested = (f"; {cfg.nested_share:.0%} of the B-only features nested: each fires only where a shared parent does (on "
-          f"{cfg.nested_p:.0%} of its examples) at the parent's magnitude; recall_b_only counts the free ones" if cfg.nested_share else "")
-setup = (f"{cfg.d_model}-dimensional models, {cfg.n_features} features (shares {cfg.shares} of shared / rotated / A-only / B-only, "
-         f"frequencies {cfg.freq_min}-{cfg.freq_max}, expected L0 {gt.expected_l0:.1f}{nested}), {2 * cfg.n_features} latents, "
-         f"{a.n_tokens:,} training examples, scored on 20,000 fresh ones; mean ± std over seeds {a.seeds}. "
-         f"Generated by `python bench/groundtruth.py{f' --nested {cfg.nested_share}' if cfg.nested_share else ''}` in {(time.time() - t0) / 60:.1f} min ({platform.machine()}, "
-         f"{torch.get_num_threads()} threads, torch {torch.__version__}).")
-publish('groundtruth-nested' if cfg.nested_share else 'groundtruth', f"{table}\n\n{setup}\n", {'config': cfg.to_dict(), 'n_tokens': a.n_tokens, 'rows': rows}, readme=not a.no_readme)
+          f"{cfg.nested_p:.0%} of its examples) at the parent's magnitude; recall_b_only counts the free ones"
+          if cfg.nested_share else "")
+args = ' '.join(f'--{k} {v}' for k, v in (('world', a.world), ('nested', a.nested), ('n-tokens', a.n_tokens),
+                                          ('archs', a.archs), ('name', a.name)) if v is not None)
+command = f"python bench/groundtruth.py {args}{' --append' if a.append else ''}"
+if a.append and old.exists() and args_before: command = f"{args_before}`, then `{command}"
+setup = (f"World '{a.world}': {cfg.d_model}-dimensional models, {cfg.n_features} features (shares {cfg.shares} of "
+         f"shared / rotated / A-only / B-only, frequencies {cfg.freq_min}-{cfg.freq_max}, expected L0 "
+         f"{gt.expected_l0:.1f}{nested}), {cfg.dict_ratio:g} latents per feature (the diff-SAE: per feature that "
+         f"differs), {n_tokens:,} training examples, scored on 20,000 fresh ones; mean ± std over seeds "
+         f"{a.seeds}. The diff-SAE's mmcs and recalls are over the features' B-minus-A directions "
+         f"(recall_rotated: the rotated ones). Generated by `{command}` (the last run) in "
+         f"{(time.time() - t0) / 60:.1f} min ({platform.machine()}, {torch.get_num_threads()} threads, "
+         f"torch {torch.__version__}).")
+data = {'command': command, 'world': a.world, 'config': cfg.to_dict(), 'n_tokens': n_tokens, 'rows': rows}
+publish(name, f"{table}\n\n{setup}\n", data, readme=not a.no_readme)

@@ -15,8 +15,9 @@ from .crosscoder import CrossCoder, CrossCoderConfig
 from .trainer import Trainer, TrainConfig
 
 # %% auto 0
-__all__ = ['CLASSES', 'MATCH_COS', 'GT_ARCHS', 'GroundTruthConfig', 'GroundTruth', 'sample', 'GroundTruthBatches', 'score',
-           'arch_config', 'train_arch', 'benchmark', 'results_table']
+__all__ = ['CLASSES', 'WORLDS', 'MATCH_COS', 'GT_ARCHS', 'GroundTruthConfig', 'GroundTruth', 'sample', 'GroundTruthBatches',
+           'score', 'diff_directions', 'score_directions', 'arch_config', 'train_arch', 'score_arch', 'benchmark',
+           'results_table']
 
 # %% ../nbs/05a_groundtruth.ipynb
 CLASSES = ('shared', 'rotated', 'a_only', 'b_only')
@@ -33,12 +34,14 @@ class GroundTruthConfig(Config):
     seed: int = 0                      # seed of the features (directions, classes, frequencies)
     nested_share: float = 0.0          # share of B-only features nested under a shared parent ('Nested features')
     nested_p: float = 0.5              # how often a nested feature fires where its parent does
+    dict_ratio: float = 2.0            # the benchmark's crosscoders have dict_ratio latents per true feature
     def __post_init__(self):
         self.shares = tuple(self.shares)
         if len(self.shares) != len(CLASSES) or abs(sum(self.shares) - 1) > 1e-6:
             raise ValueError(f"shares must give one share per class {CLASSES}, summing to 1; got {self.shares}.")
         if not 0 < self.freq_min <= self.freq_max < 1:
             raise ValueError(f"Need 0 < freq_min <= freq_max < 1, got {self.freq_min}, {self.freq_max}.")
+        if not self.dict_ratio > 0: raise ValueError(f"dict_ratio must be > 0, got {self.dict_ratio}.")
         if not -1 < self.rotated_cos < 1: raise ValueError(f"rotated_cos must be in (-1, 1), got {self.rotated_cos}.")
         if not (0 <= self.nested_share <= 1 and 0 < self.nested_p <= 1):
             raise ValueError(f"Need 0 <= nested_share <= 1 and 0 < nested_p <= 1, got {self.nested_share}, "
@@ -68,9 +71,12 @@ class GroundTruth:
         self.parents = (shared[torch.randperm(len(shared), generator=g)[:len(self.nested)]] if len(self.nested)
                         else self.nested)
     @property
-    def expected_l0(self) -> float:
+    def active_frequencies(self) -> Tensor:
+        "How often each feature fires (a nested one: where its parent does, times nested_p)."
         f = self.frequencies.clone(); f[self.nested] = self.frequencies[self.parents] * self.cfg.nested_p
-        return f.sum().item()
+        return f
+    @property
+    def expected_l0(self) -> float: return self.active_frequencies.sum().item()
 
 # %% ../nbs/05a_groundtruth.ipynb
 def sample(gt: GroundTruth, n: int, g: torch.Generator) -> Float[Tensor, "n 2 d_model"]:
@@ -86,15 +92,24 @@ def sample(gt: GroundTruth, n: int, g: torch.Generator) -> Float[Tensor, "n 2 d_
 # %% ../nbs/05a_groundtruth.ipynb
 class GroundTruthBatches:
     "An endless stream of batches of `sample`, scaled by `scale`; resumable."
-    def __init__(self, gt: GroundTruth, batch_size: int, seed: int = 0, scale: Tensor | None = None):
-        self.gt, self.batch_size, self.seed, self.scale, self.i = gt, batch_size, seed, scale, 0
+    def __init__(self, gt: GroundTruth, batch_size: int, seed: int = 0, scale: Tensor | None = None,
+                 diff: bool = False):  # yield one 'model', B minus A: [batch, 1, d_model] (a diff-SAE's input)
+        self.gt, self.batch_size, self.seed, self.scale, self.diff, self.i = gt, batch_size, seed, scale, diff, 0
     def __iter__(self): return self
     def __next__(self) -> Tensor:
         x = sample(self.gt, self.batch_size, torch.Generator().manual_seed(1_000_003 * self.seed + self.i))
         self.i += 1
-        return x if self.scale is None else x * self.scale[:, None]
+        x = x if self.scale is None else x * self.scale[:, None]
+        return (x[:, 1] - x[:, 0])[:, None] if self.diff else x
     def state_dict(self) -> dict: return {'i': self.i}
     def load_state_dict(self, d: dict): self.i = d['i']
+
+# %% ../nbs/05a_groundtruth.ipynb
+WORLDS = {   # the benchmark's worlds, by name
+    'easy': GroundTruthConfig(),
+    'hard': GroundTruthConfig(d_model=32, n_features=256, freq_min=0.001, freq_max=0.1, nested_share=0.5,
+                              dict_ratio=1.5),
+}
 
 # %% ../nbs/05a_groundtruth.ipynb
 MATCH_COS = 0.8   # a true feature counts as recovered when its best latent has at least this cosine
@@ -147,36 +162,81 @@ def score(cc: CrossCoder, gt: GroundTruth,
     return out
 
 # %% ../nbs/05a_groundtruth.ipynb
-GT_ARCHS = ('l1', 'batchtopk', 'l1_shared', 'batchtopk_shared')
+def diff_directions(gt: GroundTruth, scale: Tensor | None = None) -> Float[Tensor, "n_features d_model"]:
+    "Each feature's chat-minus-base direction `s_B d^B - s_A d^A` (0 for the shared ones)."
+    s = torch.ones(2) if scale is None else scale.float().cpu()
+    return s[1] * gt.decoders[:, 1] - s[0] * gt.decoders[:, 0]
+
+def _moves(t: Tensor) -> Tensor: return t.norm(dim=-1) > 1e-4 * t.norm(dim=-1).max()
+
+# %% ../nbs/05a_groundtruth.ipynb
+@torch.no_grad()
+def score_directions(D: Float[Tensor, "n_latents d_model"], gt: GroundTruth,
+                     scale: Tensor | None = None,  # the normalisation factors (s_A, s_B) D was learnt under
+                     live: Tensor | None = None,   # bool [n_latents]: the latents that fire; None: all
+                    ) -> dict:
+    "Recovery of `gt`'s differences by latents whose decoder directions are the rows of `D` (a diff-SAE's)."
+    t, D = diff_directions(gt, scale), F.normalize(D.float().cpu(), dim=-1)
+    live = torch.ones(len(D), dtype=torch.bool) if live is None else live.cpu()
+    moves, free = _moves(t), torch.ones(len(t), dtype=torch.bool); free[gt.nested] = False
+    sim = F.normalize(t, dim=-1) @ D.T; sim[:, ~live] = -2
+    best = sim.max(1).values; ok = best >= MATCH_COS
+    out = {'mmcs': best[moves].mean().item()}
+    for c, name in ((1, 'rotated'), (2, 'a_only'), (3, 'b_only')):
+        out[f'recall_{name}'] = ok[(gt.classes == c) & free].float().mean().item()
+    out['recall_b_nested'] = ok[gt.nested].float().mean().item() if len(gt.nested) else None
+    near = torch.where(moves[:, None], t, gt.decoders[:, 0])   # a shared feature: its own direction
+    nearest = (F.normalize(near, dim=-1) @ D.T).abs().argmax(0)[live]
+    out['falsely_exclusive'] = (~moves[nearest]).float().mean().item() if live.any() else 0.0
+    return out
+
+# %% ../nbs/05a_groundtruth.ipynb
+GT_ARCHS = ('l1', 'batchtopk', 'l1_shared', 'batchtopk_shared', 'dfc', 'diff_sae')
 
 def arch_config(arch: str, gt: GroundTruth, d_latent: int, seed: int = 0) -> tuple[CrossCoderConfig, dict]:
     "The crosscoder config and the training settings of one benchmark architecture."
     if arch not in GT_ARCHS: raise ValueError(f"Unknown arch {arch!r}: use one of {GT_ARCHS}.")
-    k, ns = max(1, round(gt.expected_l0)), d_latent // 8 if arch.endswith('_shared') else 0
+    f = gt.active_frequencies
+    k = max(1, round((f[gt.classes != 0] if arch == 'diff_sae' else f).sum().item()))
+    ns = d_latent // 8 if arch.endswith('_shared') or arch == 'dfc' else 0
     base = dict(d_model=gt.cfg.d_model, d_latent=d_latent, seed=seed, n_shared=ns)
     if arch.startswith('l1'):
         return CrossCoderConfig(**base, l1_coeff=2.0, shared_l1_ratio=0.15), {'lr': 1e-3, 'l1_coeff': 2.0}
-    ks = max(1, round(0.4 * k)) if ns else 0
+    if arch == 'dfc': base['n_exclusive'] = [round(0.08 * d_latent)] * 2
+    if arch == 'diff_sae': base['n_models'] = 1
+    ks, l1 = max(1, round(0.4 * k)) if ns else 0, 1.0   # l1: a small decoder-norm penalty (see below)
     return (CrossCoderConfig(**base, activation='batchtopk', k=max(1, k - ks), k_shared=ks, dec_init_norm=0.08,
-                             aux_coeff=1.0, dead_tokens=100_000, threshold_start=300), {'lr': 3e-3, 'l1_coeff': None})
+                             aux_coeff=1.0, dead_tokens=20_000, threshold_start=300, l1_coeff=l1),
+            {'lr': 3e-3, 'l1_coeff': l1})
 
 # %% ../nbs/05a_groundtruth.ipynb
 def train_arch(arch: str, gt: GroundTruth, n_tokens: int = 2_000_000, d_latent: int | None = None,
                batch_size: int = 1024, seed: int = 0, run_dir: str | Path | None = None, progress: bool = False,
               ) -> tuple[CrossCoder, Tensor]:
     "Train one benchmark architecture on `gt`'s stream; returns the crosscoder and the normalisation factors it used."
-    cfg, tr = arch_config(arch, gt, d_latent or 2 * gt.cfg.n_features, seed)
+    diff = arch == 'diff_sae'   # an SAE on B minus A: dict_ratio latents per feature that moves it
+    n = int(_moves(diff_directions(gt)).sum()) if diff else gt.cfg.n_features
+    cfg, tr = arch_config(arch, gt, d_latent or round(gt.cfg.dict_ratio * n), seed)
     x0 = sample(gt, 20_000, torch.Generator().manual_seed(10_007 * seed + 1))
     s = math.sqrt(gt.cfg.d_model) / x0.norm(dim=-1).mean(0)   # the seed's normalisation, one factor per model
     cc = CrossCoder(cfg)
     tc = TrainConfig(batch_size=batch_size, n_tokens=n_tokens, log_every=max(1, n_tokens // batch_size // 10),
                      seed=seed, **tr)
     with tempfile.TemporaryDirectory() as tmp:
-        Trainer(cc, GroundTruthBatches(gt, batch_size, seed, s), tc, run_dir or tmp,
+        Trainer(cc, GroundTruthBatches(gt, batch_size, seed, s, diff=diff), tc, run_dir or tmp,
                 overwrite=True).train(progress=progress)
     return cc, s
 
 # %% ../nbs/05a_groundtruth.ipynb
+@torch.no_grad()
+def score_arch(arch: str, cc: CrossCoder, gt: GroundTruth, x: Float[Tensor, "n 2 d_model"], s: Tensor) -> dict:
+    "`score` of a crosscoder, `score_directions` of the diff-SAE, on raw test activations `x` normalised by `s`."
+    x = x * s[:, None]
+    if arch != 'diff_sae': return score(cc, gt, x)
+    f = cc.encode((x[:, 1] - x[:, 0])[:, None]); live = (f > 0).any(0)
+    return {**score_directions(cc.decoder_weights()[:, 0], gt, s, live),
+            'l0': (f > 0).float().sum(-1).mean().item(), 'dead_fraction': 1 - live.float().mean().item()}
+
 def benchmark(archs=GT_ARCHS, seeds=(0, 1, 2), cfg: GroundTruthConfig = GroundTruthConfig(), n_tokens: int = 2_000_000,
               n_test: int = 20_000, progress: bool = False) -> list[dict]:
     "Train and score every architecture for every seed: one result dict per (arch, seed)."
@@ -187,23 +247,22 @@ def benchmark(archs=GT_ARCHS, seeds=(0, 1, 2), cfg: GroundTruthConfig = GroundTr
         for arch in archs:
             t = time.perf_counter()
             cc, s = train_arch(arch, gt, n_tokens, seed=seed, progress=progress)
-            rows.append({'arch': arch, 'seed': seed, **score(cc, gt, x * s[:, None]),
+            rows.append({'arch': arch, 'seed': seed, **score_arch(arch, cc, gt, x, s),
                          'seconds': time.perf_counter() - t})
     return rows
 
 # %% ../nbs/05a_groundtruth.ipynb
 def results_table(rows: list[dict]) -> str:
     "Mean ± standard deviation over seeds of each score, one row per architecture, as a markdown table."
-    keys = ['mmcs', 'recall_shared', 'recall_a_only', 'recall_b_only', 'precision_a_only', 'precision_b_only',
-            'falsely_exclusive', 'l0', 'dead_fraction']
-    if any(r.get('recall_b_nested') is not None for r in rows):
-        keys += ['recall_b_nested', 'merged_b_nested', 'merged_r']
+    keys = [k for k in ('mmcs', 'recall_shared', 'recall_rotated', 'recall_a_only', 'recall_b_only', 'recall_b_nested',
+                        'precision_a_only', 'precision_b_only', 'falsely_exclusive', 'l0', 'dead_fraction',
+                        'merged_b_nested', 'merged_r') if any(r.get(k) is not None for r in rows)]
     head = '| arch | seeds | ' + ' | '.join(keys) + ' |\n|' + '---|' * (len(keys) + 2) + '\n'
     lines = []
     for arch in dict.fromkeys(r['arch'] for r in rows):
         rs = [r for r in rows if r['arch'] == arch]
         def cell(k):
-            v = torch.tensor([r[k] for r in rs if r[k] is not None], dtype=torch.float64)
+            v = torch.tensor([r[k] for r in rs if r.get(k) is not None], dtype=torch.float64)
             if not len(v): return 'n/a'
             fmt = '.1f' if k == 'l0' else '.3f'
             return f"{v.mean():{fmt}} ± {v.std(unbiased=False):{fmt}}" if len(v) > 1 else f"{v.mean():{fmt}}"
