@@ -255,8 +255,9 @@ def _train_parser(sub):
     t.add_argument('--out', help='run directory for the checkpoint, metrics.jsonl and run_config.json')
     t.add_argument('--cache',
                    help='train on the activations of this cache (crosscoder-diff harvest) instead of harvesting')
-    t.add_argument('--arch', choices=['batchtopk', 'l1'],
-                   help="crosscoder recipe (default: batchtopk for the organisms, the seed's l1 otherwise)")
+    t.add_argument('--arch', choices=DEMO_ARCHS,
+                   help="crosscoder recipe (default: batchtopk for the organisms, the seed's l1 otherwise; dfc: "
+                        "BatchTopK with latents dedicated to each model)")
     t.add_argument('--d-latent', type=int, help='number of latents')
     t.add_argument('--lr', type=float, help='learning rate')
     t.add_argument('--l1-coeff', type=float, help='sparsity coefficient')
