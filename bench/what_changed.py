@@ -6,7 +6,7 @@ planted behaviour and a method, every figure measured on test prompts after choi
 
 Writes crosscoder_nb/assets/results/what-changed.json (every run's rows) and what-changed.md (mean, and the range over the
 runs where there are several), and puts the table into README.md between the what-changed markers."""
-import argparse, json, platform, statistics
+import argparse, json, statistics
 from pathlib import Path
 from _results import publish
 from crosscoder_nb.whatchanged import TABLE_COLUMNS, method_rows, readout_rows, what_changed_rows
@@ -26,7 +26,9 @@ def main():
     a = p.parse_args()
     runs = [json.loads((Path(d) / 'metrics.json').read_text()) for d in a.dirs]
     rows = [what_changed_rows(method_rows(m['methods'])) for m in runs]
-    md = [f"{len(runs)} run(s) ({', '.join(a.dirs)}); mean (range). Machine: {platform.processor() or platform.machine()}\n",
+    seeds = [r.get('seed', '?') for r in runs]
+    md = [f"{len(runs)} demo run(s), training seed(s) {', '.join(map(str, seeds))}: the mean, and the range where there "
+          f"are several. Test prompts: {runs[0]['behaviours']['signoff']['n_test_prompts']} per behaviour.\n",
           '| ' + ' | '.join(TABLE_COLUMNS) + ' |', '|' + '---|' * len(TABLE_COLUMNS)]
     for i, r0 in enumerate(rows[0]):
         same = [rs[i] for rs in rows if i < len(rs) and rs[i]['method'] == r0['method']]

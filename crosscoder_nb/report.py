@@ -431,7 +431,7 @@ def demo(out: str | Path = 'demo_out',  # folder for the runs and the reports
                        compare=compare_with or None, label=arch, lead=lead)
     all_methods = _all_methods(arch, m, others, extra)
     train = {a: {k: r[k] for k in ('steps', 'tokens', 'train_tokens_per_s', 'wall_seconds')} for a, r in runs.items()}
-    m.update(headline_arch=arch, training=train, methods=all_methods,
+    m.update(headline_arch=arch, training=train, methods=all_methods, seed=cfgs[arch].train.seed,
              harvest={'tokens': len(h.acts), 'seconds': round(h.seconds, 1), 'tokens_per_s': h.tokens_per_s},
              comparison={a: _summary_row(x) for a, x in {arch: m, **others}.items()},
              demo_seconds=round(time.time() - t0, 1))
