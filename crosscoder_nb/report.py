@@ -373,11 +373,11 @@ def _what_changed(methods: dict) -> dict | None:
 
 
 # %% ../nbs/10_report.ipynb
-def _diff_sae_method(models: list, out: Path, rcfg: ReportConfig, overwrite: bool) -> dict:
+def _diff_sae_method(models: list, out: Path, rcfg: ReportConfig, overwrite: bool, seed: int = 0) -> dict:
     "A diff-SAE trained on the demo's cache, checked as the crosscoders are (through its exact two-model view)."
     t = time.time()
-    sae, summary = train_diff_sae(out / 'cache', out / 'diff_sae', overwrite=overwrite, device=rcfg.device,
-                                  progress=rcfg.progress)
+    sae, summary = train_diff_sae(out / 'cache', out / 'diff_sae', sae={'seed': seed}, overwrite=overwrite,
+                                  device=rcfg.device, progress=rcfg.progress)
     train_s, view = time.time() - t, as_crosscoder(sae)
     acts, s, _, _ = diff_source(out / 'cache')
     density = diff_sae_evals(sae, difference(acts[-summary['heldout']['n']:], s))['density']
@@ -393,7 +393,8 @@ def _demo_methods(methods: tuple, models: list, cfg, out: Path, rcfg: ReportConf
     causal = all(map(is_organism, cfg.models)) if rcfg.causal is None else rcfg.causal
     rcfg = rcfg.replace(causal=causal)
     extra = {}
-    if 'diff_sae' in methods: extra['diff_sae'] = _diff_sae_method(models, out, rcfg, overwrite)
+    if 'diff_sae' in methods:   # initialised with the crosscoders' seed
+        extra['diff_sae'] = _diff_sae_method(models, out, rcfg, overwrite, cfg.crosscoder.seed)
     if 'adl' in methods and causal:
         res = adl_result(models, cfg.buffer.hook_name, rcfg.n_validation, rcfg.n_test)
         extra['adl'] = {'kind': 'direction', 'behaviours': adl_rows(res), 'readout': adl_readout(res), 'result': res}
