@@ -307,6 +307,43 @@ def _from_harvest(cfg: RunConfig, h: HarvestedActivations, saved: CrossCoder | N
             h.norm_factors, d_model, n_models)
 
 # %% ../nbs/09_pipeline.ipynb
+def _harvesting_batches(cfg: RunConfig, out: Path, resume: bool, models: list, model_device, dtype, progress: bool,
+                        rank: int, world: int) -> tuple:
+    "Batches harvested while training (an `ActivationBuffer`): (batches, factors, d_model, n_models, dtype, buffer)."
+    models = models or [load_model(m, device=model_device, dtype=dtype) for m in cfg.models]
+    dtype = next(models[0].parameters()).dtype
+    data, bcfg = cfg.data, cfg.buffer
+    if world > 1:   # each rank harvests its own rows, and serves batches of its share
+        data = TokenStream(cfg.data, models[0].tokenizer, cfg.buffer.model_batch_size).shard(rank, world)
+        # rank 0 checkpoints: the position only
+        bcfg = replace(cfg.buffer, batch_size=cfg.buffer.batch_size // world, save_buffer=False)
+    buf = ActivationBuffer(models, data, bcfg, norm_factors=CrossCoder.load(out).cfg.norm_factors if resume else None,
+                           progress=progress and rank == 0)
+    batches = _Timed(buf)
+    t = time.perf_counter(); factors = buf.norm_factors; batches.seconds += time.perf_counter() - t
+    if world > 1 and not resume:   # one set of factors for every rank: the mean of the ranks' estimates
+        factors = factors.clone(); dist.all_reduce(factors); factors /= world; buf._factors = factors
+    return batches, factors, buf.d_model, len(models), dtype, buf
+
+
+# %% ../nbs/09_pipeline.ipynb
+def _run_trainer(cfg: RunConfig, out: Path, resume: bool, overwrite: bool, device, batches, factors, d_model: int,
+                 n_models: int) -> Trainer:
+    "The trainer: resumed from `out`, or a fresh crosscoder as `cfg` says, with the harvest's norm factors."
+    if resume: return Trainer.resume(out, batches, device=device)
+    cc = CrossCoder(CrossCoderConfig(d_model=d_model, n_models=n_models, hook_point=cfg.buffer.hook_name,
+                                     model_names=cfg.models, norm_factors=factors.tolist(), **cfg.crosscoder.to_dict()),
+                    device=device)
+    return Trainer(cc, batches, cfg.train, out, overwrite=overwrite)
+
+def _check_resume(cfg: RunConfig, out: Path):
+    "A resumed run keeps its models."
+    saved = json.loads((out / RUN_CONFIG_FILE).read_text()) if (out / RUN_CONFIG_FILE).exists() else None
+    if saved is not None and saved['models'] != cfg.models:
+        raise ValueError(f"{out} was trained on {saved['models']}, not {cfg.models}: resume with the same models.")
+
+
+# %% ../nbs/09_pipeline.ipynb
 def train_run(cfg: RunConfig, out: str | Path,  # the run directory: checkpoint, metrics.jsonl, run_config.json
               overwrite: bool = False,  # start afresh in a non-empty folder
               resume: bool = False,  # continue the checkpoint in `out`
@@ -326,44 +363,28 @@ def train_run(cfg: RunConfig, out: str | Path,  # the run directory: checkpoint,
     if world > 1: check_global_batch(cfg.train.batch_size, world)
     _check_out(out, overwrite, resume)
     if world > 1: dist.barrier()   # every rank has checked the folder before rank 0 writes to it
-    if resume:
-        saved = json.loads((out / RUN_CONFIG_FILE).read_text()) if (out / RUN_CONFIG_FILE).exists() else None
-        if saved is not None and saved['models'] != cfg.models:
-            raise ValueError(f"{out} was trained on {saved['models']}, not {cfg.models}: resume with the same models.")
+    if resume: _check_resume(cfg, out)
     device = device or cfg.train.device or default_device()
-    model_device = cfg.model_device or device
-    dtype = resolve_dtype(cfg.model_dtype, model_device)
+    dtype, buf = resolve_dtype(cfg.model_dtype, cfg.model_device or device), None
     if activations is not None:
         batches, factors, d_model, n_models = _from_harvest(cfg, activations, resume and CrossCoder.load(out))
-    else:
-        # before anything is written
-        models = models or [load_model(m, device=model_device, dtype=dtype) for m in cfg.models]
-        dtype = next(models[0].parameters()).dtype
-        data, bcfg = cfg.data, cfg.buffer
-        if world > 1:   # each rank harvests its own rows, and serves batches of its share
-            data = TokenStream(cfg.data, models[0].tokenizer, cfg.buffer.model_batch_size).shard(rank, world)
-            # rank 0 checkpoints: the position only
-            bcfg = replace(cfg.buffer, batch_size=cfg.buffer.batch_size // world, save_buffer=False)
-        buf = ActivationBuffer(models, data, bcfg,
-                               norm_factors=CrossCoder.load(out).cfg.norm_factors if resume else None,
-                               progress=progress and rank == 0)
-        batches, d_model, n_models = _Timed(buf), buf.d_model, len(models)
-        t = time.perf_counter(); factors = buf.norm_factors; batches.seconds += time.perf_counter() - t
-        if world > 1 and not resume:   # one set of factors for every rank: the mean of the ranks' estimates
-            factors = factors.clone(); dist.all_reduce(factors); factors /= world; buf._factors = factors
-    if resume: trainer = Trainer.resume(out, batches, device=device)
-    else:
-        cc = CrossCoder(CrossCoderConfig(d_model=d_model, n_models=n_models, hook_point=cfg.buffer.hook_name,
-                                         model_names=cfg.models, norm_factors=factors.tolist(),
-                                         **cfg.crosscoder.to_dict()),
-                        device=device)
-        trainer = Trainer(cc, batches, cfg.train, out, overwrite=overwrite)
+    else:   # before anything is written
+        batches, factors, d_model, n_models, dtype, buf = _harvesting_batches(
+            cfg, out, resume, models, cfg.model_device or device, dtype, progress, rank, world)
+    trainer = _run_trainer(cfg, out, resume, overwrite, device, batches, factors, d_model, n_models)
     out.mkdir(parents=True, exist_ok=True)
     # the dtype used, not 'auto'
     if activations is None: cfg = replace(cfg, model_dtype=str(dtype).removeprefix('torch.'))
     cfg = replace(cfg, train=replace(cfg.train, precision=trainer.cfg.precision))   # the precision used, not 'auto'
     if rank == 0:
         atomic_write(out / RUN_CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=1)))
+    return _train_and_time(trainer, batches, activations, buf, factors, dtype, cache, progress, t0)
+
+
+# %% ../nbs/09_pipeline.ipynb
+def _train_and_time(trainer: Trainer, batches, activations, buf, factors, dtype, cache, progress: bool,
+                    t0: float) -> dict:
+    "Run the training loop; the summary with harvest and training throughput apart."
     tokens0, seconds0 = trainer.tokens, trainer._t_train
     # harvested before the loop (norm factors): not the loop's time
     harvest0 = 0 if activations is not None else batches.seconds
@@ -378,3 +399,4 @@ def train_run(cfg: RunConfig, out: str | Path,  # the run directory: checkpoint,
             'norm_factors': factors.tolist(),
             'model_dtype': None if activations is not None else str(dtype).removeprefix('torch.'),
             'cache': None if cache is None else str(Path(cache).resolve())}
+
