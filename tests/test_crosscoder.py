@@ -27,27 +27,6 @@ def test_config_round_trip_and_json():
     assert CrossCoderConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
-@pytest.mark.parametrize('kw, msg', [
-    ({'d_model': -1}, 'd_model must be a positive int'),
-    ({'d_latent': 0}, 'd_latent must be a positive int'),
-    ({'n_models': 0}, 'n_models must be an int >= 1'),
-    ({'activation': 'nope'}, 'activation: unknown activation'),
-    ({'sparsity': 'nope'}, 'sparsity: unknown sparsity'),
-    ({'dtype': 'int8'}, 'dtype must be one of'),
-    ({'norm_factors': [1.0, 2.0, 3.0]}, 'one scalar per model'),
-    ({'norm_factors': [1.0, float('nan')]}, 'finite and > 0'),
-    ({'model_names': ['base']}, 'one per model'),
-    ({'dec_init_norm': 0}, 'dec_init_norm must be > 0'),
-])
-def test_config_validation(kw, msg):
-    with pytest.raises(ValueError, match=msg): CrossCoderConfig(**{'d_model': 8, **kw})
-
-
-def test_config_unknown_key():
-    with pytest.raises(ValueError, match=r"Unknown CrossCoderConfig fields \['dict_size'\]"):
-        CrossCoderConfig.from_dict({'d_model': 8, 'dict_size': 4})
-
-
 # ---------------------------------------------------------------- model
 
 def test_init_matches_seed_recipe():
@@ -81,29 +60,6 @@ def test_losses_three_models_against_loops():
     assert out.l0.item() == pytest.approx((f > 0).sum().item() / 6)
     d = out.to_dict()
     assert isinstance(d['loss'], float) and len(d['explained_variance']) == 3
-
-
-def test_custom_parts_plug_in():
-    @register_activation('test_topk')
-    class TopK(nn.Module):
-        def __init__(self, cfg): super().__init__(); self.k = 2; self.register_buffer('threshold', torch.tensor(0.5))
-        def forward(self, pre, dec_norm_sum):
-            s = pre.relu() * dec_norm_sum
-            keep = s >= s.topk(self.k, dim=-1).values[:, -1:]
-            return pre.relu() * keep
-
-    @register_sparsity('test_zero')
-    class Zero(nn.Module):
-        def __init__(self, cfg): super().__init__()
-        def forward(self, acts, dec_norms): return acts.sum() * 0
-
-    try:
-        cc = small(activation='test_topk', sparsity='test_zero')
-        out = cc.losses(torch.randn(5, 2, 8))
-        assert out.l0.item() <= 2 and out.l1.item() == 0
-        assert 'activation.threshold' in cc.state_dict()   # buffers travel in the checkpoint
-    finally:
-        del ACTIVATIONS['test_topk'], SPARSITIES['test_zero']
 
 
 def test_normalize():
@@ -267,29 +223,15 @@ def test_seed_format_refuses_pickled_code(tmp_path):
     torch.save({'W_enc': Evil()}, tmp_path / 'cc_weights.pt')
     with pytest.raises(ValueError, match=r'holds a pickled Python object \((posix|nt)\.system\), not only tensors: it was refused unread'):
         CrossCoder.load(tmp_path)
+    torch.save({'W_enc': warnings.WarningMessage}, tmp_path / 'cc_weights.pt')   # a pickled class, not a tensor
+    with pytest.raises(ValueError, match=r'holds a pickled Python object \(warnings\.WarningMessage\)'):
+        CrossCoder.load(tmp_path)
 
 
 # ---------------------------------------------------------------- sparse crosscoders (BatchTopK, TopK, AuxK, designated shared)
 
 def btk(**kw) -> CrossCoder:
     return small(**{'activation': 'batchtopk', 'k': 3, 'threshold_start': 0, **kw})
-
-
-@pytest.mark.parametrize('kw, msg', [
-    ({'activation': 'batchtopk'}, r'k must be an int in \[1, 24\]'),
-    ({'activation': 'batchtopk', 'k': 25}, r'k must be an int in \[1, 24\]'),
-    ({'activation': 'topk', 'k': 0}, 'k must be an int'),
-    ({'activation': 'batchtopk', 'k': 20, 'n_shared': 8, 'k_shared': 2}, r'k must be an int in \[1, 16\]'),
-    ({'n_shared': 24}, r'n_shared must be an int in \[0, d_latent=24\)'),
-    ({'n_shared': -1}, 'n_shared must be'),
-    ({'activation': 'batchtopk', 'k': 2, 'n_shared': 4}, 'k_shared must be'),
-    ({'k': 4}, "k and k_shared only apply to a top-k activation"),
-    ({'aux_coeff': -1.0}, 'aux_coeff must be'),
-    ({'threshold_ema': 1.0}, 'threshold_ema must be'),
-])
-def test_sparse_config_errors_name_the_field(kw, msg):
-    with pytest.raises(ValueError, match=msg) as e: CrossCoderConfig(**{'d_model': 8, 'd_latent': 24, **kw})
-    assert str(e.value).startswith('CrossCoderConfig.')
 
 
 def test_topk_keeps_exactly_k_per_example_and_batchtopk_k_per_batch():
@@ -358,14 +300,6 @@ def test_batchtopk_checkpoint_without_threshold_is_refused(tmp_path):
     save_file(sd, str(tmp_path / WEIGHTS_FILE))
     with pytest.raises(ValueError, match=r"lacks \['activation.n_avg', 'activation.steps', 'activation.threshold'\].*fit_threshold"):
         CrossCoder.load(tmp_path)
-
-
-def test_untrained_batchtopk_refuses_to_encode_and_fit_threshold_fixes_it():
-    cc = btk()
-    with pytest.raises(ValueError, match='no inference threshold yet'): cc.encode(torch.randn(4, 2, 8))
-    cc.fit_threshold([torch.randn(64, 2, 8) for _ in range(10)])
-    assert cc.encode(torch.randn(4, 2, 8)).shape == (4, 24)
-    with pytest.raises(ValueError, match="needs a 'batchtopk' crosscoder"): small().fit_threshold([torch.randn(4, 2, 8)])
 
 
 def test_unknown_activation_in_a_checkpoint_is_named(tmp_path):

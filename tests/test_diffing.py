@@ -6,7 +6,7 @@ import torch
 import plotly.graph_objects as go
 from crosscoder_nb import diffing as Df, planted as P
 from crosscoder_nb.crosscoder import CrossCoder, CrossCoderConfig
-from crosscoder_nb.diffing import DiffThresholds, cluster_counts, cosine_histogram, decoder_cosines, diff_summary, html_table, latent_groups, latent_table, relative_norm_histogram, relative_norms, top_latents
+from crosscoder_nb.diffing import cluster_counts, cosine_histogram, decoder_cosines, diff_summary, latent_groups, relative_norm_histogram, relative_norms, top_latents
 from crosscoder_nb.planted import PlantedSample, label_tokens, planted_recovery, planted_recovery_figure, planted_texts, score_latents, top_activations
 from crosscoder_nb.buffer import harvest_rows
 from crosscoder_nb.models import load_model
@@ -48,25 +48,6 @@ def test_relative_norm_three_models():
     torch.testing.assert_close(relative_norms(cc, base=0, chat=2), torch.tensor([0.75, 0.5]))
 
 
-@pytest.mark.parametrize('base, chat, msg', [(0, 2, 'not a model index'), (-1, 1, 'not a model index'), (1, 1, 'two different'),
-                                             (0.0, 1, 'not a model index')])
-def test_bad_model_indices(base, chat, msg):
-    with pytest.raises(ValueError, match=msg): relative_norms(with_decoder([(1, 1)]), base, chat)
-    with pytest.raises(ValueError, match=msg): decoder_cosines(with_decoder([(1, 1)]), base, chat)
-
-
-@pytest.mark.parametrize('kw', [{'base_specific': -0.1}, {'chat_specific': 1.1}, {'shared_low': 0.05},
-                                {'shared_low': 0.7}, {'shared_high': 0.95}, {'base_specific': float('nan')}])
-def test_thresholds_out_of_range(kw):
-    with pytest.raises(ValueError, match='Thresholds must satisfy'): DiffThresholds(**kw)
-
-
-def test_thresholds_round_trip_and_unknown_keys():
-    th = DiffThresholds(0.05, 0.2, 0.8, 0.95)
-    assert DiffThresholds.from_dict(json.loads(json.dumps(th.to_dict()))) == th
-    with pytest.raises(ValueError, match='Unknown DiffThresholds fields'): DiffThresholds.from_dict({'base': 0.1})
-
-
 def test_groups_partition_the_latents():
     g = torch.Generator().manual_seed(0)
     r = torch.rand(500, generator=g); r[:5] = torch.nan
@@ -97,29 +78,9 @@ def test_cosines_exact():
 
 # ---- tables and figures -------------------------------------------------------------------------------------------
 
-def test_tables_sorted_with_all_fields():
-    cc = with_decoder([(1, 0), (0.02, 1), (0, 1), (1, 1), (1, 1), (0.9, 1.1)], cosines=[1, 1, 1, 0.2, -0.5, 0.99])
-    freq = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
-    rows = top_latents(cc, 'chat_specific', frequencies=freq)
-    assert [d['latent'] for d in rows] == [2, 1]
-    assert set(rows[0]) == {'latent', 'relative_norm', 'cosine', 'norm_base', 'norm_chat', 'frequency'}
-    assert rows[0]['frequency'] == pytest.approx(0.3) and rows[0]['norm_base'] == 0
-    assert [d['latent'] for d in top_latents(cc, 'shared', n=2)] == [4, 3]   # lowest cosine first
-    assert [d['latent'] for d in top_latents(cc, 'base_specific')] == [0]
-    with pytest.raises(ValueError, match='Unknown group'): top_latents(cc, 'chat')
-    t = latent_table(cc, [5])[0]
-    assert t['relative_norm'] == pytest.approx(0.55) and t['frequency'] is None
-
-
 def test_ties_go_to_the_more_frequent_latent():
     cc = with_decoder([(0, 1), (0, 1), (0, 1)])
     assert [d['latent'] for d in top_latents(cc, frequencies=torch.tensor([0.1, 0.3, 0.2]))] == [1, 2, 0]
-
-
-def test_html_table_escapes():
-    s = html_table([{'latent': 1, 'note': '<b>x</b>', 'r': 0.123456}], title='a & b', digits=3)
-    assert '&lt;b&gt;x&lt;/b&gt;' in s and '<td>0.123</td>' in s and 'a &amp; b' in s
-    assert 'none' in html_table([], 'empty')
 
 
 def test_figures():

@@ -8,7 +8,7 @@ from huggingface_hub import errors as E
 from crosscoder_nb.checkpoint import (CONFIG_FILE, SEED_CONFIG_FILE, SEED_WEIGHTS_FILE, WEIGHTS_FILE, eval_markdown, load_pt,
                                       model_card)
 from crosscoder_nb.crosscoder import CrossCoder, CrossCoderConfig
-from crosscoder_nb.models import HubError, hub_error, hub_errors
+from crosscoder_nb.models import HubError
 
 SUB = 'blocks.14.hook_resid_pre'
 COMMIT = 'a' * 40
@@ -83,28 +83,14 @@ def test_from_pretrained_missing_subfolder_or_repo_is_one_clear_error(tmp_path, 
         CrossCoder.from_pretrained('org/other', cache_dir=cache)
 
 
-@pytest.mark.parametrize('exc, msg', [
-    (E.GatedRepoError('401 Client Error', response=resp(401)), r'gated crosscoder org/cc: log in with `hf auth login`.*HF_TOKEN.*accept the licence on https://huggingface\.co/org/cc'),
-    (E.HfHubHTTPError('401 Unauthorized', response=resp(401)), 'private, gated, or no token.*hf auth login'),
-    # the hub's answer to an anonymous request for a repo that does not exist: a RepositoryNotFoundError with a 401
-    (E.RepositoryNotFoundError('401 Client Error', response=resp(401)), r'org/cc does not exist on the Hugging Face hub \(or is private: log in'),
-    (E.RepositoryNotFoundError('404 Client Error', response=resp(404)), 'org/cc does not exist on the Hugging Face hub'),
-    (E.RevisionNotFoundError('404 Client Error', response=resp(404)), 'has no such revision'),
-    (E.RemoteEntryNotFoundError('404 Client Error: cfg.json', response=resp(404)), 'lacks a file on the hub'),
+@pytest.mark.parametrize('exc, msg', [   # the message of each failure is checked in nbs/00_models.ipynb
+    (E.GatedRepoError('401 Client Error', response=resp(401)), 'gated crosscoder org/cc'),
     (E.LocalEntryNotFoundError('not cached'), 'not in the local Hugging Face cache')])
 def test_hub_failures_of_the_download_are_mapped(monkeypatch, tmp_path, exc, msg):
     def download(*a, **kw): raise exc
     monkeypatch.setattr(huggingface_hub, 'snapshot_download', download)
     with pytest.raises(HubError, match=msg) as e: CrossCoder.from_pretrained('org/cc', subfolder=SUB)
     assert e.value.__cause__ is exc and '\n' not in str(e.value)
-
-
-def test_hub_error_reads_the_cause_chain_and_ignores_other_errors():
-    try: raise OSError('You are trying to access a gated repo.') from E.GatedRepoError('401', response=resp(401))
-    except OSError as wrapped: assert 'hf auth login' in str(hub_error(wrapped, 'google/gemma-2-2b'))
-    assert hub_error(ValueError('our own bug'), 'x') is None and hub_error(KeyError('W_enc'), 'x') is None
-    with pytest.raises(KeyError):
-        with hub_errors('x'): raise KeyError('W_enc')
 
 
 # ---------------------------------------------------------------- push_to_hub

@@ -5,7 +5,7 @@ from crosscoder_nb.crosscoder import CrossCoder, CrossCoderConfig
 from crosscoder_nb.diffing import detection_scores
 from crosscoder_nb.interventions import Edit, attribute, edited_acts, edited_logits, generate, matched_random
 from crosscoder_nb.planted import decision_points
-from crosscoder_nb.scaling import LatentScaling, check_latents, latent_scaling, verdict
+from crosscoder_nb.scaling import LatentScaling, latent_scaling, verdict
 
 torch.set_num_threads(1)
 
@@ -27,16 +27,6 @@ def test_detection_scores_equal_the_pairwise_definition():
         assert sc['auroc'][j].item() == pytest.approx(ref, abs=1e-9)
         assert sc['density'][j].item() == pytest.approx((f[:, j] > 0).float().mean().item())
     assert sc['auroc'][0] > 0.8 and 0 < sc['precision'][0] <= 1 and 0 < sc['recall'][0] <= 1
-
-
-def test_scaling_and_checks_refuse_bad_latents_and_models(org):
-    base, chat = org['base'], org['chat']
-    cc = tiny_cc(base.cfg.d_model)
-    toks = base.to_tokens(['User: hi\nAssistant: hello'], prepend_bos=True)
-    with pytest.raises(ValueError, match='latent set is empty'): latent_scaling(cc, [base, chat], toks, latents=[], progress=False)
-    with pytest.raises(ValueError, match='out of range'): latent_scaling(cc, [base, chat], toks, latents=[99], progress=False)
-    with pytest.raises(ValueError, match='has no hook point'): latent_scaling(cc, [base, chat], toks, latents=[1], hook_point='blocks.9.hook_resid_pre', progress=False)
-    with pytest.raises(ValueError, match='reads 2 models'): latent_scaling(cc, [base], toks, latents=[1], progress=False)
 
 
 def test_a_latent_that_never_fires_is_undefined_not_nan(org):

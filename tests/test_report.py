@@ -29,12 +29,14 @@ def test_metrics_have_the_stable_keys(report):
     for n, b in on_disk['behaviours'].items():
         assert 1 <= len(b['latents']) <= 40 and all(0 <= j < 96 for j in b['latents']) and 'greedy attribution' in b['method']
         assert b['detection_at_decision']['n_labelled_tokens'] < b['n_labelled_tokens'] and 'density_mix' in b['detection_at_decision']['best_detector']
+        dd = b['detection_at_decision']   # detection against the decision tokens too, with densities on the data mix
+        assert 0 < dd['n_labelled_tokens'] and len(dd['latents']) == len(b['latents']) and 0 <= dd['best_detector']['density_mix'] <= 1
         assert 0 <= b['rates']['clean'] <= 1 and len(b['rates']['random_diff_patch']) == 3 and 0.5 <= b['best_detector']['auroc'] <= 1
         (o, x), = b['rates']['other_behaviours'].items()   # specificity: the other behaviour, clean and under this one's diff patch
         assert o in {'signoff', 'refusal'} - {n} and x['clean'] == on_disk['behaviours'][o]['rates']['clean'] and 0 <= x['diff_patch'] <= 1
     for k in ('explained_variance', 'ce_recovered', 'ce_delta'): assert set(on_disk[k]) == {'base', 'chat'}
     for k in ('l0', 'n_base_specific', 'n_chat_specific', 'n_shared'): assert isinstance(on_disk[k], (int, float))
-    assert set(on_disk['planted_recovery']) == {'signoff', 'refusal'}
+    assert set(on_disk['planted_recovery']) == {'signoff', 'refusal'} and 'latent_scaling' in m
     assert on_disk['n_base_specific'] + on_disk['n_chat_specific'] + on_disk['n_shared'] <= 96
     assert 0 < on_disk['explained_variance']['base'] <= 1 and on_disk['ce_clean']['chat'] < on_disk['ce_ablated']['chat']
 
@@ -44,10 +46,11 @@ def test_bad_input_is_refused_before_work(run, tmp_path):
     assert (tmp_path / 'busy' / 'x').read_text() == 'keep'
     with pytest.raises(ValueError, match=r"trained on \['organism-base', 'organism-chat'\], not on \['organism-chat', 'organism-base'\]"):
         report_run(run, tmp_path / 'a', models=['organism-chat', 'organism-base'], **FAST)
+    with pytest.raises(TypeError, match=r"Unknown report settings \['n_tset'\]"): report_run(run, tmp_path / 'd', n_tset=3, **FAST)
     with pytest.raises(FileNotFoundError, match='no crosscoder checkpoint'): report_run(tmp_path / 'busy', tmp_path / 'b', **FAST)
     with pytest.raises(ValueError, match='not empty'): demo(tmp_path / 'busy', settings=TINY, progress=False)
     with pytest.raises(ValueError, match='train fields'): demo(tmp_path / 'c', settings={'train.bogus': 1}, progress=False)
-    assert not (tmp_path / 'a').exists() and not (tmp_path / 'c').exists()
+    assert not (tmp_path / 'a').exists() and not (tmp_path / 'c').exists() and not (tmp_path / 'd').exists()
 
 def test_missing_norm_factors_error_or_estimate(run, tmp_path):
     cc = CrossCoder.load(run)
