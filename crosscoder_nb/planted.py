@@ -376,6 +376,24 @@ def _typical_activation(cc: CrossCoder, models: list, tokens: Tensor, lengths: T
     return [float(c[c > 0].median()) if (c > 0).any() else 1.0 for c in f.T]
 
 # %% ../nbs/07c_planted.ipynb
+def _test_checks(cc: CrossCoder, models: list, beh: str, dialogs: list[dict], S: list[int], ctrl: list[list[int]],
+                 alpha: list[float], hp: str, s: Tensor, loss, clean_loss: float) -> dict:
+    ("On test `dialogs`: the rates under each edit of `S` and of the random sets `ctrl`, the loss changes, the base "
+     "model steered with `S` (each latent at `alpha`), and the references.")
+    rate = lambda e: behaviour_rate(cc, models, dialogs, beh, e, hp, s)
+    return {'test': {'clean': rate(Edit()), 'diff_patch': rate(Edit('diff_patch', S)),
+                     'ablate': rate(Edit('ablate', S)),
+                     'random_latents': ctrl, 'random_diff_patch': [rate(Edit('diff_patch', c)) for c in ctrl],
+                     'random_ablate': [rate(Edit('ablate', c)) for c in ctrl]},
+            'general_loss_change': {'diff_patch': loss(Edit('diff_patch', S)) - clean_loss,
+                                    'ablate': loss(Edit('ablate', S)) - clean_loss},
+            'steer_base': {'alpha': alpha, 'clean': rate(Edit(target=0)),
+                           'steered': rate(Edit('steer', S, target=0, alpha=alpha))},
+            'reference': {'patch_model': rate(Edit('patch_model')),
+                          'diff_patch_all': rate(Edit('diff_patch', list(range(cc.cfg.d_latent))))}}
+
+
+# %% ../nbs/07c_planted.ipynb
 def planted_checks(cc: CrossCoder, models,
                    frequencies: Tensor | None = None,  # activation frequencies (for the random control)
                    n_validation: int = 40, n_test: int = 60, n_controls: int = 3, general_tokens: Tensor | None = None,
@@ -410,23 +428,13 @@ def planted_checks(cc: CrossCoder, models,
             frequencies = (_latents_on(cc, models, vt, vp + 1, hp, s) > 0).float().mean(0).cpu()
         freqs = frequencies
         ctrl = [matched_random(S, freqs, seed=seed + k) for k in range(n_controls)]
-        rate = lambda e: behaviour_rate(cc, models, t, beh, e, hp, s)
         vt, vp = decision_points(models[1].tokenizer, v, beh)[:2]
         alpha = _typical_activation(cc, models, vt, vp + 1, S, hp, s)
-        res = {'latents': S, 'method': loc['method'], 'attribution': loc['attribution'],
-               'validation': {'clean': loc['clean_rate'], 'diff_patch_by_size': loc['validation_rates'],
-                              'kept': loc['kept']},
-               'test': {'clean': rate(Edit()), 'diff_patch': rate(Edit('diff_patch', S)),
-                        'ablate': rate(Edit('ablate', S)),
-                        'random_latents': ctrl, 'random_diff_patch': [rate(Edit('diff_patch', c)) for c in ctrl],
-                        'random_ablate': [rate(Edit('ablate', c)) for c in ctrl]},
-               'general_loss_change': {'diff_patch': loss(Edit('diff_patch', S)) - clean_loss,
-                                       'ablate': loss(Edit('ablate', S)) - clean_loss},
-               'steer_base': {'alpha': alpha, 'clean': rate(Edit(target=0)),
-                              'steered': rate(Edit('steer', S, target=0, alpha=alpha))}}
-        out['reference'][beh] = {'patch_model': rate(Edit('patch_model')),
-                                 'diff_patch_all': rate(Edit('diff_patch', list(range(cc.cfg.d_latent))))}
-        out[beh] = res
+        chk = _test_checks(cc, models, beh, t, S, ctrl, alpha, hp, s, loss, clean_loss)
+        out['reference'][beh] = chk.pop('reference')
+        out[beh] = {'latents': S, 'method': loc['method'], 'attribution': loc['attribution'],
+                    'validation': {'clean': loc['clean_rate'], 'diff_patch_by_size': loc['validation_rates'],
+                                   'kept': loc['kept']}, **chk}
     # specificity: each other behaviour's test rate with this behaviour's latents diff-patched
     for beh in BEHAVIOUR_PROMPTS:
         out[beh]['test']['other_behaviours'] = {
