@@ -132,7 +132,7 @@ def readout_rows(readouts: dict) -> list[dict]:
         row = {'method': name, 'units read': len(ro.get('latents', ro.get('positions', []))),
                'top tokens of the first unit': ' '.join(repr(t) for t, _ in (ro['top_tokens'] or [[]])[0][:5])}
         for b, v in ro['best_marker_rank'].items():
-            row[f'{b} marker: best rank'] = None if v is None else v['rank']
+            row[f'{b} marker: best rank'] = 'no unit to read' if v is None else v['rank']
         rows.append(row)
     return rows
 
