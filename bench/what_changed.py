@@ -25,7 +25,8 @@ def main():
     p = argparse.ArgumentParser(); p.add_argument('dirs', nargs='+'); p.add_argument('--no-readme', action='store_true')
     a = p.parse_args()
     runs = [json.loads((Path(d) / 'metrics.json').read_text()) for d in a.dirs]
-    rows = [what_changed_rows(method_rows(m['methods'])) for m in runs]
+    raw = [method_rows(m['methods']) for m in runs]
+    rows = [what_changed_rows(r) for r in raw]
     seeds = [r.get('seed', '?') for r in runs]
     md = [f"{len(runs)} demo run(s), training seed(s) {', '.join(map(str, seeds))}: the mean, and the range where there "
           f"are several. Test prompts: {runs[0]['behaviours']['signoff']['n_test_prompts']} per behaviour.\n",
@@ -33,7 +34,11 @@ def main():
     for i, r0 in enumerate(rows[0]):
         same = [rs[i] for rs in rows if i < len(rs) and rs[i]['method'] == r0['method']]
         cells = [cell([r[c] for r in same], c in PCT) if c in NUMERIC else str(r0[c] or '') for c in TABLE_COLUMNS]
-        if len(runs) > 1: cells[2] = '; '.join(dict.fromkeys(r['named'] for r in same))
+        if len(runs) > 1:
+            cells[2] = '; '.join(dict.fromkeys(r['named'] for r in same))
+            others = [x[r0['method']][r0['behaviour']]['other'] for x in raw]
+            cells[8] = '; '.join(f"{o} {cell([x[o][0] for x in others], True)} -> {cell([x[o][1] for x in others], True)}"
+                                 for o in others[0])
         md.append('| ' + ' | '.join(cells) + ' |')
     ro = [readout_rows({n: m['readout'] for n, m in r['methods'].items() if m.get('readout')}) for r in runs]
     md += ['', 'Without ground truth: best rank of each marker\'s first token in the units read (1 = top of the vocabulary)',
