@@ -4,14 +4,14 @@
 
 # %% ../nbs/07f_adl.ipynb 3
 from __future__ import annotations
-import inspect, math, re
+import math, re
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from transformers import DynamicCache
 from .buffer import harvest
 from .evals import ce_sum
-from .interventions import plain_model
+from .interventions import cache_kw, left_pad, plain_model
 from .models import greedy_complete
 
 # %% auto 0
@@ -78,18 +78,8 @@ def resid_layer(hook_point: str) -> int | None:
 def _hidden(args, kwargs) -> Tensor: return args[0] if args else kwargs['hidden_states']
 def _with_hidden(args, kwargs, h):
     return ((h, *args[1:]), kwargs) if args else (args, {**kwargs, 'hidden_states': h})
-def _cache_kw(model) -> str:
-    return 'past_key_values' if 'past_key_values' in inspect.signature(type(model).forward).parameters else 'cache'
 
 # %% ../nbs/07f_adl.ipynb
-def _left_pad(rows: list[list[int]], pad: int) -> tuple[Tensor, Tensor, Tensor]:
-    "Left-padded ids, their attention mask, and which positions an edit may change (real tokens but BOS)."
-    B, T = len(rows), max(map(len, rows))
-    ids, mask = torch.full((B, T), pad, dtype=torch.long), torch.zeros(B, T, dtype=torch.long)
-    for i, r in enumerate(rows): ids[i, T - len(r):] = torch.tensor(r); mask[i, T - len(r):] = 1
-    editable = mask.bool().clone(); editable[torch.arange(B), T - torch.tensor([len(r) for r in rows])] = False
-    return ids, mask, editable
-
 def _install(plains: list, layer: int, st: dict, edit, target: int, readers: tuple) -> list:
     "Pre-hooks at decoder layer `layer`: readers store their input and stop; the target's input is edited."
     def grab(i):
@@ -110,7 +100,7 @@ def _cached_rows(models, rows, n_new, stop_ids, pad, pick, hook_point, edit, tar
     layer, plains = resid_layer(hook_point), [plain_model(m) for m in models]
     if any(p is None or not hasattr(getattr(p, 'model', None), 'layers') for p in plains): return None
     if (edit is not None or readers) and layer is None: return None
-    dev, (cur, mask, editable) = next(plains[0].parameters()).device, _left_pad(rows, pad)
+    dev, (cur, mask, editable) = next(plains[0].parameters()).device, left_pad(rows, pad)
     st, caches = {'acts': {}, 'editable': editable}, [DynamicCache(config=p.config) for p in plains]
     gen, alive, n = torch.full((len(rows), n_new), pad, dtype=torch.long), torch.arange(len(rows)), 0
     hooks = _install(plains, layer, st, edit, target, readers) if layer is not None else []
@@ -135,7 +125,7 @@ def _cached_rows(models, rows, n_new, stop_ids, pad, pick, hook_point, edit, tar
 
 def _step(plain, kw: dict, cache) -> Tensor | None:
     "The last position's logits of one cached step, None for a model whose forward a reader hook stopped."
-    try: return plain(**kw, **{_cache_kw(plain): cache}).logits[:, -1]
+    try: return plain(**kw, **{cache_kw(plain): cache}).logits[:, -1]
     except StopForward: return None
 
 def _cut(row: list[int], stop_ids) -> list[int]:

@@ -19,8 +19,8 @@ from .evals import ce_sum
 from .scaling import check_latents
 
 # %% auto 0
-__all__ = ['EDIT_KINDS', 'OBJECTIVES', 'Edit', 'edited_acts', 'edited_logits', 'plain_model', 'generate', 'edited_loss',
-           'matched_random', 'attribute']
+__all__ = ['EDIT_KINDS', 'OBJECTIVES', 'Edit', 'edited_acts', 'edited_logits', 'plain_model', 'cache_kw', 'left_pad', 'generate',
+           'edited_loss', 'matched_random', 'attribute']
 
 # %% ../nbs/07b_interventions.ipynb
 EDIT_KINDS = ('none', 'ablate', 'diff_patch', 'steer', 'patch_model')
@@ -142,10 +142,10 @@ def _hidden(args, kwargs): return args[0] if args else kwargs['hidden_states']
 @functools.lru_cache(maxsize=None)
 def _cache_kw_of(cls) -> str:
     return 'past_key_values' if 'past_key_values' in inspect.signature(cls.forward).parameters else 'cache'
-def _cache_kw(model) -> str: return _cache_kw_of(type(model))
+def cache_kw(model) -> str: return _cache_kw_of(type(model))
 
 # %% ../nbs/07b_interventions.ipynb
-def _left_pad(rows: list[list[int]], pad: int) -> tuple[Tensor, Tensor, Tensor]:
+def left_pad(rows: list[list[int]], pad: int) -> tuple[Tensor, Tensor, Tensor]:
     "Rows left-padded into one batch: ids, attention mask, and where an edit may act (not padding, not BOS)."
     B, T = len(rows), max(map(len, rows))
     ids, mask = torch.full((B, T), pad, dtype=torch.long), torch.zeros(B, T, dtype=torch.long)
@@ -195,9 +195,9 @@ def _step(plains: dict, t: int, others: list[int], caches: dict, cur: Tensor, ma
     pos = (mask.cumsum(1) - 1).clamp(min=0)[:, -cur.shape[1]:]
     kw = dict(input_ids=cur.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), use_cache=True)
     for i in others:
-        try: plains[i](**kw, **{_cache_kw(plains[i]): caches[i]})
+        try: plains[i](**kw, **{cache_kw(plains[i]): caches[i]})
         except _Halt: pass
-    return plains[t](**kw, **{_cache_kw(plains[t]): caches[t]}).logits[:, -1].argmax(-1).cpu()
+    return plains[t](**kw, **{cache_kw(plains[t]): caches[t]}).logits[:, -1].argmax(-1).cpu()
 
 # %% ../nbs/07b_interventions.ipynb
 @torch.no_grad()
@@ -208,7 +208,7 @@ def _generate_cached(cc: CrossCoder, models: list, rows: list[list[int]], e: Edi
     plan = _cached_plan(models, e, hp)
     if plan is None: return None
     (layer, others, plains), t = plan, e.target
-    dev, (cur, mask, editable) = next(plains[t].parameters()).device, _left_pad(rows, pad)
+    dev, (cur, mask, editable) = next(plains[t].parameters()).device, left_pad(rows, pad)
     st = {'acts': {}, 'editable': editable}
     hooks = _layer_hooks(cc, e, plains, layer, others, len(models), st, s.to(cc_device(cc)))
     caches = {i: DynamicCache(config=p.config) for i, p in plains.items()}
