@@ -2,14 +2,15 @@
 # Both create (or refresh, when setup.py / settings.ini change) the virtual environment in .venv.
 PYTHON ?= python3
 VENV ?= .venv
-# A CPU wheel of torch 2.13.0 is installed first, so that pip never pulls the multi-GB CUDA build on a CPU
-# machine. On a GPU machine pass the build you want, e.g. `make test TORCH_SPEC="torch==2.13.0"` with a CUDA index.
+# torch is installed first as the requirement TORCH_SPEC: here `torch==2.13.0` resolves to a local CPU wheel, so pip
+# never pulls the multi-GB CUDA build on a CPU machine. Elsewhere name the build, e.g. TORCH_SPEC=torch==2.13.0+cu128
+# with PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cu128 (or +cpu with .../whl/cpu); docs/command-line.md.
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo_out
 
-.PHONY: venv demo test export notebooks lab browser
+.PHONY: venv demo test export notebooks readme lab browser
 
 venv: $(STAMP)
 
@@ -35,6 +36,14 @@ notebooks: $(STAMP) browser
 	$(BIN)/python -m pip install -q -e ".[docs]"
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python tools/run_notebooks.py
 	$(BIN)/nbdev_clean
+
+# README.md is rendered from nbs/index.ipynb (nbdev's front page) by tools/readme.py from the notebook's stored
+# outputs; nbdev_readme needs Quarto, which is not used here. A test fails when the two disagree.
+readme: $(STAMP) browser
+	$(BIN)/python -m pip install -q -e ".[docs]"
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python tools/run_notebooks.py nbs/index.ipynb
+	$(BIN)/nbdev_clean
+	$(BIN)/python tools/readme.py
 
 lab: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[lab]" && $(BIN)/jupyter lab nbs

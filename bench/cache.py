@@ -1,6 +1,6 @@
 """Training from the on-disk activation cache against training from the same activations in memory, side by side in one run
 on the organisms (the demo's BatchTopK config, layer 3), and harvesting into the cache against harvesting into memory.
-Prints tokens/s and the ratios, and writes crosscoder_nb/assets/results/cache.{md,json} (and README.md's block).
+Prints tokens/s and the ratios, and writes crosscoder_nb/assets/results/cache.{md,json} (and the docs page's block).
 
     python bench/cache.py [--n-tokens 300000] [--threads N]
 """

@@ -5,7 +5,7 @@ rates measured on test prompts).
 
     python bench/demo_seeds.py [--seeds 0,1,2] [--archs batchtopk,l1] [--n-tokens N (default: the demo's)] [--no-readme]
 
-Writes crosscoder_nb/assets/results/demo-seeds.json (every run) and demo-seeds.md (mean ± std), and puts the tables into README.md between
+Writes crosscoder_nb/assets/results/demo-seeds.json (every run) and demo-seeds.md (mean ± std), and puts the tables into docs/results.md.md between
 the demo-seeds markers. About 15 minutes on a 2-core CPU (it prints its own time).
 """
 import argparse, platform, statistics, tempfile, time

@@ -14,7 +14,7 @@ its decision tokens. Besides, for each behaviour and label set, the table gives 
 verdict, the best latent of any class (with its relative norm), and a ceiling: a logistic probe on both models'
 activations (and, for comparison, on the base model's alone and on the chat minus the base activation), fitted on the
 validation sample and scored on the test sample, which says whether the tokens can be told apart at this layer at all.
-Writes crosscoder_nb/assets/results/detector-sweep.json and .md, and README.md's detector-sweep block. About 6 minutes on a 2-core CPU.
+Writes crosscoder_nb/assets/results/detector-sweep.json and .md, and docs/results.md's detector-sweep block. About 6 minutes on a 2-core CPU.
 """
 import argparse, platform, tempfile, time
 from pathlib import Path
@@ -82,8 +82,8 @@ with tempfile.TemporaryDirectory() as tmp:
 
 # the ceiling: can a linear readout tell the labelled tokens apart at this layer, from both models, the base alone, or the difference?
 def sample(split: str):
-    smp, decision = detection_sample(models[0].tokenizer, split)   # the sample planted_detection scores the latents on
-    labels, hp = {'context': smp.flat_labels, 'decision': decision}, f'blocks.{base.buffer.layer}.hook_resid_pre'
+    smp, narrow = detection_sample(models[0].tokenizer, split)   # the sample planted_detection scores the latents on
+    labels, hp = {'context': smp.flat_labels, 'decision': narrow['decision']}, f'blocks.{base.buffer.layer}.hook_resid_pre'
     x = torch.cat([harvest_rows(models, smp.tokens[i:i + 16], hp)[smp.mask[i:i + 16]] for i in range(0, len(smp.tokens), 16)])
     return {'both models': x.flatten(1), 'base model alone': x[:, 0], 'chat minus base': x[:, 1] - x[:, 0]}, labels, smp.behaviours
 def probe_auroc(xv: torch.Tensor, yv: torch.Tensor, xt: torch.Tensor, yt: torch.Tensor) -> float:

@@ -9,7 +9,7 @@ three seeds.
 magnitude, 1.5 latents per feature, half the B-only features nested under a shared parent; writes
 crosscoder_nb/assets/results/groundtruth-hard.json (every run) and .md (mean ± std over seeds).
 `--world easy`: the older world (4 features per dimension, 2 latents per feature); writes groundtruth.json / .md, or,
-with `--nested SHARE` (that share of the B-only features nested), groundtruth-nested.json / .md; README.md's block of
+with `--nested SHARE` (that share of the B-only features nested), groundtruth-nested.json / .md; the docs page's block of
 the same name gets the table too (unless --no-readme). Prints the table.
 """
 import argparse, json, platform, time
@@ -23,7 +23,7 @@ p.add_argument('--world', default='hard', choices=sorted(WORLDS))
 p.add_argument('--seeds', default='0,1,2'); p.add_argument('--n-tokens', type=int)
 p.add_argument('--archs'); p.add_argument('--threads', type=int)
 p.add_argument('--nested', type=float, help='share of the B-only features nested under a shared parent')
-p.add_argument('--no-readme', action='store_true', help='do not update README.md')
+p.add_argument('--no-readme', action='store_true', help='do not update the docs page')
 p.add_argument('--name', help='results file name (default: groundtruth[-hard|-nested])')
 p.add_argument('--append', action='store_true', help="keep the results file's rows of the other archs")
 a = p.parse_args()

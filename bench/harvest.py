@@ -1,6 +1,6 @@
 """Harvesting speed: activations at a hook point, stopped at the layer (`harvest`) against a full forward pass with a cache
 (`run_with_cache`), side by side in one run; and the ActivationBuffer end to end. Prints tokens/s and the ratio, and writes
-crosscoder_nb/assets/results/harvest.{md,json} (and README.md's block).
+crosscoder_nb/assets/results/harvest.{md,json} (and the docs page's block).
 
     python bench/harvest.py [--layer 3] [--rows 32] [--seq 128] [--repeats 7] [--device cpu] [--threads N]
     python bench/harvest.py --gemma-shapes [--rows 2] [--seq 128] [--repeats 2]   # a random Gemma-2-2B (bf16) at layer 14

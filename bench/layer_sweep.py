@@ -7,7 +7,7 @@ behaviour when diff-patched. The test-prompt figures are recorded in the JSON bu
 
 The rule, fixed before looking: per behaviour, the smallest set size whose validation rate is <= 20% (41 when none of
 1-40 is), summed over the two behaviours and the architectures; ties go to the lower validation rate at 10 latents.
-Writes crosscoder_nb/assets/results/layer-sweep.json and .md, and README.md's layer-sweep block. About 20 minutes on a 2-core CPU.
+Writes crosscoder_nb/assets/results/layer-sweep.json and .md, and docs/results.md's layer-sweep block. About 20 minutes on a 2-core CPU.
 """
 import argparse, platform, tempfile, time
 from pathlib import Path

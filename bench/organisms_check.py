@@ -3,7 +3,7 @@ behaviour's rate in greedy completions of validation and test prompts (phrased i
 
     python bench/organisms_check.py [--base organism-base] [--chat organism-chat] [--n-prompts 100] [--no-readme]
 
-Writes crosscoder_nb/assets/results/organisms-check.json and organisms-check.md, and puts the table into README.md between the
+Writes crosscoder_nb/assets/results/organisms-check.json and organisms-check.md, and puts the table into its docs/ page between the
 organisms-check markers. About 2 minutes on a 2-core CPU.
 """
 import argparse, platform, time

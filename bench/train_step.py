@@ -9,7 +9,7 @@ shapes and data (forward, loss, backward, clip, Adam):
   preallocated outputs, in float32 and in bfloat16.
 
 Also a quality check on the organisms (the demo's BatchTopK and L1 configs on one harvest held in memory): final loss and
-explained variance of the bfloat16 run against the float32 run. Writes crosscoder_nb/assets/results/train-step.{md,json} and README.md's block.
+explained variance of the bfloat16 run against the float32 run. Writes crosscoder_nb/assets/results/train-step.{md,json} and the docs page's block.
 
     python bench/train_step.py [--d-model 256] [--latents 4096] [--batch 4096] [--steps 3] [--rounds 5] [--device cpu] [--threads N]
 """
@@ -121,4 +121,4 @@ if not a.no_quality:   # the quality of bf16 training, on the organisms: BatchTo
                      f"{q['float32']['train_tokens_per_s']:,.0f} / {q['bfloat16']['train_tokens_per_s']:,.0f} |")
     md += ("\nQuality of bf16 training on the organisms (the demo's configs, 300,000 activations held in memory), fp32 / bf16:\n\n"
            "| crosscoder | final loss (apart) | explained variance, base, chat (apart) | training tokens/s |\n|---|---|---|---|\n" + '\n'.join(qrows) + '\n')
-publish('train-step', md, data, readme=not a.no_quality)   # README keeps the full table: only a run with the quality check replaces it
+publish('train-step', md, data, readme=not a.no_quality)   # the docs page keeps the full table: only a run with the quality check replaces it

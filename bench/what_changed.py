@@ -5,13 +5,14 @@ planted behaviour and a method, every figure measured on test prompts after choi
     python bench/what_changed.py DEMO_DIR [DEMO_DIR ...] [--no-readme]
 
 Writes crosscoder_nb/assets/results/what-changed.json (every run's rows) and what-changed.md (mean, and the range over the
-runs where there are several), and puts the table into README.md between the what-changed markers."""
+runs where there are several), and puts the table into its docs/ page between the what-changed markers."""
 import argparse, json, statistics
 from pathlib import Path
 from _results import publish
 from crosscoder_nb.whatchanged import TABLE_COLUMNS, method_rows, readout_rows, what_changed_rows
 
-NUMERIC = ('AUROC (decision tokens)', 'density', 'rate clean', 'rate edited', 'random control', 'loss change (nats/token)')
+NUMERIC = ('AUROC at the choice token', 'AUROC over the decision span', 'density', 'rate clean', 'rate edited', 'random control',
+           'loss change (nats/token)')
 PCT = ('density', 'rate clean', 'rate edited', 'random control')
 
 def cell(vals: list, pct: bool) -> str:
@@ -36,8 +37,9 @@ def main():
         cells = [cell([r[c] for r in same], c in PCT) if c in NUMERIC else str(r0[c] or '') for c in TABLE_COLUMNS]
         if len(runs) > 1:
             cells[2] = '; '.join(dict.fromkeys(r['named'] for r in same))
+            cells[3] = '; '.join(dict.fromkeys(str(r[TABLE_COLUMNS[3]] or '') for r in same))
             others = [x[r0['method']][r0['behaviour']]['other'] for x in raw]
-            cells[8] = '; '.join(f"{o} {cell([x[o][0] for x in others], True)} -> {cell([x[o][1] for x in others], True)}"
+            cells[TABLE_COLUMNS.index('other behaviour clean -> edited')] = '; '.join(f"{o} {cell([x[o][0] for x in others], True)} -> {cell([x[o][1] for x in others], True)}"
                                  for o in others[0])
         md.append('| ' + ' | '.join(cells) + ' |')
     ro = [readout_rows({n: m['readout'] for n, m in r['methods'].items() if m.get('readout')}) for r in runs]
@@ -50,6 +52,9 @@ def main():
     times['diff_sae'] = [r['methods'].get('diff_sae', {}).get('training', {}).get('wall_seconds') for r in runs]
     md += ['', 'Training time on the demo\'s harvest (s): ' + ', '.join(f'{k} {cell(v, False)}' for k, v in times.items()),
            'Demo time (s): ' + cell([r['demo_seconds'] for r in runs], False), '']
-    publish('what-changed', '\n'.join(md), {'dirs': a.dirs, 'rows': rows, 'readout': ro}, readme=not a.no_readme)
+    data = {'dirs': a.dirs, 'seeds': seeds, 'n_test_prompts': runs[0]['behaviours']['signoff']['n_test_prompts'],
+            'rows': rows, 'methods': raw, 'readout': ro, 'training_seconds': times,
+            'demo_seconds': [r['demo_seconds'] for r in runs]}
+    publish('what-changed', '\n'.join(md), data, readme=not a.no_readme)
 
 if __name__ == '__main__': main()

@@ -12,7 +12,7 @@ standing target, `10_report.ipynb`), the one with the fewest latents needed (the
 is <= 20%, 41 when none of 1-40 is) summed over the two behaviours; ties go to a config without designated shared
 latents (a default that `--d-latent` alone can resize), then to the lower summed validation rate at 10 latents, then to
 the wider dictionary. All configs train on one harvest of the demo's activations. Writes crosscoder_nb/assets/results/width-sweep.json
-and .md, and README.md's width-sweep block. About 10 minutes on a 2-core CPU for BatchTopK (the default); L1 runs
+and .md, and docs/results.md's width-sweep block. About 10 minutes on a 2-core CPU for BatchTopK (the default); L1 runs
 (`--archs batchtopk,l1`) take longer.
 """
 import argparse, platform, tempfile, time
