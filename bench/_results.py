@@ -18,5 +18,6 @@ def publish(name: str, md: str, data: dict, readme: bool = True):
     for path in sorted((ROOT / 'docs').glob('*.md')):   # README.md is generated from nbs/index.ipynb: no blocks there
         text = path.read_text()
         if pat.search(text):
-            path.write_text(pat.sub(lambda m: m.group(1) + md + m.group(2), text)); print(f'{path.name} updated'); return
+            path.write_text(pat.sub(lambda m: m.group(1) + md + m.group(2), text)); print(f'{path.name} updated')
+            print('README.md quotes nbs/index.ipynb: run `make readme` if it reads this file'); return
     print(f'no page under docs/ has {name} markers: none updated')

@@ -163,7 +163,8 @@ def _compare_parser(sub):
     d.add_argument('--chat', default='organism-chat', help='chat model: organism alias, local HF folder or hub name')
     d.add_argument('--n', type=int, default=6, help='number of held-out prompts to show (without --prompt/--prompts)')
     d.add_argument('--prompt', action='append', metavar='TEXT',
-                   help='a prompt of your own (repeatable); sent as "User: TEXT\\nAssistant:" unless --raw')
+                   help='a prompt of your own (repeatable); sent as "User: TEXT\\nAssistant:" unless --raw '
+                        'or it holds "Assistant:" itself')
     d.add_argument('--prompts', metavar='FILE', help='a text file of prompts, one per line')
     d.add_argument('--raw', action='store_true', help='send the prompts as they are, without the chat format')
     d.add_argument('--device', help='torch device (default: cuda if available, else cpu)')

@@ -269,11 +269,11 @@ def specific_detectors(cc: CrossCoder, models,
     models, names = as_model_list(cc, models)
     hp = check_eval_models(cc, models, names, hook_point)
     n_ctx = min([seq_len] + [m.cfg.n_ctx for m in models])
-    def acts(split):
-        sample, narrow = detection_sample(models[0].tokenizer, split, n_dialogs, n_general, n_ctx)
-        s, _ = resolve_norm_factors(cc, norm_factors, models, sample.tokens, hp, batch_size, mask=sample.mask)
-        return sample, narrow, sample_activations(cc, models, sample, hp, s, batch_size, progress)
-    (vs, vn, fv), (ts, tn, ft) = acts('validation'), acts('test')
+    vs, vn = detection_sample(models[0].tokenizer, 'validation', n_dialogs, n_general, n_ctx)
+    ts, tn = detection_sample(models[0].tokenizer, 'test', n_dialogs, n_general, n_ctx)
+    # one set of factors for both samples (an estimate, when asked for, is made on the validation sample)
+    s, _ = resolve_norm_factors(cc, norm_factors, models, vs.tokens, hp, batch_size, mask=vs.mask)
+    fv, ft = (sample_activations(cc, models, x, hp, s, batch_size, progress) for x in (vs, ts))
     cand = _model_specific(cc, fv, thresholds, frequencies, base, chat) if candidates is None else list(candidates)
     out = {'n_candidates': len(cand), 'max_density': max_density, 'selected_on': 'validation choice tokens'}
     for b, name in enumerate(vs.behaviours):

@@ -69,7 +69,8 @@ def _detector(rec: dict) -> tuple[str | None, float | None, float | None, float 
     "The model-specific detector chosen on validation prompts: its name, test AUROC (choice token, span), density."
     sd = rec.get('specific_detector') or {}
     if sd.get('latent') is None:
-        return ('none this sparse' if sd else None), None, None, None
+        why = 'no model-specific latent' if sd.get('n_candidates') == 0 else 'none this sparse'
+        return (why if sd else None), None, None, None
     t = sd['test']
     return f"latent {sd['latent']}", t['choice']['auroc'], t['decision']['auroc'], t['choice']['density']
 

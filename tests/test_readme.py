@@ -1,6 +1,6 @@
 """README.md is rendered from nbs/index.ipynb (tools/readme.py): the two agree, the page stays short, its links resolve,
 and the converter shows cells as nbdev does."""
-import base64, importlib.util, json, re, subprocess, sys
+import ast, base64, importlib.util, json, re, subprocess, sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +26,7 @@ def test_readme_is_short_and_its_links_resolve():
     local = [t for t in re.findall(r'\]\(([^)#]+)', text) if not t.startswith('http')]
     assert local and all((ROOT / t).exists() for t in local), [t for t in local if not (ROOT / t).exists()]
     for t in re.findall(r'\]\(#([^)]+)\)', text):   # the table of contents: GitHub's anchors of the headings
-        heads = [re.sub(r'[^a-z0-9 -]', '', h.lower()).replace(' ', '-') for h in re.findall(r'(?m)^## (.+)$', text)]
+        heads = [re.sub(r'[^a-z0-9 _-]', '', h.lower()).replace(' ', '-') for h in re.findall(r'(?m)^## (.+)$', text)]
         assert t in heads, t
 
 
@@ -43,3 +43,26 @@ def test_converter_shows_cells_as_nbdev_does():
     assert '```python\nx = 1\nprint(x)\n```' in text and '```text\n1\n```' in text
     (name, data), = figs.items()
     assert data == b'\x89PNG fake' and f'(docs/readme/{name})' in text and 'Figure' not in text
+
+
+def _run_cell(src: str, ns: dict):
+    "Run a cell's code in `ns`; the value of its last expression, as a notebook shows it."
+    tree = ast.parse('\n'.join(l for l in src.splitlines() if not l.startswith('#|')))
+    last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+    exec(compile(tree, 'cell', 'exec'), ns)
+    return eval(compile(ast.Expression(last.value), 'cell', 'eval'), ns) if last else None
+
+
+def test_readme_quotes_the_generated_files_as_they_are_now():
+    "The cells that only read generated results, rerun now, give the text index.ipynb stores (else: `make readme`)."
+    nb = json.loads((ROOT / 'nbs' / 'index.ipynb').read_text())
+    ns, checked = {}, 0
+    for c in nb['cells']:
+        src = ''.join(c['source'])
+        if c['cell_type'] != 'code' or readme.directives(src).get('echo') != 'false': continue
+        value = _run_cell(src, ns)
+        stored = [''.join(o['data']['text/markdown']) for o in c['outputs'] if 'text/markdown' in o.get('data', {})]
+        if stored:
+            assert value.data == stored[0], 'index.ipynb quotes an older results file: run `make readme`'
+            checked += 1
+    assert checked >= 3
