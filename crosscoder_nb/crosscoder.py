@@ -20,8 +20,9 @@ from .distributed import any_rank, global_cut, global_sq_dev, rank_world
 
 # %% auto 0
 __all__ = ['ACTIVATIONS', 'SPARSITIES', 'DTYPES', 'TOPK_ACTIVATIONS', 'register_activation', 'register_sparsity',
-           'ReLUActivation', 'DecoderNormL1', 'CrossCoderConfig', 'dedicated_latents', 'model_mask', 'CrossCoder',
-           'cc_device', 'sparse_decode', 'LossOutput', 'latent_groups_of', 'TopK', 'batch_topk', 'BatchTopK']
+           'ReLUActivation', 'DecoderNormL1', 'CrossCoderConfig', 'dedicated_latents', 'model_mask', 'tied_dfc_layout',
+           'CrossCoder', 'cc_device', 'sparse_decode', 'LossOutput', 'latent_groups_of', 'TopK', 'batch_topk',
+           'BatchTopK']
 
 # %% ../nbs/04_crosscoder.ipynb
 ACTIVATIONS: dict[str, Callable] = {}  # name -> activation module class, built as cls(cfg)
@@ -232,6 +233,18 @@ def model_mask(cfg: CrossCoderConfig) -> Bool[Tensor, "d_latent n_models"] | Non
     for m, r in dedicated_latents(cfg).items(): mask[r.start:r.stop] = False; mask[r.start:r.stop, m] = True
     return mask
 
+
+# %% ../nbs/04_crosscoder.ipynb
+def tied_dfc_layout(d_latent: int, n_exclusive: list[int],
+                    k: int,  # active latents per example, in all
+                    k_dedicated: int,  # of which dedicated or free ones
+                   ) -> dict:
+    ("CrossCoderConfig fields of a DFC whose latents are all designated shared (tied) but the dedicated ones and "
+     "1/64 free: `k_dedicated` of the `k` active latents go to the dedicated and free ones, the rest to the tied.")
+    n_free = max(1, d_latent // 64)
+    n_sh = d_latent - sum(n_exclusive) - n_free
+    kd = min(max(1, k_dedicated), sum(n_exclusive) + n_free)
+    return {'n_exclusive': list(n_exclusive), 'n_shared': n_sh, 'k_shared': min(max(1, k - kd), n_sh), 'k': kd}
 
 # %% ../nbs/04_crosscoder.ipynb
 class CrossCoder(nn.Module):

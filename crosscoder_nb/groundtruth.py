@@ -11,7 +11,7 @@ import torch, torch.nn.functional as F
 from torch import Tensor
 from jaxtyping import Float, Int
 from .config import Config
-from .crosscoder import CrossCoder, CrossCoderConfig
+from .crosscoder import CrossCoder, CrossCoderConfig, tied_dfc_layout
 from .trainer import Trainer, TrainConfig
 
 # %% auto 0
@@ -194,10 +194,11 @@ def score_directions(D: Float[Tensor, "n_latents d_model"], gt: GroundTruth,
 GT_ARCHS = ('l1', 'batchtopk', 'l1_shared', 'batchtopk_shared', 'dfc', 'dfc_tied', 'diff_sae')
 
 def _tied_dfc(gt: GroundTruth, d_latent: int, k: int) -> tuple[dict, int]:
-    "`dfc_tied`'s layout and k_shared: dedicated latents as the world's model-only share, 1/64 free, the rest tied."
+    "`dfc_tied`'s layout and k_shared: dedicated latents as the world's model-only share (`tied_dfc_layout`)."
     ne = [round(gt.cfg.shares[2] * d_latent), round(gt.cfg.shares[3] * d_latent)]
-    kd = max(1, round(gt.active_frequencies[gt.classes >= 2].sum().item()))   # expected active model-only features
-    return {'n_exclusive': ne, 'n_shared': d_latent - sum(ne) - max(1, d_latent // 64)}, max(1, k - kd)
+    kd = round(gt.active_frequencies[gt.classes >= 2].sum().item())   # expected active model-only features
+    layout = tied_dfc_layout(d_latent, ne, k, kd)
+    return {f: layout[f] for f in ('n_exclusive', 'n_shared')}, layout['k_shared']
 
 def arch_config(arch: str, gt: GroundTruth, d_latent: int, seed: int = 0) -> tuple[CrossCoderConfig, dict]:
     "The crosscoder config and the training settings of one benchmark architecture."

@@ -15,7 +15,7 @@ from .data import DataConfig, organisms_mix, pile_lmsys_mix
 from .buffer import ActivationBuffer, BufferConfig, HarvestedActivations
 from .cache import ActivationCache
 from .checkpoint import WEIGHTS_FILE
-from .crosscoder import CrossCoder, CrossCoderConfig
+from .crosscoder import CrossCoder, CrossCoderConfig, tied_dfc_layout
 from .fileio import atomic_write, check_out_dir
 from .trainer import Trainer, TrainConfig, tensor_batches
 import torch.distributed as dist
@@ -194,10 +194,7 @@ def as_dfc(cc: dict) -> dict:
     ("A BatchTopK recipe as a DFC: 5% of the latents dedicated to each model, 1/64 free, every other latent "
      "designated shared (tied decoders); an eighth of k for the dedicated and free latents, the rest for the shared.")
     L, k = cc['d_latent'], cc['k']
-    n_ex, n_free = L // 20, max(1, L // 64)
-    n_sh = L - 2 * n_ex - n_free
-    kd = min(max(1, round(k / 8)), 2 * n_ex + n_free)   # active dedicated or free latents per example
-    return cc | {'n_exclusive': [n_ex] * 2, 'n_shared': n_sh, 'k_shared': min(max(1, k - kd), n_sh), 'k': kd}
+    return cc | tied_dfc_layout(L, [L // 20] * 2, k, k_dedicated=round(k / 8))
 
 # %% ../nbs/09_pipeline.ipynb
 def seed_config(base: str = 'google/gemma-2-2b', chat: str = 'google/gemma-2-2b-it', layer: int = 14,

@@ -247,6 +247,9 @@ def _model_specific(cc: CrossCoder, f: Tensor, thresholds: DiffThresholds | None
                       (f > 0).float().mean(0) if frequencies is None else frequencies, cc.cfg.n_shared)
     return sorted(g['chat_specific'].tolist() + g['base_specific'].tolist())
 
+def _scores(sc: dict, i: int) -> dict:
+    return {k: float(sc[k][i]) for k in ('auroc', 'density', 'precision', 'recall')}
+
 def _pick(f: Tensor, labels: Tensor, cand: list[int], max_density: float) -> tuple[int | None, dict | None]:
     "The candidate with the best AUROC among those no denser than max_density, and its scores."
     if not cand: return None, None
@@ -254,7 +257,7 @@ def _pick(f: Tensor, labels: Tensor, cand: list[int], max_density: float) -> tup
     ok = (sc['density'] <= max_density).nonzero().flatten()
     if not len(ok): return None, None
     i = int(ok[sc['auroc'][ok].argmax()])
-    return cand[i], {k: float(sc[k][i]) for k in ('auroc', 'density', 'precision', 'recall')}
+    return cand[i], _scores(sc, i)
 
 # %% ../nbs/07c_planted.ipynb
 def specific_detectors(cc: CrossCoder, models,
@@ -278,9 +281,8 @@ def specific_detectors(cc: CrossCoder, models,
     out = {'n_candidates': len(cand), 'max_density': max_density, 'selected_on': 'validation choice tokens'}
     for b, name in enumerate(vs.behaviours):
         j, val = _pick(fv, vn['choice'][:, b], cand, max_density)
-        score = lambda w: {k: float(v[0]) for k, v in detection_scores(ft[:, [j]], tn[w][:, b]).items()
-                           if k in ('auroc', 'density', 'precision', 'recall')}
-        test = None if j is None else {w: score(w) for w in ('choice', 'decision')}
+        test = None if j is None else {w: _scores(detection_scores(ft[:, [j]], tn[w][:, b]), 0)
+                                       for w in ('choice', 'decision')}
         out[name] = {'latent': j, 'validation': val, 'test': test, 'relative_norm':
                      None if j is None else float(relative_norms(cc, base, chat)[j])}
     return out

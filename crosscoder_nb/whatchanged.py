@@ -6,8 +6,8 @@
 from __future__ import annotations
 import html, math
 from .diffing import html_table
-from .planted import (BEHAVIOUR_PROMPTS, DETECTORS, planted_checks, planted_detection,
-                                   specific_detectors)
+from crosscoder_nb.planted import (BEHAVIOUR_PROMPTS, DETECTORS, planted_checks, planted_detection,
+    specific_detectors)
 from .corpus import REFUSAL, SIGNOFF, chat_prompt, heldout_prompts
 from .data import DataConfig, Source, load_documents
 from .evals import eval_tokens
