@@ -4,12 +4,12 @@
 
 # %% ../nbs/00a_fileio.ipynb 4
 from __future__ import annotations
-import json, os, tempfile
+import json, os, tempfile, zlib
 from pathlib import Path
 from typing import Callable
 
 # %% auto 0
-__all__ = ['atomic_write', 'check_out_dir', 'read_json']
+__all__ = ['atomic_write', 'check_out_dir', 'read_json', 'IntegrityError', 'checksum']
 
 # %% ../nbs/00a_fileio.ipynb
 def atomic_write(path: str | Path,  # the file to (over)write
@@ -50,3 +50,17 @@ def read_json(path: str | Path,  # the JSON file
     try: return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e}): the file is damaged. {fix}") from None
+
+# %% ../nbs/00a_fileio.ipynb
+class IntegrityError(ValueError):
+    "A file whose bytes or description contradict what was recorded with it (the message names the file and the fix)."
+
+def checksum(src: str | Path | bytes | memoryview,  # a file (read streamed) or bytes already in memory
+             chunk: int = 1 << 24,  # bytes read at a time from a file
+            ) -> str:
+    "CRC-32 of a file's or a buffer's bytes, as 8 hex digits."
+    if isinstance(src, (bytes, bytearray, memoryview)): return f'{zlib.crc32(src) & 0xFFFFFFFF:08x}'
+    crc = 0
+    with open(src, 'rb') as fh:
+        while piece := fh.read(chunk): crc = zlib.crc32(piece, crc)
+    return f'{crc & 0xFFFFFFFF:08x}'
