@@ -34,3 +34,31 @@ def test_notebooks_are_committed_with_their_outputs():
                 missing.append(f"{p.name}: a cell that prints has no output ({src.splitlines()[0][:60]!r})")
     assert not missing, 'run `make notebooks` and commit the notebooks:\n' + '\n'.join(missing)
     assert size <= 5_000_000, f'the stored outputs take {size / 1e6:.1f} MB: keep them under 5 MB (small PNG figures, short tables)'
+
+
+def test_each_notebook_opens_with_what_it_teaches_needs_and_takes():
+    "The first screen of every lesson says what it teaches, what it needs, and its run time as `make notebooks` measured it."
+    import json, re
+    run, bad = _runner(), []
+    for p in sorted((ROOT / 'nbs').glob('*.ipynb')):
+        if p.name == 'index.ipynb': continue   # the README's source: its first screen is the README's
+        cells = [''.join(c['source']) for c in json.loads(p.read_text())['cells'][:4]]
+        first = [c for c in cells if c.startswith('<!-- first-screen -->')]
+        if not first: bad.append(f'{p.name}: no first-screen cell among its first four'); continue
+        s = first[0]
+        if not ('**In this lesson:**' in s and '**You need:**' in s): bad.append(f'{p.name}: teaches / needs missing')
+        t = s.split(run.RT0)[1].split(run.RT1)[0] if run.RT0 in s else ''
+        if not re.fullmatch(r'about \d+ (s|min) on a \d+-core CPU \(.+\), measured by `make notebooks`\.', t):
+            bad.append(f'{p.name}: run time not measured ({t[:50]!r})')
+    assert not bad, 'give each notebook its first-screen cell and run `make notebooks`:\n' + '\n'.join(bad)
+
+
+def test_the_run_time_is_stamped_from_the_measurement():
+    from types import SimpleNamespace as C
+    run = _runner()
+    cell = C(cell_type='markdown', source=f'**Run time:** {run.RT0}not measured{run.RT1} (see above)')
+    run.stamp_runtime([C(cell_type='code', source='x'), cell], 75.2)
+    assert cell.source.startswith('**Run time:** <!-- runtime -->about 75 s on a ') and cell.source.endswith(
+        '`make notebooks`.<!-- /runtime --> (see above)')
+    run.stamp_runtime([cell], 600)
+    assert 'about 10 min on a' in cell.source and cell.source.count(run.RT0) == 1

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest, torch
 from cli_helpers import cli_process, run
 from crosscoder_nb.crosscoder import CrossCoder
+from crosscoder_nb.fileio import LOCK_FILE
 from crosscoder_nb.pipeline import RunConfig, organisms_config, seed_config, set_fields, train_run, RUN_CONFIG_FILE
 
 SMALL = {'train.n_tokens': 128 * 30, 'train.batch_size': 128, 'buffer.batch_size': 128, 'buffer.buffer_batches': 8,
@@ -184,7 +185,9 @@ def test_train_killed_mid_run_and_resumed_ends_bit_identical(tmp_path):
     "SIGKILL a real `crosscoder-diff train` after its second checkpoint and `--resume` it: the weights equal an uninterrupted run's."
     assert _train(tmp_path / 'full') == 240
     assert 80 <= _train(tmp_path / 'killed', kill_after=80) < 240   # killed between checkpoints, before the end
-    assert _train(tmp_path / 'killed', '--resume') == 240
+    assert (tmp_path / 'killed' / LOCK_FILE).exists()   # the killed run's lock file stays; its lock went with it ...
+    assert _train(tmp_path / 'killed', '--resume') == 240   # ... so the resume takes it over
+    assert not (tmp_path / 'killed' / LOCK_FILE).exists()
     a, b = _weights(tmp_path / 'full'), _weights(tmp_path / 'killed')
     assert a.keys() == b.keys()
     for k in a: assert torch.equal(a[k], b[k]), k

@@ -68,9 +68,16 @@ def test_report_page_in_a_browser(report):
     try:
         driver.get((out / REPORT_FILE).as_uri())
         plots = driver.find_elements(By.CSS_SELECTOR, 'div.plotly-graph-div')
-        assert len(plots) == 3 + bool(m['latent_scaling']['latents'])   # + the Latent Scaling scatter when there are latents to test
-        for p in plots:   # plotly drew each figure: an SVG with at least one bar
-            assert p.find_elements(By.CSS_SELECTOR, 'svg.main-svg') and p.find_elements(By.CSS_SELECTOR, 'g.trace.bars, g.point')
+        # the training curves, 3 figures of the diff, + the Latent Scaling scatter when there are latents to test
+        assert len(plots) == 4 + bool(m['latent_scaling']['latents'])
+        for p in plots:   # plotly drew each figure: an SVG with at least one bar, point or line
+            assert p.find_elements(By.CSS_SELECTOR, 'svg.main-svg') and p.find_elements(By.CSS_SELECTOR, 'g.trace.bars, g.point, g.trace.scatter')
+        first = driver.find_element(By.TAG_NAME, 'h2').text   # the page opens with what the diff found, as generated
+        items = [li.text for li in driver.find_elements(By.CSS_SELECTOR, 'ul.findings li')]
+        assert first == 'What the diff found' and items == m['findings'] and len(items) == 2 + len(m['behaviours'])
+        heads = {c.text for c in driver.find_elements(By.CSS_SELECTOR, 'th')}
+        assert not {h for h in heads if '_' in h}, heads   # headers in words, not metrics.json's keys
+        assert 'move or share the whole folder' in driver.find_element(By.TAG_NAME, 'body').text
         assert driver.execute_script('return typeof Plotly') == 'object'
         cells = [c.text for c in driver.find_elements(By.CSS_SELECTOR, 'table.evals th')]
         assert cells[0] == 'L0' and 'CE recovered (chat)' in cells and 'explained variance (base)' in cells

@@ -2,6 +2,7 @@
 
     python tools/run_notebooks.py [NOTEBOOK ...]    (default: every notebook in nbs/; `make notebooks` runs this)
 
+Each notebook's first screen gets its measured run time (the line between `<!-- runtime -->` markers).
 Cells run as `nbdev_test` runs them: cells flagged with a test flag of settings.ini (`slow`, `gpu`) or `#| eval: false`
 are skipped and keep no output. Plotly figures are stored as small static PNG images (kaleido, drawing with the machine's
 Chromium or Chrome), not as an embedded plotly.js bundle; progress bars are off. Afterwards run `nbdev_clean` (the
@@ -74,8 +75,38 @@ def run(path: Path) -> float:
             html = ''.join((o.get('data') or {}).get('text/html', ''))
             if len(html) > MAX_HTML:
                 o['data'] = {'text/plain': f'[an interactive view of {len(html) // 1000} kB, not stored: run the notebook to see it]'}
+    secs = time.time() - t0
+    stamp_runtime(nb.cells, secs)
     write_nb(nb, path)
-    return time.time() - t0
+    return secs
+
+
+RT0, RT1 = '<!-- runtime -->', '<!-- /runtime -->'   # the run-time line of a notebook's first screen
+
+
+def cpu_name() -> str:
+    "The CPU's model name (Linux), else what platform knows."
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'): return line.split(':', 1)[1].strip()
+    except OSError: pass
+    import platform
+    return platform.processor() or 'unknown CPU'
+
+
+def runtime_text(secs: float) -> str:
+    "The measured run time as the first screen states it, with the machine that measured it."
+    t = f'{secs:.0f} s' if secs < 90 else f'{secs / 60:.0f} min'
+    return f'about {t} on a {os.cpu_count()}-core CPU ({cpu_name()}), measured by `make notebooks`.'
+
+
+def stamp_runtime(cells, secs: float):
+    "Write the measured run time into the first-screen cell's run-time line (a notebook without one is left as is)."
+    for c in cells:
+        if c.cell_type == 'markdown' and RT0 in c.source and RT1 in c.source:
+            head, rest = c.source.split(RT0, 1)
+            c.source = head + RT0 + runtime_text(secs) + RT1 + rest.split(RT1, 1)[1]
+            return
 
 
 def main(argv: list[str]) -> int:
