@@ -164,8 +164,7 @@ def _load(mf: Path):
     "The JSON in `mf`; a file that is not JSON, or not even text, is refused by name with the fix."
     fix = ("Restore the cache folder from a copy, or harvest it again "
            f"(crosscoder-diff harvest --out {mf.parent} --overwrite).")
-    try: return read_json(mf, fix=fix)
-    except UnicodeDecodeError: raise IntegrityError(f"{mf} is not text: the file is damaged. {fix}") from None
+    return read_json(mf, fix=fix)   # bytes that are not even text are 'not valid JSON' too
 
 def _read_manifest(path: Path) -> dict:
     """The manifest of the complete cache in `path`; a missing, damaged, malformed, foreign-format or incomplete one is

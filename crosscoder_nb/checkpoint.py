@@ -112,7 +112,7 @@ def _verify(sd: dict[str, Tensor], sums, wpath: Path):
                              "recorded when it was saved (a flipped bit on disk, a truncated copy or download). "
                              "Restore it from a copy, or resume from an earlier checkpoint.")
 
-def _read_native(path: Path, shapes_of: Callable | None) -> Checkpoint:
+def _read_native(path: Path, shapes_of: Callable | None, fits: Callable | None = None) -> Checkpoint:
     wpath, cpath = path / WEIGHTS_FILE, path / CONFIG_FILE
     inner, stored = _weights_header(wpath)
     meta, mpath = _native_meta(wpath, cpath, inner)
@@ -123,6 +123,7 @@ def _read_native(path: Path, shapes_of: Callable | None) -> Checkpoint:
     if 'crosscoder' not in meta:
         raise ValueError(f"{mpath} has no 'crosscoder' section: it was not written by CrossCoder.save.")
     if shapes_of is not None: _check_expected(stored, shapes_of, meta['crosscoder'], wpath, mpath)
+    if fits is not None: fits(meta['crosscoder'])   # the sizes agree: is there memory to read them into?
     try:
         with safe_open(str(wpath), framework='pt') as fh: sd = {k: fh.get_tensor(k) for k in fh.keys()}
     except (SafetensorError, OSError) as e:
@@ -137,13 +138,14 @@ def _read_native(path: Path, shapes_of: Callable | None) -> Checkpoint:
 def read_checkpoint(path: str | Path,  # checkpoint folder: this package's format or the seed's released one
                     allow_nonfinite: bool = False,  # load NaN / Inf weights with a warning (to inspect them)
                     shapes_of: Callable[[dict], dict[str, tuple]] | None = None,  # config -> the shapes it implies
+                    fits: Callable[[dict], None] | None = None,  # config -> raises when its tensors cannot fit
                    ) -> Checkpoint:
     "Read a checkpoint folder in either format, checked, before any crosscoder is built from it."
     path = Path(path)
     if path.is_file(): path = path.parent
     if not path.is_dir():
         raise FileNotFoundError(f"Checkpoint folder {path} does not exist. Pass the folder given to CrossCoder.save.")
-    if (path / WEIGHTS_FILE).exists(): ck = _read_native(path, shapes_of)
+    if (path / WEIGHTS_FILE).exists(): ck = _read_native(path, shapes_of, fits)
     elif (path / SEED_WEIGHTS_FILE).exists(): ck = _read_seed(path, shapes_of)
     else:
         raise FileNotFoundError(f"{path} holds no crosscoder: expected {WEIGHTS_FILE} and {CONFIG_FILE} "

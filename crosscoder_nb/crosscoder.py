@@ -282,8 +282,10 @@ def memory_available(device: str | torch.device | None = None,  # default: the C
     "(bytes free, bytes in all) of `device`'s memory, or None where that cannot be told."
     dev = torch.device(device) if device is not None else torch.device('cpu')
     if dev.type == 'cuda':
-        try: return tuple(torch.cuda.mem_get_info(dev))
+        try: free, total = torch.cuda.mem_get_info(dev)
         except Exception: return None   # no CUDA here: moving the tensors there will say so
+        # memory PyTorch freed but keeps cached for reuse is free for a new crosscoder too
+        return free + torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev), total
     if dev.type != 'cpu': return None
     try:
         info = {k: int(v.split()[0]) * 1024 for k, v in
@@ -296,6 +298,8 @@ def memory_available(device: str | torch.device | None = None,  # default: the C
         limit = Path('/sys/fs/cgroup/memory.max').read_text().strip()
         if limit != 'max':
             used = int(Path('/sys/fs/cgroup/memory.current').read_text())
+            stat = dict(l.split() for l in Path('/sys/fs/cgroup/memory.stat').read_text().splitlines() if ' ' in l)
+            used -= int(stat.get('inactive_file', 0))   # page cache the kernel reclaims when asked
             free, total = min(free, int(limit) - used), min(total, int(limit))
     except (OSError, ValueError): pass
     return free, total
@@ -316,13 +320,15 @@ def _gb(n: int) -> str: return f'{n / 1e9:,.1f} GB' if n >= 1e9 else f'{n / 1e6:
 
 def check_memory(cfg: CrossCoderConfig,
                  device: str | torch.device | None = None,  # where the parameters go (default: the CPU)
+                 copies: int = 1,  # crosscoders' worth that must fit at once (loading: the state read, the model)
                 ):
     "Refuse, before anything is allocated, a crosscoder whose parameters and buffers cannot fit in free memory."
     dev = torch.device(device) if device is not None else torch.get_default_device()
     if dev.type == 'meta': return
     what = (f"A crosscoder with d_model {cfg.d_model}, n_models {cfg.n_models}, d_latent {cfg.d_latent:,} in "
             f"{cfg.dtype}")
-    need = [(dev, crosscoder_bytes(cfg), 'for its parameters and buffers')]
+    why = 'for its parameters and buffers' + (f' ({copies} copies at once)' if copies > 1 else '')
+    need = [(dev, copies * crosscoder_bytes(cfg), why)]
     if dev.type != 'cpu':   # the initial draw is made on the host, in float32
         need.append((torch.device('cpu'), 4 * cfg.d_latent * cfg.n_models * cfg.d_model, 'on the host to initialise'))
     for d, n, why in need:
@@ -779,7 +785,8 @@ def load(cls: CrossCoder, path: str | Path,  # checkpoint folder: this package's
          allow_nonfinite: bool = False,  # load NaN / Inf weights (with a warning), to inspect a diverged run
         ) -> CrossCoder:
     "Load a checked crosscoder; `cc.train_config` and `cc.extra` hold the rest of the checkpoint's metadata."
-    ck = read_checkpoint(path, allow_nonfinite=allow_nonfinite, shapes_of=state_shapes)   # nothing built yet
+    fits = lambda c: check_memory(CrossCoderConfig.from_dict(c), copies=2)   # the state read, and the crosscoder
+    ck = read_checkpoint(path, allow_nonfinite=allow_nonfinite, shapes_of=state_shapes, fits=fits)   # nothing built
     try: cfg = CrossCoderConfig.from_dict(ck.config)
     except (TypeError, ValueError) as e: raise ValueError(f"{ck.config_path}: {e}") from None
     cc = cls(cfg)

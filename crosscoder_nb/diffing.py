@@ -180,7 +180,7 @@ def cell_text(v, pct: bool = False, digits: int = 4,
              ) -> str:
     "A table cell's text: '-' for None or NaN, a percentage, a float formatted by its kind, or escaped text."
     if v is None or (isinstance(v, float) and math.isnan(v)): return '-'
-    if pct: return f'{100 * v:.1f}%'
+    if pct: return f'{100 * v:.2g}%' if 0 < abs(v) < 1e-3 else f'{100 * v:.1f}%'   # 0.00031: '0.031%', not '0.0%'
     if not isinstance(v, float):
         return html.escape(f'{v:,}' if isinstance(v, int) and not isinstance(v, bool) else str(v))
     if kind == 'score': return f'{v:.3f}'
@@ -215,7 +215,8 @@ def html_table(rows: list[dict],  # one dict per row
     cols = cols or list(rows[0])
     pct = set(pct) | {c for c in cols if c in ('frequency', 'density_mix', 'base_rate', 'density')}
     def cell(r, c):
-        v = cell_text(r.get(c), c in pct, digits, column_kind(str(c)))
+        x = r.get(c)   # a latent's index is an identifier: no thousands separator
+        v = cell_text(str(x) if c == 'latent' and isinstance(x, int) else x, c in pct, digits, column_kind(str(c)))
         if c == 'latent' and links and r.get(c) in links: v = f'<a href="{html.escape(links[r[c]])}">{v}</a>'
         return f'<td>{v}</td>'
     cap = f'<caption>{html.escape(title)}</caption>' if title else ''

@@ -35,7 +35,7 @@ def io_errno(e: BaseException) -> int | None:
         seen.add(id(e))
         if isinstance(e, OSError) and e.errno: return e.errno
         if m := re.search(r'os error (\d+)', str(e)): return int(m.group(1))
-        e = e.__cause__ or e.__context__
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)   # `raise ... from None` ends it
     return None
 
 def io_error_message(e: OSError) -> str:

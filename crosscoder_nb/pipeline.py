@@ -317,12 +317,12 @@ def _from_harvest(cfg: RunConfig, h: HarvestedActivations, saved: CrossCoder | N
 
 # %% ../nbs/09_pipeline.ipynb
 def _harvesting_batches(cfg: RunConfig, out: Path, resume: bool, models: list, model_device, dtype, progress: bool,
-                        rank: int, world: int) -> tuple:
+                        rank: int, world: int, train_device=None) -> tuple:
     "Batches harvested while training (an `ActivationBuffer`): (batches, factors, d_model, n_models, dtype, buffer)."
     models = models or [load_model(m, device=model_device, dtype=dtype) for m in cfg.models]
     if not resume:   # a crosscoder too large for this machine is refused before the norm-factor harvest, not after
         check_memory(CrossCoderConfig(d_model=models[0].cfg.d_model, n_models=len(models), **cfg.crosscoder.to_dict()),
-                     cfg.train.device or default_device())
+                     train_device)
     dtype = next(models[0].parameters()).dtype
     data, bcfg = cfg.data, cfg.buffer
     if world > 1:   # each rank harvests its own rows, and serves batches of its share
@@ -435,7 +435,7 @@ def _train_locked(cfg: RunConfig, out: Path, overwrite: bool, resume: bool, devi
         batches, factors, d_model, n_models = _from_harvest(cfg, activations, resume and CrossCoder.load(out))
     else:   # before anything is written
         batches, factors, d_model, n_models, dtype, buf = _harvesting_batches(
-            cfg, out, resume, models, cfg.model_device or device, dtype, progress, rank, world)
+            cfg, out, resume, models, cfg.model_device or device, dtype, progress, rank, world, train_device=device)
     trainer = _run_trainer(cfg, out, resume, overwrite, device, batches, factors, d_model, n_models)
     source = 'cache' if cache is not None else 'activations' if activations is not None else 'models'
     trainer.meta.update(source=source, cache=None if cache is None else str(Path(cache).resolve()))   # in each save

@@ -140,7 +140,8 @@ def _arch_fields(c: CrossCoderConfig) -> dict:
 
 def _extremes(cc: CrossCoder, freqs) -> dict:
     "The live latents with the highest and the lowest relative norm (of the first two models): latent and r."
-    r, live = relative_norms(cc), (freqs > 0).nonzero().flatten()
+    r = relative_norms(cc)
+    live = ((freqs > 0) & r.isfinite()).nonzero().flatten()   # a latent dedicated to a third model has no r here
     if len(live) == 0: return {}
     at = lambda j: {'latent': int(j), 'r': float(r[j])}
     return {'highest': at(live[r[live].argmax()]), 'lowest': at(live[r[live].argmin()])}
@@ -163,7 +164,10 @@ def _metrics(ev: dict, diff: dict, planted_res: dict | None, cc: CrossCoder, nam
          'relative_norm_counts': diff['relative_norm_counts'],
          'relative_norm_extremes': _extremes(cc, ev.frequencies),
          'arch': {**_arch_fields(cc.cfg), 'label': arch_label(cc.cfg)}}
-    if planted_res is not None: m['planted_recovery_details'] = planted_res
+    if planted_res is not None:
+        m['planted_recovery_details'] = planted_res
+        m['planted_recovery_note'] = ('saturated on the organisms (near 100% even for crosscoders with no latent that '
+                                      'detects the behaviours): read the behaviours\' detection and causal checks')
     if dash is not None: m['dashboards'] = dash
     return json.loads(json.dumps(m, default=float))   # plain JSON types only
 

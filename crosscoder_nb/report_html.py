@@ -28,9 +28,10 @@ def eval_html(m: dict) -> str:
                                                              cell_text(m['ce_delta'][n]),
                                                              cell_text(m['explained_variance'][n], True))]
     over = [n for n in names if (m['ce_recovered'][n] or 0) > 1]
-    note = (f'<p class="note">CE recovered above 100% ({", ".join(over)}): with the reconstruction spliced in, the '
-            "model's loss on these eval tokens is a little lower than its own (a negative CE delta). The "
-            'reconstruction loses nothing measurable there; it does not make the model better.</p>') if over else ''
+    by = ', '.join(f"{n}: {-m['ce_delta'][n]:.3f} nats/token" for n in over)
+    note = (f'<p class="note">CE recovered above 100% ({by} below): with the reconstruction spliced in, the '
+            "model's loss on these eval tokens is lower than its own (a negative CE delta). The reconstruction loses "
+            'nothing measurable there; it does not make the model better.</p>') if over else ''
     return ('<table class="evals"><tr>' + ''.join(f'<th>{h}</th>' for h in head) + '</tr><tr>' +
             ''.join(f'<td>{c}</td>' for c in row) + '</tr></table>' + note)
 
@@ -54,7 +55,7 @@ _FOLDER_NOTE = ('<p class="note">These links open files beside this page (its da
 def _links_html(links: dict[str, str]) -> list[str]:
     "The links (text -> URL) as the page's last section, under the note that they need the page's folder."
     items = [f'<li><a href="{html.escape(u)}">{html.escape(t)}</a></li>' for t, u in links.items()]
-    return ['<h2>Dashboards</h2>', _FOLDER_NOTE, '<ul>'] + items + ['</ul>']
+    return ['<h2>Dashboards</h2>', _FOLDER_NOTE, '<ul>'] + items + ['</ul>']   # and again where the links are
 
 # %% ../nbs/10a_report_html.ipynb
 def _figure_html(fig: go.Figure, first: bool) -> str:
@@ -79,6 +80,7 @@ def render_report(metrics: dict, figures: dict[str, go.Figure] | None = None,  #
         f'<li>{html.escape(s)}</li>' for s in findings] + ['</ul>']
     for name, body in (lead or {}).items(): parts += [h2(name), body]
     if facts: parts.append(_facts_html(facts))
+    if links or any('<a href=' in b for b in (sections or {}).values()): parts.append(_FOLDER_NOTE)   # said up front
     parts += ['<h2>Evals</h2>', eval_html(metrics)]
     if 'n_shared' in metrics: parts += ['<h2>Latents by relative decoder norm</h2>', groups_html(metrics)]
     for name, body in (sections or {}).items(): parts += [h2(name), body]
@@ -92,22 +94,29 @@ def _listed(xs: list, n: int = 5) -> str:
     "At most `n` items, then how many more."
     return ', '.join(map(str, xs[:n])) + (f' and {len(xs) - n} more' if len(xs) > n else '')
 
+def _dedicated_text(m: dict) -> str | None:
+    "How many latents are dedicated to each model (a DFC's), or None."
+    n_ex, names = (m.get('arch') or {}).get('n_exclusive'), list(m['explained_variance'])
+    if not n_ex: return None
+    return ', '.join(f'{n} to the {name} model' for n, name in zip(n_ex, names))
+
 def _groups_sentence(m: dict) -> str:
-    "How many latents of each kind, and (when none is chat-specific) the highest relative norm."
-    th, ext = m['thresholds'], m.get('relative_norm_extremes') or {}
+    "How many latents of each kind, and (when a group is empty) the extreme relative norm."
+    th, ext, names = m['thresholds'], m.get('relative_norm_extremes') or {}, list(m['explained_variance'])
+    a, b = names[0], names[1]   # the counts compare the first two models (more pairs: the page's tables)
     dead = round(m['dead_fraction'] * m['d_latent'])
-    s = (f"Of its {m['d_latent']:,} latents, {dead:,} are dead; by relative decoder norm r, {m['n_chat_specific']:,} "
-         f"are chat-specific (r > {th['chat_specific']:g}), {m['n_base_specific']:,} base-specific "
-         f"(r < {th['base_specific']:g}) and {m['n_shared']:,} shared ({th['shared_low']:g} < r < "
+    pair = f' between {a} and {b}' if len(names) > 2 else ''
+    s = (f"Of its {m['d_latent']:,} latents, {dead:,} are dead; by relative decoder norm r{pair}, "
+         f"{m['n_chat_specific']:,} are {b}-specific (r > {th['chat_specific']:g}), {m['n_base_specific']:,} "
+         f"{a}-specific (r < {th['base_specific']:g}) and {m['n_shared']:,} shared ({th['shared_low']:g} < r < "
          f"{th['shared_high']:g}).")
     hi, lo = ext.get('highest'), ext.get('lowest')
     if m['n_chat_specific'] == 0 and hi:
-        s += f" None is chat-specific: the highest relative norm is {hi['r']:.2f} (latent {hi['latent']})."
+        s += f" None is {b}-specific: the highest relative norm is {hi['r']:.2f} (latent {hi['latent']})."
     if m['n_base_specific'] == 0 and lo:
-        s += f" None is base-specific: the lowest is {lo['r']:.2f} (latent {lo['latent']})."
-    n_ex = (m.get('arch') or {}).get('n_exclusive')
-    if n_ex: s += (f" Of these, {n_ex[0]} are dedicated to the base model and {n_ex[-1]} to the chat model by "
-                   "construction (the other model's weights are zero).")
+        s += f" None is {a}-specific: the lowest is {lo['r']:.2f} (latent {lo['latent']})."
+    if ded := _dedicated_text(m):
+        s += f" Dedicated by construction (the other models' weights are zero): {ded}."
     return s
 
 def _detector_sentence(b: str, sd: dict | None) -> str:
@@ -121,16 +130,25 @@ def _detector_sentence(b: str, sd: dict | None) -> str:
     return (f" Its detector, latent {sd['latent']} (chosen on validation prompts), scores AUROC {t['auroc']:.3f} at "
             f"the choice token on test prompts, active on {t['density']:.1%} of tokens.")
 
-def behaviour_sentence(b: str, v: dict, unit: str = 'latent') -> str:
-    "One planted behaviour: the units named, their causal effect on it and on the other behaviour, the control."
+def behaviour_sentence(b: str, v: dict, unit: str = 'latent',
+                       removed: float = 0.2,  # a rate at or below this counts as removed
+                       tolerance: float = 0.1,  # how far the other behaviour and the random control may move
+                      ) -> str:
+    ("One planted behaviour: the units named, their causal effect on it and on the other behaviour, the control. "
+     "It says the units *carry* the behaviour only when removing them removes it, specifically, and random units "
+     "of similar density do not.")
     r, lat = v['rates'], v['latents']
-    rand = r['random_diff_patch']
+    rand, others = r['random_diff_patch'], r.get('other_behaviours', {})
     other = '; '.join(f"the {behaviour_name(o)} goes from {x['clean']:.0%} to {x['diff_patch']:.0%}"
-                      for o, x in r.get('other_behaviours', {}).items())
-    n = len(lat)
-    s = (f"The {behaviour_name(b)} (the chat model shows it on {r['clean']:.0%} of {v.get('n_test_prompts', '?')} "
-         f"test prompts) is carried by {n} {unit}{'s' * (n != 1)} ({_listed(lat)}): removing them from the chat "
-         f"model takes it to {r['diff_patch']:.0%}" + (f", while {other}" if other else '') + '.')
+                      for o, x in others.items())
+    n, units = len(lat), f"{len(lat)} {unit}{'s' * (len(lat) != 1)} ({_listed(lat)})"
+    carries = (r['diff_patch'] <= removed and (not rand or r['clean'] - sum(rand) / len(rand) <= tolerance)
+               and all(abs(x['clean'] - x['diff_patch']) <= tolerance for x in others.values()))
+    head = (f"The {behaviour_name(b)} (the chat model shows it on {r['clean']:.0%} of "
+            f"{v.get('n_test_prompts', '?')} test prompts)")
+    s = (f"{head} is carried by {units}: removing them from the chat model takes it to {r['diff_patch']:.0%}" if carries
+         else f"{head}: removing the {units} the causal localisation named takes it to {r['diff_patch']:.0%}")
+    s += (f", while {other}" if other else '') + '.'
     if rand: s += (f" {n} random {unit}{'s' * (n != 1)} of similar density leave it at {sum(rand) / len(rand):.0%} "
                    f"(mean of {len(rand)} draws).")
     return s + _detector_sentence(b, v.get('specific_detector'))
@@ -138,11 +156,14 @@ def behaviour_sentence(b: str, v: dict, unit: str = 'latent') -> str:
 def run_findings(m: dict) -> list[str]:
     "What one report found, as sentences generated from its metrics (`report_run`'s)."
     names, ev, ce = list(m['explained_variance']), m['explained_variance'], m['ce_recovered']
+    known = lambda d: all(d.get(n) is not None and math.isfinite(d[n]) for n in names)
     per = lambda d: ' and '.join(f'{d[n]:.0%} ({n})' for n in names)
-    fit = (f"The crosscoder ({m['arch']['label']}) fires {m['l0']:.0f} latents per token and explains {per(ev)} of "
-           f"the activations' variance; splicing its reconstruction in recovers {per(ce)} of the loss (CE recovered).")
+    fit = (f"The crosscoder ({m['arch']['label']}) fires {m['l0']:.1f} latents per token"
+           + (f" and explains {per(ev)} of the activations' variance" if known(ev) else '')
+           + (f"; splicing its reconstruction in recovers {per(ce)} of the loss (CE recovered)" if known(ce) else '')
+           + '.')
     out = [fit, _groups_sentence(m)]
-    s = (m.get('latent_scaling') or {}).get('summary')
+    s = {side: v for side, v in ((m.get('latent_scaling') or {}).get('summary') or {}).items() if v['tested']}
     if s: out.append('Latent Scaling: ' + '; '.join(f"{v['pass']} of the {v['tested']} {side}-only latents it "
                                                     'tested pass' for side, v in s.items()) + '.')
     out += [behaviour_sentence(b, v) for b, v in (m.get('behaviours') or {}).items()]
@@ -152,19 +173,18 @@ def run_findings(m: dict) -> list[str]:
 def groups_html(m: dict) -> str:
     "The latents by relative decoder norm: each group with its bounds, the extremes, and the dedicated latents."
     th, ext = m.get('thresholds') or {}, m.get('relative_norm_extremes') or {}
-    b = lambda k, d: th.get(k, d)
-    rows = [{'group': f"base-specific (r < {b('base_specific', .1):g})", 'latents': m['n_base_specific']},
+    b, (lo_name, hi_name) = (lambda k, d: th.get(k, d)), list(m['explained_variance'])[:2]
+    rows = [{'group': f"{lo_name}-specific (r < {b('base_specific', .1):g})", 'latents': m['n_base_specific']},
             {'group': f"shared ({b('shared_low', .3):g} < r < {b('shared_high', .7):g})", 'latents': m['n_shared']},
-            {'group': f"chat-specific (r > {b('chat_specific', .9):g})", 'latents': m['n_chat_specific']}]
+            {'group': f"{hi_name}-specific (r > {b('chat_specific', .9):g})", 'latents': m['n_chat_specific']}]
     notes = []
     if ext.get('highest'):
         hi, lo = ext['highest'], ext['lowest']
         notes.append(f"Among live latents the highest relative norm is {hi['r']:.3f} (latent {hi['latent']}) and the "
                      f"lowest {lo['r']:.3f} (latent {lo['latent']}). Latents between the groups' bounds, and dead "
                      "ones, are in no group.")
-    n_ex = (m.get('arch') or {}).get('n_exclusive')
-    if n_ex: notes.append(f"{n_ex[0]} latents are dedicated to the base model and {n_ex[-1]} to the chat model: "
-                          "model-specific by construction (r is 0 or 1 exactly).")
+    if ded := _dedicated_text(m):
+        notes.append(f"Latents dedicated by construction (the other models' weights are exactly zero): {ded}.")
     return html_table(rows) + ''.join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
 
 # %% ../nbs/10a_report_html.ipynb

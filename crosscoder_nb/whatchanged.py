@@ -245,38 +245,49 @@ def _specific(r: dict, tolerance: float) -> bool:
     keeps = all(abs(b - a) <= tolerance for a, b in r['other'].values())
     return keeps and (r['random'] is None or r['clean'] - r['random'] <= tolerance)
 
-def _units(methods: dict, name: str, b: str, r: dict) -> tuple[int, str]:
-    "How many units a method names for a behaviour, and how the sentence names them."
-    if methods[name]['kind'] != 'latents': return 1, r['named']
+def _units(methods: dict, name: str, b: str) -> tuple[int, str]:
+    "How many latents a latent method names for a behaviour, and how the sentence names them."
     lat = methods[name]['behaviours'][b]['latents']
     shown = ', '.join(map(str, lat[:5])) + (f' and {len(lat) - 5} more' if len(lat) > 5 else '')
     return len(lat), f"{len(lat)} latent{'s' * (len(lat) != 1)} ({shown})"
+
+def _others(r: dict) -> str:
+    return '; '.join(f'the {behaviour_name(o)} goes from {x:.0%} to {y:.0%}' for o, (x, y) in r['other'].items())
+
+def _latent_sentence(methods: dict, have: dict, b: str, tolerance: float, removed: float) -> str:
+    "Which latent method removes the behaviour with the fewest latents, specifically (or lowers it furthest)."
+    name_b, ok = behaviour_name(b), [n for n, r in have.items() if _specific(r, tolerance)]
+    if not ok:
+        return (f"No latent method removes the {name_b} while keeping the other behaviour, and its random control, "
+                f"within {tolerance:.0%} of clean.")
+    done = [n for n in ok if have[n]['edited'] <= removed]   # the fewest latents that take it to `removed`
+    n = (min(done, key=lambda n: (_units(methods, n, b)[0], have[n]['edited'])) if done else
+         min(ok, key=lambda n: (have[n]['edited'], _units(methods, n, b)[0])))
+    r, units = have[n], _units(methods, n, b)[1]
+    verb = 'removes the ' + name_b + ' with the fewest latents' if done else 'lowers the ' + name_b + ' furthest'
+    rand = '' if r['random'] is None else f"; random latents of similar density leave it at {r['random']:.0%}"
+    return (f"Of the latent methods that keep the other behaviour, the {METHOD_NAMES.get(n, n)} {verb}: {units} "
+            f"take it from {r['clean']:.0%} to {r['edited']:.0%} on test prompts, while {_others(r)}{rand}.")
+
+def _direction_sentence(name: str, b: str, r: dict) -> str:
+    "A direction method's projection check on the behaviour, beside a random direction."
+    rand = '' if r['random'] is None else f"; projecting out a random direction leaves it at {r['random']:.0%}"
+    return (f"The {METHOD_NAMES.get(name, name)}'s {r['named']} takes the {behaviour_name(b)} from {r['clean']:.0%} "
+            f"to {r['edited']:.0%}, while {_others(r)}{rand}.")
 
 def method_findings(methods: dict,  # metrics.json's `methods`
                     tolerance: float = 0.10,  # how far the other behaviour and the random control may move
                     removed: float = 0.20,  # a rate at or below this counts as removed
                    ) -> list[str]:
-    "Per behaviour: the method that removes it most specifically, and the best detector chosen on validation."
+    ("Per behaviour: the latent method that removes it with the fewest latents (specifically), each direction "
+     "method's projection check, and the best detector chosen on validation.")
     rows, out = method_rows(methods), []
     for b in BEHAVIOUR_PROMPTS:
-        have = {n: rs[b] for n, rs in rows.items() if b in rs}
-        if not have: continue
-        name_b, ok = behaviour_name(b), [n for n, r in have.items() if _specific(r, tolerance)]
-        if ok:   # the fewest units that take it to `removed` or below; if none does, the lowest rate
-            done = [n for n in ok if have[n]['edited'] <= removed]
-            n = (min(done, key=lambda n: (_units(methods, n, b, have[n])[0], have[n]['edited'])) if done else
-                 min(ok, key=lambda n: (have[n]['edited'], _units(methods, n, b, have[n])[0])))
-            r, units = have[n], _units(methods, n, b, have[n])[1]
-            other = '; '.join(f'the {behaviour_name(o)} goes from {x:.0%} to {y:.0%}'
-                              for o, (x, y) in r['other'].items())
-            rand = '' if r['random'] is None else f"; random units of similar density leave it at {r['random']:.0%}"
-            how = 'with the fewest units' if done else 'furthest (no method takes it to ' + f'{removed:.0%})'
-            out.append(f"Of the methods that keep the other behaviour, the {METHOD_NAMES.get(n, n)} removes the "
-                       f"{name_b} {how}: {units} take it from {r['clean']:.0%} to {r['edited']:.0%} on test prompts, "
-                       f"while {other}{rand}.")
-        else:
-            out.append(f"No method removes the {name_b} while keeping the other behaviour, and its random control, "
-                       f"within {tolerance:.0%} of clean.")
+        have = {n: rs[b] for n, rs in rows.items() if b in rs and methods[n]['kind'] == 'latents'}
+        dirs = {n: rs[b] for n, rs in rows.items() if b in rs and methods[n]['kind'] == 'direction'}
+        if not have and not dirs: continue
+        if have: out.append(_latent_sentence(methods, have, b, tolerance, removed))
+        out += [_direction_sentence(n, b, r) for n, r in dirs.items()]
         dets = {n: m['behaviours'][b].get('specific_detector') for n, m in methods.items()
                 if m['kind'] == 'latents' and b in m.get('behaviours', {})}
         dets = {n: d for n, d in dets.items() if d and d.get('latent') is not None}
@@ -286,5 +297,6 @@ def method_findings(methods: dict,  # metrics.json's `methods`
             out.append(f"Its best detector, chosen on validation prompts among every method's model-specific latents, "
                        f"is {METHOD_NAMES.get(n, n)} latent {d['latent']}: AUROC {t['auroc']:.3f} at the choice token "
                        f"on test prompts, active on {t['density']:.1%} of tokens.")
-        else: out.append(f"No method has a model-specific latent that detects the {name_b} at the density allowed.")
+        elif have: out.append(f"No method has a model-specific latent that detects the {behaviour_name(b)} at the "
+                              'density allowed.')
     return out

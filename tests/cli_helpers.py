@@ -4,6 +4,20 @@ from crosscoder_nb.cli import main
 
 ONE_THREAD = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}   # two runs then do the same float operations
 
+def fault_rng():
+    "A random source for kill points, and its seed (FAULT_SEED=S reproduces a run; by default a new seed each run)."
+    import random
+    seed = int(os.environ.get('FAULT_SEED', time.time_ns() % 2**32))
+    return random.Random(seed), seed
+
+def later(cond, delay: float):
+    "A `kill_when` that is true `delay` seconds after `cond` first was: a kill point between two observable events."
+    since = []
+    def when() -> bool:
+        if not since and cond(): since.append(time.time())
+        return bool(since) and time.time() - since[0] >= delay
+    return when
+
 def run(*argv) -> tuple[int, str]:
     "`crosscoder-diff ARGV` in this process: its exit status and everything it printed."
     out, err = io.StringIO(), io.StringIO()

@@ -5,7 +5,7 @@ import pytest, torch
 from crosscoder_nb.buffer import harvest_activations
 from crosscoder_nb.cache import CACHE_FILE, ActivationCache
 from crosscoder_nb.fileio import IntegrityError, checksum
-from cli_helpers import ONE_THREAD, cli_process, run
+from cli_helpers import ONE_THREAD, cli_process, fault_rng, later, run
 from crosscoder_nb.models import load_model, resolve_model
 from crosscoder_nb.pipeline import organisms_config, set_fields, train_run
 
@@ -98,6 +98,19 @@ def test_harvest_killed_mid_run_resumes_to_the_same_cache(cache, tmp_path):
     code, msg = run('harvest', '--out', out, '--shard-tokens', '3000', '--resume', *FLAGS)
     assert code == 0, msg
     assert torch.equal(ActivationCache.open(out).acts[torch.arange(N)], ActivationCache.open(cache).acts[torch.arange(N)])
+
+def test_harvest_killed_at_a_random_point_resumes_to_the_same_cache(cache, tmp_path):
+    "SIGKILL the harvest a random few milliseconds after a random number of shards (mid-shard, maybe mid-commit)."
+    rng, seed = fault_rng()
+    shards, delay, out = rng.randint(0, 2), rng.uniform(0, 0.03), tmp_path / 'random'
+    def written():
+        try: return len(json.loads((out / CACHE_FILE).read_text())['shards']) >= shards
+        except (FileNotFoundError, json.JSONDecodeError): return False
+    cli_process('harvest', '--out', out, '--shard-tokens', '3000', *FLAGS, kill_when=later(written, delay))
+    code, msg = run('harvest', '--out', out, '--shard-tokens', '3000', '--resume', *FLAGS)
+    assert code == 0, f'{msg} (FAULT_SEED={seed})'
+    assert torch.equal(ActivationCache.open(out).acts[torch.arange(N)], ActivationCache.open(cache).acts[torch.arange(N)]), \
+        f'killed after {shards} shards + {delay * 1000:.0f} ms, FAULT_SEED={seed}'
 
 def test_harvest_bad_input(tmp_path):
     (tmp_path / 'busy').mkdir(); (tmp_path / 'busy' / 'keep.txt').write_text('mine')

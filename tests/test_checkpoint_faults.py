@@ -300,3 +300,19 @@ def test_the_memory_estimate_is_what_a_crosscoder_holds(kw):
     cc = small(d_latent=32, **kw)
     held = sum(t.numel() * t.element_size() for t in [*cc.parameters(), *cc.buffers()])
     assert crosscoder_bytes(cc.cfg) == held
+
+
+def test_loading_a_checkpoint_too_large_for_memory_is_refused_before_reading_it(tmp_path, monkeypatch):
+    "Loading holds the state read and the crosscoder at once: twice its size must fit, checked before any tensor is read."
+    cc = small(); cc.save(tmp_path / 'a')
+    need = crosscoder_bytes(cc.cfg)
+    read = []
+    real = ckpt.safe_open
+    def spy(*a, **kw):   # counts the opens that read tensors (the header read happens first, in _weights_header)
+        read.append(a); return real(*a, **kw)
+    monkeypatch.setattr(ccmod, 'memory_available', lambda device=None: (2 * need - 1, 8 * need))
+    monkeypatch.setattr(ckpt, 'safe_open', spy)
+    with pytest.raises(ValueError, match=r'for its parameters and buffers \(2 copies at once\)'): CrossCoder.load(tmp_path / 'a')
+    assert len(read) == 1   # the header only
+    monkeypatch.setattr(ccmod, 'memory_available', lambda device=None: (2 * need, 8 * need))
+    assert same_weights(CrossCoder.load(tmp_path / 'a'), cc)   # exactly enough: loaded

@@ -2,7 +2,7 @@
 import json
 from pathlib import Path
 import pytest, torch
-from cli_helpers import cli_process, run
+from cli_helpers import cli_process, fault_rng, later, run
 from crosscoder_nb.crosscoder import CrossCoder
 from crosscoder_nb.fileio import LOCK_FILE
 from crosscoder_nb.pipeline import RunConfig, organisms_config, seed_config, set_fields, train_run, RUN_CONFIG_FILE
@@ -197,3 +197,12 @@ def test_train_killed_mid_run_and_resumed_ends_bit_identical(tmp_path):
     assert _train(tmp_path / 'light', '--resume', *light) == 240
     c = _weights(tmp_path / 'light')
     assert any(not torch.equal(a[k], c[k]) for k in a)
+    # and at a random point: after a random number of log lines and a random few milliseconds more (a save may be
+    # half-written then); the resume must still end bit-identical
+    rng, seed = fault_rng()
+    lines, delay, out = rng.randint(1, 4), rng.uniform(0, 0.03), tmp_path / 'random'
+    logged = lambda: (out / 'metrics.jsonl').exists() and (out / 'metrics.jsonl').read_text().count('\n') >= lines
+    cli_process('train', '--out', out, *KILL_RUN, kill_when=later(logged, delay))
+    assert _train(out, '--resume') == 240, f'FAULT_SEED={seed}'
+    d = _weights(out)
+    for k in a: assert torch.equal(a[k], d[k]), f'{k}: killed after {lines} log lines + {delay * 1000:.0f} ms, FAULT_SEED={seed}'

@@ -96,8 +96,9 @@ def cpu_name() -> str:
 
 def runtime_text(secs: float) -> str:
     "The measured run time as the first screen states it, with the machine that measured it."
-    t = f'{secs:.0f} s' if secs < 90 else f'{secs / 60:.0f} min'
-    return f'about {t} on a {os.cpu_count()}-core CPU ({cpu_name()}), measured by `make notebooks`.'
+    t = 'under 1 s' if secs < 1 else f'about {secs:.0f} s' if secs < 90 else f'about {secs / 60:.0f} min'
+    return (f'{t} on a {os.cpu_count()}-core CPU ({cpu_name()}), measured by `make notebooks` (its cells, with the '
+            'package already imported: a fresh kernel adds a few seconds).')
 
 
 def stamp_runtime(cells, secs: float):
