@@ -287,7 +287,6 @@ def method_findings(methods: dict,  # metrics.json's `methods`
         dirs = {n: rs[b] for n, rs in rows.items() if b in rs and methods[n]['kind'] == 'direction'}
         if not have and not dirs: continue
         if have: out.append(_latent_sentence(methods, have, b, tolerance, removed))
-        out += [_direction_sentence(n, b, r) for n, r in dirs.items()]
         dets = {n: m['behaviours'][b].get('specific_detector') for n, m in methods.items()
                 if m['kind'] == 'latents' and b in m.get('behaviours', {})}
         dets = {n: d for n, d in dets.items() if d and d.get('latent') is not None}
@@ -299,4 +298,5 @@ def method_findings(methods: dict,  # metrics.json's `methods`
                        f"on test prompts, active on {t['density']:.1%} of tokens.")
         elif have: out.append(f"No method has a model-specific latent that detects the {behaviour_name(b)} at the "
                               'density allowed.')
+        out += [_direction_sentence(n, b, r) for n, r in dirs.items()]   # after the latents' sentences
     return out
