@@ -12,7 +12,8 @@ from fastcore.basics import patch
 from tqdm.auto import tqdm
 from .buffer import DTYPES, ActivationBuffer, BufferConfig, estimate_norm_factors
 from .data import DataConfig, TokenStream
-from .fileio import IntegrityError, atomic_write, check_out_dir, checksum, read_json
+from .fileio import (IntegrityError, atomic_write, check_out_dir, checksum, clean_temporaries, read_json,
+                                  size_text)
 from .models import resolve_model
 
 # %% auto 0
@@ -287,19 +288,13 @@ def _save_manifest(out: Path, man: dict):
     atomic_write(out / CACHE_FILE, lambda tmp: Path(tmp).write_text(json.dumps(man, indent=1)))
 
 # %% ../nbs/03a_cache.ipynb
-def _size(n: float) -> str:
-    "A byte count as people read it: in GB, MB or kB."
-    for unit, b in (('GB', 1e9), ('MB', 1e6)):
-        if n >= b: return f"{n / b:,.1f} {unit}"
-    return f"{n / 1e3:,.1f} kB"
-
 def _check_space(out: Path, n: int, n_models: int, d_model: int, dtype: str, resume_hint: str):
     "A clear error before harvesting when the disk cannot hold the `n` activations still to write."
     need = n * n_models * d_model * np.dtype(_NP[dtype]).itemsize
     free = shutil.disk_usage(out).free
     if free < need * 1.02:
-        raise OSError(errno.ENOSPC, f"The cache needs {_size(need)} more in {out}, and the disk has "
-                                    f"{_size(free)} free: free some space, pick a folder on a larger disk, "
+        raise OSError(errno.ENOSPC, f"The cache needs {size_text(need)} more in {out}, and the disk has "
+                                    f"{size_text(free)} free: free some space, pick a folder on a larger disk, "
                                     f"or harvest fewer tokens (--n-tokens).{resume_hint}")
 
 # %% ../nbs/03a_cache.ipynb
@@ -342,14 +337,11 @@ def _resumed_manifest(out: Path, model_names: list[str], idents: list[dict], set
     return man
 
 # %% ../nbs/03a_cache.ipynb
-# the temporary files of _write_shard and of atomic_write (tempfile's 8 random characters)
-_ORPHAN = re.compile(r'(acts|tokens)_\d{5}\.bin\.tmp|\.cache\.json\.[a-z0-9_]{8}\.tmp')
+_SHARD_TMP = re.compile(r'(acts|tokens)_\d{5}\.bin\.tmp')   # the temporary files of _write_shard
 
 def _clean_orphans(out: Path) -> list[str]:
-    "Remove the temporary files a killed harvest left in `out` (only the names this module writes); their names."
-    gone = sorted(f.name for f in out.iterdir() if _ORPHAN.fullmatch(f.name) and not f.is_dir())
-    for name in gone: (out / name).unlink()
-    return gone
+    "Remove the temporary files a killed harvest left in `out` (its shards', and atomic_write's); their names."
+    return sorted(p.name for p in clean_temporaries(out, also=_SHARD_TMP))
 
 def _fresh_folder(out: Path, overwrite: bool) -> None:
     "Make `out` an empty cache folder (refused if it holds other files, unless `overwrite`); no stale shard survives."

@@ -17,6 +17,7 @@ from .config import Config
 from .checkpoint import (checked_state, find_metrics, model_card, pretrained_folder, read_checkpoint,
                                       upload_checkpoint, write_checkpoint)
 from .distributed import any_rank, global_cut, global_sq_dev, rank_world
+from .fileio import size_text
 
 # %% auto 0
 __all__ = ['ACTIVATIONS', 'SPARSITIES', 'DTYPES', 'TOPK_ACTIVATIONS', 'register_activation', 'register_sparsity',
@@ -316,8 +317,6 @@ def crosscoder_bytes(cfg: CrossCoderConfig) -> int:
     with torch.device('meta'): parts = [ACTIVATIONS[cfg.activation](cfg), SPARSITIES[cfg.sparsity](cfg)]
     return n + sum(t.numel() * t.element_size() for p in parts for t in [*p.parameters(), *p.buffers()])
 
-def _gb(n: int) -> str: return f'{n / 1e9:,.1f} GB' if n >= 1e9 else f'{n / 1e6:,.1f} MB'
-
 def check_memory(cfg: CrossCoderConfig,
                  device: str | torch.device | None = None,  # where the parameters go (default: the CPU)
                  copies: int = 1,  # crosscoders' worth that must fit at once (loading: the state read, the model)
@@ -335,8 +334,9 @@ def check_memory(cfg: CrossCoderConfig,
         have = memory_available(d)
         if have is not None and n > have[0]:
             where = 'this machine has' if d.type == 'cpu' else f'the device {d} has'
-            raise ValueError(f"{what} would need {_gb(n)} {why}, but {where} {_gb(have[0])} of memory free "
-                             f"({_gb(have[1])} in all). Lower d_latent (crosscoder.d_latent), use dtype bfloat16, "
+            free, total = size_text(have[0]), size_text(have[1])
+            raise ValueError(f"{what} would need {size_text(n)} {why}, but {where} {free} of memory free "
+                             f"({total} in all). Lower d_latent (crosscoder.d_latent), use dtype bfloat16, "
                              "or use a machine with more memory.")
 
 # %% ../nbs/04_crosscoder.ipynb

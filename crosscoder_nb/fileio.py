@@ -13,7 +13,7 @@ except ImportError: fcntl = None
 # %% auto 0
 __all__ = ['IO_FIXES', 'LOCK_FILE', 'TEMPORARY', 'io_errno', 'io_error_message', 'atomic_write', 'check_out_dir',
            'FolderInUseError', 'clean_temporaries', 'folder_lock', 'refuse_links', 'append_text', 'read_json',
-           'IntegrityError', 'checksum']
+           'IntegrityError', 'checksum', 'size_text']
 
 # %% ../nbs/00a_fileio.ipynb
 IO_FIXES = {errno.ENOSPC: 'free space on that disk, or write elsewhere',
@@ -99,9 +99,12 @@ class FolderInUseError(ValueError):
 TEMPORARY = re.compile(r'^\..+\.[a-z0-9_]{8}\.tmp$')   # `atomic_write`'s temporary files: mkstemp's 8 characters
 _HELD: dict[str, int] = {}   # folders this process holds the lock of, and how many times
 
-def clean_temporaries(folder: str | Path) -> list[Path]:
-    "Remove the orphan temporary files of `atomic_write` in `folder` (not below it); returns them."
-    gone = [p for p in Path(folder).iterdir() if TEMPORARY.match(p.name) and p.is_file() and not p.is_symlink()]
+def clean_temporaries(folder: str | Path,
+                      also: re.Pattern | None = None,  # the caller's own temporary names (e.g. a cache's shards)
+                     ) -> list[Path]:
+    "Remove the orphan temporary files of `atomic_write` (and names matching `also`) in `folder`, not below it."
+    ours = lambda n: TEMPORARY.match(n) or (also is not None and also.fullmatch(n))
+    gone = [p for p in Path(folder).iterdir() if ours(p.name) and p.is_file() and not p.is_symlink()]
     for p in gone: p.unlink(missing_ok=True)
     return gone
 
@@ -212,3 +215,10 @@ def checksum(src: str | Path | bytes | memoryview,  # a file (read streamed) or 
     with open(src, 'rb') as fh:
         while piece := fh.read(chunk): crc = zlib.crc32(piece, crc)
     return f'{crc & 0xFFFFFFFF:08x}'
+
+# %% ../nbs/00a_fileio.ipynb
+def size_text(n: float) -> str:
+    "A byte count as people read it, in GB, MB or kB (for the messages about disk and memory)."
+    for unit, b in (('GB', 1e9), ('MB', 1e6)):
+        if n >= b: return f"{n / b:,.1f} {unit}"
+    return f"{n / 1e3:,.1f} kB"

@@ -29,7 +29,7 @@ from .dashboards import compute_dashboards, select_latents, token_sample
 from .dashboard_html import write_dashboards
 from .report_html import behaviours_table, comparison_table, density_section, latent_tables
 from .report_html import render_report, report_figures, run_findings, scaling_section, training_figure
-from .trainer import METRICS_FILE as LOG_FILE
+from .trainer import METRICS_FILE as LOG_FILE, log_record
 
 # %% auto 0
 __all__ = ['METRICS_FILE', 'REPORT_FILE', 'DASHBOARD_DIR', 'DEMO_ARCHS', 'DEMO_METHODS', 'ReportConfig', 'check_models_match',
@@ -292,12 +292,9 @@ def _facts(cc: CrossCoder, names: list[str], ev, organisms: bool, extra: dict | 
             'norm factors': ', '.join(f'{s:.4g}' for s in ev['norm_factors']), **(extra or {})}
 
 def _log_records(path: Path) -> list[dict]:
-    "A training log's records (none without the file); a line cut short by a crash is skipped."
-    out = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try: out.append(json.loads(line))
-        except json.JSONDecodeError: continue
-    return out
+    "A training log's records (none without the file); a line cut short by a crash is skipped (`log_record`)."
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [r for r in map(log_record, lines) if r is not None]
 
 def _figures(cc: CrossCoder, run_dir: Path, pairs: dict, freqs, th, slots: list[str], ls) -> dict:
     "The training curves (from the run's metrics.jsonl, where it has one), then the diff's figures."

@@ -25,7 +25,8 @@ from .distributed import (PARALLEL, any_rank, average_gradients, broadcast_state
 
 # %% auto 0
 __all__ = ['PRECISIONS', 'METRICS_FILE', 'STATE_PREFIX', 'RESUMABLE', 'cpu_has_bf16', 'compute_dtype', 'TrainConfig',
-           'TensorBatches', 'tensor_batches', 'synthetic_activations', 'NonFiniteError', 'Trainer', 'resumed_config']
+           'TensorBatches', 'tensor_batches', 'synthetic_activations', 'NonFiniteError', 'Trainer', 'resumed_config',
+           'log_record']
 
 # %% ../nbs/05_trainer.ipynb
 PRECISIONS = ('auto', 'float32', 'bfloat16')
@@ -514,14 +515,14 @@ def _load_state(self: Trainer, state: dict):
     # keep the lines up to the checkpoint (a line cut short by a crash is dropped too)
     if mpath.exists() and self.rank == 0:
         keep = [l for l in mpath.read_text().splitlines()
-                if (r := _parse_line(l)) is not None and r['step'] <= self.step]
+                if (r := log_record(l)) is not None and r['step'] <= self.step]
         atomic_write(mpath, lambda tmp: Path(tmp).write_text(''.join(l + '\n' for l in keep)))
-        if keep: self.last_metrics = _parse_line(keep[-1])   # the figures of the run so far, as it left them
+        if keep: self.last_metrics = log_record(keep[-1])   # the figures of the run so far, as it left them
     self._fresh_log = False
 
 # %% ../nbs/05_trainer.ipynb
-def _parse_line(line: str) -> dict | None:
-    "A metrics line as a dict with an int `step`, or None for a line cut short by a crash (or not one of ours)."
+def log_record(line: str) -> dict | None:
+    "A metrics.jsonl line as a dict with an int `step`, or None for a line cut short by a crash (or not one of ours)."
     try: r = json.loads(line)
     except json.JSONDecodeError: return None
     return r if isinstance(r, dict) and isinstance(r.get('step'), int) else None
